@@ -1,0 +1,14 @@
+"""qexport: train LSQ / NIPQ / ASQ / POST quantized networks in PyTorch, deploy them as integer
+ONNX models, and prove the deployed model computes what the trained one did."""
+
+from . import zoo
+from .checkpoint import load, save
+from .errors import QexportError
+from .quant import QuantConfig, calibrate, finalize, quantize, resource_loss
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "QexportError", "QuantConfig", "__version__", "calibrate", "finalize", "load", "quantize",
+    "resource_loss", "save", "zoo",
+]

@@ -1,0 +1,131 @@
+"""What every quantizer shares: initialisation (lazy, from data, or by calibration), the
+uninitialised-use error, and the explicit description an exporter reads (`QuantSpec`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import QexportError
+from .core import CodeRange, sync_mean
+
+Role = Literal["weight", "act"]
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """What an exporter needs to know about one quantizer, without touching its internals.
+
+    ``scale`` is the float32 step the eval forward divides by: shape ``[]`` (per tensor) or
+    ``[C]`` along ``axis`` 0 (per output channel).  For ``kind == "levels"`` (POST / POT) it is the
+    per-channel ``alpha`` and codes are signed level indices (see ``post.py``).  For ``kind == "asq"``
+    the step of sample n is ``scale * adapter(x)[n]``.
+    """
+
+    method: str
+    kind: Literal["uniform", "asq", "levels"]
+    role: Role
+    bits: int
+    signed: bool
+    qmin: int
+    qmax: int
+    scale: Tensor
+    axis: int | None
+    base: float | None = None
+    adapter: nn.Module | None = None
+
+
+class Quantizer(nn.Module):
+    """Base of every qexport quantizer.
+
+    Subclasses implement ``init_values(x)`` (the parameter values to initialise from a tensor),
+    ``apply_init(values)``, ``fake_quant(x)`` (the training/eval forward) and ``codes(x)``.
+    """
+
+    method: ClassVar[str] = ""
+
+    def __init__(self, role: Role) -> None:
+        super().__init__()
+        self.role: Role = role
+        self.path = ""  # the module path in the quantized model, for error messages
+        self.calibrating = False
+        self._calib_sum: dict[str, Tensor] = {}
+        self._calib_count = 0
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    # -- to implement ---------------------------------------------------------------------------
+    def init_values(self, x: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def apply_init(self, values: dict[str, Tensor]) -> None:
+        raise NotImplementedError
+
+    def fake_quant(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def codes(self, x: Tensor) -> Tensor:
+        """Integer codes (as a float tensor) the eval forward produces for ``x``."""
+        raise NotImplementedError
+
+    def describe(self) -> QuantSpec:
+        raise NotImplementedError
+
+    @property
+    def code_range(self) -> CodeRange:
+        raise NotImplementedError
+
+    # -- shared machinery -----------------------------------------------------------------------
+    def name(self) -> str:
+        return self.path or type(self).__name__
+
+    def require_initialized(self) -> None:
+        if not bool(self.initialized):
+            raise QexportError(
+                f"quantizer '{self.name()}' ({self.method}) has no scale yet: run "
+                "qexport.calibrate(model, batches) or train the model before evaluating or exporting it"
+            )
+
+    def initialize_from(self, x: Tensor) -> None:
+        """Initialise from one tensor (averaged over ranks under torch.distributed)."""
+        values = {k: sync_mean(v.detach()) for k, v in self.init_values(x).items()}
+        with torch.no_grad():
+            self.apply_init(values)
+        self.initialized.fill_(True)
+
+    def start_calibration(self) -> None:
+        self.calibrating = True
+        self._calib_sum = {}
+        self._calib_count = 0
+
+    def finish_calibration(self) -> None:
+        self.calibrating = False
+        if self._calib_count == 0:
+            return  # never reached by the calibration data (a branch not taken): keep its state
+        values = {k: sync_mean(v / self._calib_count) for k, v in self._calib_sum.items()}
+        with torch.no_grad():
+            self.apply_init(values)
+        self.initialized.fill_(True)
+        self._calib_sum = {}
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.calibrating:
+            if self.role == "weight" and self._calib_count:
+                return x  # the weight is the same in every batch: observe it once
+            for k, v in self.init_values(x).items():
+                self._calib_sum[k] = self._calib_sum.get(k, 0) + v.detach()
+            self._calib_count += 1
+            return x
+        if not bool(self.initialized):
+            if not self.training:
+                self.require_initialized()
+            self.initialize_from(x)
+        if not self.training and not bool(torch.isfinite(x).all()):
+            raise QexportError(f"quantizer '{self.name()}' received NaN or infinite values")
+        return self.fake_quant(x)
+
+    def extra_repr(self) -> str:
+        r = self.code_range
+        return f"{self.role}, bits={r.bits}, signed={r.signed}, codes=[{r.qmin}, {r.qmax}]"

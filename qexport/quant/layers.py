@@ -1,0 +1,60 @@
+"""Conv2d / Linear with an activation quantizer on the input and a weight quantizer on the weight.
+
+They subclass the torch layers, so groups, depthwise, stride, dilation, padding and bias work as
+usual; either quantizer may be None (that side stays float).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .base import Quantizer
+
+
+class QuantConv2d(nn.Conv2d):
+    act_quant: Quantizer | None
+    weight_quant: Quantizer | None
+
+    @classmethod
+    def wrap(cls, conv: nn.Conv2d, act: Quantizer | None, weight: Quantizer | None) -> QuantConv2d:
+        q = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+            padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+            bias=conv.bias is not None, padding_mode=conv.padding_mode,
+            device=conv.weight.device, dtype=conv.weight.dtype,
+        )
+        q.load_state_dict(conv.state_dict())
+        q.act_quant, q.weight_quant = act, weight
+        q.out_hw = (0, 0)
+        return q
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.act_quant is not None:
+            x = self.act_quant(x)
+        w = self.weight_quant(self.weight) if self.weight_quant is not None else self.weight
+        y = self._conv_forward(x, w, self.bias)
+        self.out_hw = (int(y.shape[-2]), int(y.shape[-1]))  # read by the NIPQ BOPs loss
+        return y
+
+
+class QuantLinear(nn.Linear):
+    act_quant: Quantizer | None
+    weight_quant: Quantizer | None
+
+    @classmethod
+    def wrap(cls, linear: nn.Linear, act: Quantizer | None, weight: Quantizer | None) -> QuantLinear:
+        q = cls(
+            linear.in_features, linear.out_features, bias=linear.bias is not None,
+            device=linear.weight.device, dtype=linear.weight.dtype,
+        )
+        q.load_state_dict(linear.state_dict())
+        q.act_quant, q.weight_quant = act, weight
+        q.rows = 1
+        return q
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.act_quant is not None:
+            x = self.act_quant(x)
+        w = self.weight_quant(self.weight) if self.weight_quant is not None else self.weight
+        self.rows = max(x.numel() // max(x.shape[0] * x.shape[-1], 1), 1)  # tokens per sample, for BOPs
+        return nn.functional.linear(x, w, self.bias)

@@ -1,0 +1,381 @@
+"""``quantize()``: put quantizers on the traced dataflow of any model.
+
+The model is traced with torch.fx.  Every Conv2d / Linear becomes a QuantConv2d / QuantLinear
+with the method's quantizer on its input (signed where the input can be negative, found by a
+sign analysis of the graph) and on its weight.  In the ``deployable`` placement the integer glue
+gets 8-bit quantizers too (residual-add operands and results, concat inputs, activation x activation
+matmul operands), so an integer runtime can run the whole graph and the fake-quant model models it.
+``paper`` keeps the papers' placement (layer inputs only).  See DESIGN.md, "Where quantizers sit".
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import operator
+import sys
+import traceback
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from ..errors import QexportError
+from .base import Quantizer
+from .config import LayerPlan, QuantConfig, make_act_quantizer, make_weight_quantizer
+from .layers import QuantConv2d, QuantLinear
+from .lsq import LsqQuantizer
+
+# -- the sign analysis ---------------------------------------------------------------------------
+_NONNEG_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softmax, nn.Hardsigmoid)
+_PASS_MODULES = (
+    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout,
+    nn.Identity, nn.Unflatten, nn.Upsample,
+)
+_NONNEG_FUNCS: set[Any] = {F.relu, torch.relu, F.relu6, torch.sigmoid, F.sigmoid, F.softmax, torch.softmax,
+                           F.hardsigmoid}
+_PASS_FUNCS: set[Any] = {
+    torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze,
+    torch.mean, F.adaptive_avg_pool2d, F.max_pool2d, F.avg_pool2d, F.dropout, operator.getitem,
+    torch.chunk, torch.split, F.interpolate,
+}
+_NONNEG_METHODS = {"relu", "relu_", "sigmoid", "softmax"}
+_PASS_METHODS = {
+    "view", "reshape", "flatten", "permute", "transpose", "contiguous", "mean", "unflatten", "squeeze",
+    "unsqueeze", "chunk", "split", "expand", "repeat", "float", "to", "clone", "detach",
+}
+_ADD_FUNCS: set[Any] = {operator.add, operator.iadd, torch.add}
+_CAT_FUNCS: set[Any] = {torch.cat, torch.concat}
+_MATMUL_FUNCS: set[Any] = {operator.matmul, torch.matmul, torch.bmm}
+_SHAPE_METHODS = {"size", "dim", "numel"}
+_SHAPE_ATTRS = {"shape", "ndim", "dtype", "device"}
+
+LEAF_TYPES: tuple[type[nn.Module], ...] = (Quantizer, QuantConv2d, QuantLinear, nn.MultiheadAttention)
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, LEAF_TYPES) or super().is_leaf_module(m, qualname)
+
+
+def _node_inputs(node: fx.Node) -> list[fx.Node]:
+    return list(node.all_input_nodes)
+
+
+def _is_shape_value(node: fx.Node, shape_nodes: set[fx.Node]) -> bool:
+    """True for values computed from tensor shapes (ints), not tensors."""
+    if node.op == "call_method" and node.target in _SHAPE_METHODS:
+        return True
+    if node.op == "call_function" and node.target is getattr and node.args[1] in _SHAPE_ATTRS:
+        return True
+    inputs = _node_inputs(node)
+    return node.op in ("call_function", "call_method") and bool(inputs) and all(i in shape_nodes for i in inputs)
+
+
+def _analyse(gm: fx.GraphModule) -> tuple[set[fx.Node], set[fx.Node]]:
+    """(nodes whose value is never negative, nodes that hold shape arithmetic rather than tensors)."""
+    nonneg: set[fx.Node] = set()
+    shapes: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if _is_shape_value(node, shapes):
+            shapes.add(node)
+            continue
+        tensors = [i for i in _node_inputs(node) if i not in shapes]
+        first = tensors[0] if tensors else None
+        passes = first is not None and first in nonneg
+        if node.op == "call_module":
+            mod = gm.get_submodule(str(node.target))
+            if isinstance(mod, _NONNEG_MODULES):
+                nonneg.add(node)
+            elif isinstance(mod, Quantizer):
+                if not mod.code_range.signed:
+                    nonneg.add(node)
+            elif isinstance(mod, _PASS_MODULES) and passes:
+                nonneg.add(node)
+        elif node.op == "call_function":
+            if node.target in _NONNEG_FUNCS:
+                nonneg.add(node)
+            elif node.target in _PASS_FUNCS and passes:
+                nonneg.add(node)
+            elif node.target in _ADD_FUNCS | _CAT_FUNCS | {operator.mul, torch.mul} and tensors and all(
+                t in nonneg for t in tensors
+            ):
+                nonneg.add(node)
+        elif node.op == "call_method":
+            if node.target in _NONNEG_METHODS:
+                nonneg.add(node)
+            elif node.target in _PASS_METHODS and passes:
+                nonneg.add(node)
+            elif node.target in {"add", "add_", "mul"} and tensors and all(t in nonneg for t in tensors):
+                nonneg.add(node)
+    return nonneg, shapes
+
+
+# -- tracing -------------------------------------------------------------------------------------
+def _user_frame(exc: BaseException) -> str:
+    """'file:line: code' of the innermost frame outside torch/qexport, naming the construct."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    for frame in reversed(frames):
+        path = frame.filename.replace("\\", "/")
+        if "/torch/" not in path and "/qexport/quant/" not in path:
+            return f" at {frame.filename}:{frame.lineno}: {(frame.line or '').strip()}"
+    return ""
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """torch.fx trace with qexport's layers as leaves; a QexportError names the failing construct."""
+    try:
+        graph = _Tracer().trace(model)
+    except Exception as exc:  # fx raises TraceError, TypeError, RuntimeError ... for untraceable code
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise QexportError(
+            f"cannot trace {type(model).__name__} with torch.fx{_user_frame(exc)} ({first}); make that "
+            "construct traceable (no data-dependent if/for on tensors, no unpacking of x.shape: use "
+            "x.flatten / x.unflatten / x.shape[i]) or use placement='paper', which swaps layers without tracing"
+        ) from None
+    return fx.GraphModule(model, graph, class_name=type(model).__name__)
+
+
+# -- the plan ------------------------------------------------------------------------------------
+def _plan(path: str, index: int, count: int, cfg: QuantConfig) -> LayerPlan | None:
+    weight, act = cfg.weight, cfg.act
+    wbits = cfg.weight_bits or cfg.bits
+    abits = cfg.act_bits or cfg.bits
+    if cfg.first_last_bits is not None and index in (0, count - 1):
+        wbits = abits = cfg.first_last_bits
+        if weight in ("post", "pot") and wbits not in (2, 3, 4):
+            weight = "lsq"  # POST/POT levels are not defined at 8 bits: the 8-bit ends use uniform LSQ
+    for pattern, spec in cfg.overrides.items():
+        if not fnmatch.fnmatchcase(path, pattern):
+            continue
+        if spec is None:
+            return None
+        weight = spec.get("weight", weight)
+        act = spec.get("act", act)
+        if "bits" in spec:
+            wbits = abits = spec["bits"]
+        wbits = spec.get("weight_bits", wbits)
+        abits = spec.get("act_bits", abits)
+    if weight is None and act is None:
+        return None
+    return LayerPlan(weight, act, wbits, abits)
+
+
+def _is_fixed(index: int, count: int, cfg: QuantConfig) -> bool:
+    return cfg.first_last_bits is not None and index in (0, count - 1)
+
+
+def _swap(layer: nn.Module, plan: LayerPlan, signed_input: bool, fixed: bool, cfg: QuantConfig) -> nn.Module:
+    if isinstance(layer, nn.Conv2d):
+        channels, out_channels, pool = layer.in_channels, layer.out_channels, True
+    else:
+        assert isinstance(layer, nn.Linear)
+        channels, out_channels, pool = layer.in_features, layer.out_features, False
+    act = (
+        make_act_quantizer(plan.act, plan.act_bits, signed_input, channels, pool, cfg, fixed)
+        if plan.act else None
+    )
+    weight = (
+        make_weight_quantizer(plan.weight, plan.weight_bits, out_channels, cfg, fixed)
+        if plan.weight else None
+    )
+    wrapped = (QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear).wrap(layer, act, weight)  # type: ignore[attr-defined]
+    if weight is not None:
+        weight.initialize_from(wrapped.weight)
+    return wrapped
+
+
+def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, name, module)
+
+
+def _is_layer(m: nn.Module) -> bool:
+    """Exactly torch's Conv2d / Linear: a user's subclass has its own forward, which a swap would lose."""
+    return type(m) in (nn.Conv2d, nn.Linear)
+
+
+# -- glue quantizers (deployable placement) ------------------------------------------------------
+class _Glue:
+    def __init__(self, gm: fx.GraphModule, nonneg: set[fx.Node], cfg: QuantConfig) -> None:
+        self.gm, self.nonneg, self.cfg = gm, nonneg, cfg
+
+    def is_quantized(self, node: fx.Node) -> bool:
+        return node.op == "call_module" and isinstance(self.gm.get_submodule(str(node.target)), Quantizer)
+
+    def insert_after(self, node: fx.Node, name: str, signed: bool) -> fx.Node:
+        path = f"glue.{name}"
+        self.gm.add_submodule(path, LsqQuantizer(self.cfg.glue_bits, signed, "act"))
+        with self.gm.graph.inserting_after(node):
+            return self.gm.graph.call_module(path, (node,))
+
+    def quantize_operand(self, user: fx.Node, operand: fx.Node, name: str) -> None:
+        if self.is_quantized(operand):
+            return
+        q = self.insert_after(operand, name, signed=operand not in self.nonneg)
+        user.replace_input_with(operand, q)
+
+    def quantize_result(self, node: fx.Node, signed: bool) -> None:
+        q = self.insert_after(node, f"{node.name}_out", signed)
+        node.replace_all_uses_with(q, delete_user_cb=lambda u: u is not q)
+
+
+def _binary_tensor_operands(node: fx.Node, shapes: set[fx.Node]) -> list[fx.Node] | None:
+    args = [a for a in node.args[:2] if isinstance(a, fx.Node) and a not in shapes]
+    return args if len(args) == 2 else None
+
+
+def _insert_glue(gm: fx.GraphModule, nonneg: set[fx.Node], shapes: set[fx.Node], cfg: QuantConfig) -> None:
+    glue = _Glue(gm, nonneg, cfg)
+    for node in list(gm.graph.nodes):
+        is_fn = node.op == "call_function"
+        is_add = (is_fn and node.target in _ADD_FUNCS) or (node.op == "call_method" and node.target in {"add", "add_"})
+        is_matmul = (is_fn and node.target in _MATMUL_FUNCS) or (node.op == "call_method" and node.target == "matmul")
+        if is_add or is_matmul:
+            operands = _binary_tensor_operands(node, shapes)
+            if operands is None:
+                continue  # tensor + scalar: not integer glue
+            for i, operand in enumerate(dict.fromkeys(operands)):
+                glue.quantize_operand(node, operand, f"{node.name}_in{i}")
+            if is_add:
+                glue.quantize_result(node, signed=node not in nonneg)
+        elif is_fn and node.target in _CAT_FUNCS and isinstance(node.args[0], (list, tuple)):
+            for i, operand in enumerate(dict.fromkeys(a for a in node.args[0] if isinstance(a, fx.Node))):
+                glue.quantize_operand(node, operand, f"{node.name}_in{i}")
+
+
+# -- the public entry ----------------------------------------------------------------------------
+def apply_config(model: nn.Module, cfg: QuantConfig) -> nn.Module:
+    """Quantize a copy of ``model`` as ``cfg`` says (deterministic: checkpoints re-run it on load)."""
+    source = model
+    model = copy.deepcopy(model)
+    try:
+        gm = trace(model)
+    except QexportError as exc:
+        if cfg.placement != "paper":
+            raise
+        print(f"qexport: {exc}; falling back to module swapping (all layer inputs signed)", file=sys.stderr)
+        return _swap_without_tracing(model, source, cfg)
+
+    nonneg, shapes = _analyse(gm)
+    layer_nodes = [
+        n for n in gm.graph.nodes if n.op == "call_module" and _is_layer(gm.get_submodule(str(n.target)))
+    ]
+    for index, node in enumerate(layer_nodes):
+        path = str(node.target)
+        plan = _plan(path, index, len(layer_nodes), cfg)
+        if plan is None:
+            continue
+        inputs = [i for i in node.all_input_nodes if i not in shapes]
+        signed = not (inputs and inputs[0] in nonneg)
+        layer = gm.get_submodule(path)
+        _set_submodule(gm, path, _swap(layer, plan, signed, _is_fixed(index, len(layer_nodes), cfg), cfg))
+    if cfg.placement == "deployable":
+        _insert_glue(gm, nonneg, shapes, cfg)
+    gm.graph.lint()
+    gm.recompile()
+    _finish(gm, source, cfg)
+    return gm
+
+
+def _swap_without_tracing(model: nn.Module, source: nn.Module, cfg: QuantConfig) -> nn.Module:
+    paths = [name for name, m in model.named_modules() if _is_layer(m)]
+    for index, path in enumerate(paths):
+        plan = _plan(path, index, len(paths), cfg)
+        if plan is not None:
+            fixed = _is_fixed(index, len(paths), cfg)
+            _set_submodule(model, path, _swap(model.get_submodule(path), plan, True, fixed, cfg))
+    _finish(model, source, cfg)
+    return model
+
+
+def _finish(model: nn.Module, source: nn.Module, cfg: QuantConfig) -> None:
+    for name, m in model.named_modules():
+        if isinstance(m, Quantizer):
+            m.path = name
+    model.qexport_config = cfg.to_dict()
+    for attr in ("qexport_arch", "qexport_example"):
+        if hasattr(source, attr):
+            setattr(model, attr, copy.deepcopy(getattr(source, attr)))
+    model.train(source.training)
+
+
+def quantize(
+    model: nn.Module,
+    weight: str | None = "lsq",
+    act: str | None = "lsq",
+    bits: int = 4,
+    *,
+    weight_bits: int | None = None,
+    act_bits: int | None = None,
+    placement: str = "deployable",
+    first_last_bits: int | None = 8,
+    glue_bits: int = 8,
+    per_channel: bool = True,
+    learn_bits: bool = False,
+    max_bits: int = 8,
+    overrides: dict[str, dict[str, Any] | None] | None = None,
+) -> nn.Module:
+    """Return a quantized copy of ``model`` (the original is left untouched).
+
+    weight: ``lsq`` | ``nipq`` | ``post`` | ``pot`` | None (float weights).
+    act: ``lsq`` | ``nipq`` | ``asq`` | None (float inputs).
+    bits: default width of both; ``weight_bits`` / ``act_bits`` set them apart.
+    placement: ``deployable`` (default: also 8-bit glue quantizers on residual adds, concats and
+        activation matmuls, so the graph runs as integer kernels) or ``paper`` (layer inputs only).
+    first_last_bits: width of the first and last Conv/Linear (8 as in the papers; None: no exception).
+    glue_bits: width of the glue quantizers (LSQ).
+    per_channel: LSQ weight steps per output channel (POST/POT alpha is always per channel).
+    learn_bits / max_bits: NIPQ learns each layer's width (mixed precision) within 2..max_bits,
+        starting from ``bits``; first and last layer stay fixed.
+    overrides: ``{"layer1.*.conv1": {"bits": 2}, "fc": None}``: fnmatch patterns on module paths,
+        keys weight / act / bits / weight_bits / act_bits; None leaves the layer float.
+    """
+    cfg = QuantConfig(
+        weight=weight, act=act, bits=bits, weight_bits=weight_bits, act_bits=act_bits,
+        placement=placement,  # type: ignore[arg-type]
+        first_last_bits=first_last_bits, glue_bits=glue_bits, per_channel=per_channel,
+        learn_bits=learn_bits, max_bits=max_bits, overrides=dict(overrides or {}),
+    )
+    return apply_config(model, cfg)
+
+
+def quantizers(model: nn.Module) -> list[Quantizer]:
+    return [m for m in model.modules() if isinstance(m, Quantizer)]
+
+
+def calibrate(model: nn.Module, batches: Any, *, forward: Callable[[nn.Module, Any], Any] | None = None) -> nn.Module:
+    """Initialise every quantizer's scale from data: a pass over ``batches`` (tensors, or tuples
+    of positional inputs) in float, then each quantizer's init rule on the averaged statistics.
+    Weight quantizers are re-initialised from the current weights.  Returns ``model``."""
+    qs = quantizers(model)
+    if not qs:
+        raise QexportError("calibrate() found no qexport quantizer in the model: call qexport.quantize first")
+    was_training = model.training
+    model.eval()
+    for q in qs:
+        q.start_calibration()
+    seen = 0
+    try:
+        with torch.no_grad():
+            for batch in batches:
+                if forward is not None:
+                    forward(model, batch)
+                elif isinstance(batch, (tuple, list)):
+                    model(*batch)
+                else:
+                    model(batch)
+                seen += 1
+    finally:
+        for q in qs:
+            q.finish_calibration()
+        model.train(was_training)
+    if seen == 0:
+        raise QexportError("calibrate() got no batches: pass an iterable of input tensors")
+    missing = [q.name() for q in qs if not bool(q.initialized)]
+    if missing:
+        warnings.warn(f"calibration data never reached {len(missing)} quantizer(s), e.g. {missing[0]}", stacklevel=2)
+    return model
