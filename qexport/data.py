@@ -76,7 +76,7 @@ def cifar10(split: str, archive: str | os.PathLike[str] | None = None) -> tuple[
     cached = cache_dir() / f"cifar10-{src.stat().st_size}.npz"
     if not cached.is_file():
         arrays = _decode(src)
-        tmp = cached.with_suffix(".tmp.npz")
+        tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")
         np.savez(tmp, **arrays)
         os.replace(tmp, cached)
     with np.load(cached) as data:

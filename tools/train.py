@@ -70,6 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=0, help="use only the first N training images (smoke runs)")
     p.add_argument("--max-steps", type=int, default=0, help="stop each epoch after N steps (smoke runs)")
     p.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N test images only")
+    p.add_argument("--time-budget", type=float, default=0,
+                   help="seconds: after the first epoch, shorten --epochs (and the cosine schedule) to fit")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--out", required=True, help="output folder (model.pt, last.pt)")
     p.add_argument("--no-progress", action="store_true")
@@ -171,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = len(train_x) // (per_rank * world)
     if args.max_steps:
         steps = min(steps, args.max_steps)
-    total = steps * args.epochs
+    schedule = {"total": steps * args.epochs}  # mutable: --time-budget may shorten it
 
     state_path = out / "last.pt"
     start_epoch, history, elapsed = 0, [], 0.0
@@ -180,12 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         state = torch.load(state_path, map_location=device, weights_only=True)
         core.load_state_dict(state["model"])
         start_epoch, history, elapsed = state["epoch"], state["history"], state["seconds"]
-        if is_nipq and any(bool(m.hard) for m in core.modules() if isinstance(m, NipqQuantizer)):
+        if is_nipq and any(m._hard for m in core.modules() if isinstance(m, NipqQuantizer)):
             qexport.finalize(core)
     if world > 1:
         model = nn.parallel.DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.SGD(param_groups(core, args.wd), lr=args.lr, momentum=0.9, nesterov=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / total, 1.0))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / schedule['total'], 1.0))))
     if resumed:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -193,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"train: resumed {state_path} at epoch {start_epoch}", file=sys.stderr)
 
     train_x_dev, train_y_dev = train_x.to(device), train_y.to(device)
-    for epoch in range(start_epoch, args.epochs):
+    began = time.time()
+    epoch = start_epoch
+    while epoch < args.epochs:
         t0 = time.time()
         if is_nipq and epoch == args.epochs - args.finalize_epochs:
             qexport.finalize(core)
@@ -207,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             idx = perm[step * per_rank : (step + 1) * per_rank]
             x, y = cifar.augment(train_x_dev[idx]), train_y_dev[idx]
             loss = F.cross_entropy(model(x), y)
-            extra = resource_term(core, args) if is_nipq and not bool(_any_hard(core)) else None
+            extra = resource_term(core, args) if is_nipq and not _any_hard(core) else None
             if extra is not None:
                 loss = loss + extra
             opt.zero_grad(set_to_none=True)
@@ -215,18 +219,27 @@ def main(argv: list[str] | None = None) -> int:
             opt.step()
             sched.step()
             loss_sum += loss.detach()
-            bar.update(1, f"loss {float(loss):.3f}" if step % 50 == 0 else None)
+            bar.update(1, f"loss {float(loss.detach()):.3f}" if step % 50 == 0 else None)
         bar.close()
         elapsed += time.time() - t0
         top1 = evaluate(core, test_x, test_y, device)
         record = {"epoch": epoch + 1, "loss": float(loss_sum) / steps, "test_top1": top1,
                   "lr": opt.param_groups[0]["lr"], "seconds": round(elapsed, 1)}
         if is_nipq:
-            record["avg_weight_bits"] = float(qexport.quant.average_weight_bits(core))
+            record["avg_weight_bits"] = float(qexport.quant.average_bits(core, "weight"))
+            record["avg_act_bits"] = float(qexport.quant.average_bits(core, "act"))
         history.append(record)
         if rank == 0:
             print(f"train: {record}", file=sys.stderr)
             _save(core, out, args, history, elapsed, device, epoch + 1, opt, sched)
+        epoch += 1
+        if args.time_budget and epoch == start_epoch + 1:
+            fit = epoch + int((args.time_budget - (time.time() - began)) // (time.time() - t0))
+            if fit < args.epochs:
+                args.epochs = max(fit, epoch)
+                schedule["total"] = steps * args.epochs
+                if rank == 0:
+                    print(f"train: --time-budget: shortened to {args.epochs} epochs", file=sys.stderr)
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -234,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _any_hard(model: nn.Module) -> bool:
-    return any(bool(m.hard) for m in model.modules() if isinstance(m, NipqQuantizer))
+    return any(m._hard for m in model.modules() if isinstance(m, NipqQuantizer))
 
 
 def _drop_frozen(opt: torch.optim.Optimizer) -> None:

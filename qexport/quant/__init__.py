@@ -9,10 +9,10 @@ from .nipq import NipqQuantizer
 from .placement import apply_config, calibrate, quantize, quantizers
 from .post import PostQuantizer
 from .pot import PotQuantizer
-from .resource import average_weight_bits, finalize, gbops, resource_loss
+from .resource import average_bits, average_weight_bits, finalize, gbops, resource_loss
 
 __all__ = [
     "AsqAdapter", "AsqQuantizer", "LsqQuantizer", "NipqQuantizer", "PostQuantizer", "PotQuantizer",
     "QuantConfig", "QuantConv2d", "QuantLinear", "QuantSpec", "Quantizer", "apply_config",
-    "average_weight_bits", "calibrate", "finalize", "gbops", "quantize", "quantizers", "resource_loss",
+    "average_bits", "average_weight_bits", "calibrate", "finalize", "gbops", "quantize", "quantizers", "resource_loss",
 ]

@@ -4,7 +4,7 @@ uninitialised-use error, and the explicit description an exporter reads (`QuantS
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
@@ -55,6 +55,20 @@ class Quantizer(nn.Module):
         self._calib_sum: dict[str, Tensor] = {}
         self._calib_count = 0
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.sample_numel = 0
+        self.ready = False  # a Python mirror of `initialized`: reading a CUDA buffer would sync every step
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.refresh_flags()
+
+    def refresh_flags(self) -> None:
+        """Re-read the Python mirrors of the flag buffers (after loading a state dict)."""
+        self.ready = bool(self.initialized)
+
+    def mark_initialized(self) -> None:
+        self.initialized.fill_(True)
+        self.ready = True
 
     # -- to implement ---------------------------------------------------------------------------
     def init_values(self, x: Tensor) -> dict[str, Tensor]:
@@ -82,7 +96,7 @@ class Quantizer(nn.Module):
         return self.path or type(self).__name__
 
     def require_initialized(self) -> None:
-        if not bool(self.initialized):
+        if not self.ready:
             raise QexportError(
                 f"quantizer '{self.name()}' ({self.method}) has no scale yet: run "
                 "qexport.calibrate(model, batches) or train the model before evaluating or exporting it"
@@ -93,7 +107,7 @@ class Quantizer(nn.Module):
         values = {k: sync_mean(v.detach()) for k, v in self.init_values(x).items()}
         with torch.no_grad():
             self.apply_init(values)
-        self.initialized.fill_(True)
+        self.mark_initialized()
 
     def start_calibration(self) -> None:
         self.calibrating = True
@@ -107,7 +121,7 @@ class Quantizer(nn.Module):
         values = {k: sync_mean(v / self._calib_count) for k, v in self._calib_sum.items()}
         with torch.no_grad():
             self.apply_init(values)
-        self.initialized.fill_(True)
+        self.mark_initialized()
         self._calib_sum = {}
 
     def forward(self, x: Tensor) -> Tensor:
@@ -118,10 +132,12 @@ class Quantizer(nn.Module):
                 self._calib_sum[k] = self._calib_sum.get(k, 0) + v.detach()
             self._calib_count += 1
             return x
-        if not bool(self.initialized):
+        if not self.ready:
             if not self.training:
                 self.require_initialized()
             self.initialize_from(x)
+        if self.role == "act" and x.dim() > 1:
+            self.sample_numel = x.numel() // x.shape[0]  # read by the NIPQ average-bit loss
         if not self.training and not bool(torch.isfinite(x).all()):
             raise QexportError(f"quantizer '{self.name()}' received NaN or infinite values")
         return self.fake_quant(x)

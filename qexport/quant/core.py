@@ -47,17 +47,18 @@ class CodeRange:
 
 def round_ste(x: Tensor) -> Tensor:
     """Round half to even in the forward pass, identity gradient (straight-through estimator)."""
-    return x + (torch.round(x) - x).detach()
+    return torch.round(x.detach()) + (x - x.detach())  # forward exactly round(x): y + 0
 
 
 def grad_scale(x: Tensor, scale: float) -> Tensor:
     """Identity in the forward pass; multiplies the gradient by ``scale`` (LSQ's gradient scaling)."""
-    return (x - x * scale).detach() + x * scale
+    scaled = x * scale
+    return x.detach() + (scaled - scaled.detach())
 
 
 def clamp_ste(x: Tensor, lo: float, hi: float) -> Tensor:
     """Clamp in the forward pass, identity gradient (so a clamped parameter can come back)."""
-    return x + (x.clamp(lo, hi) - x).detach()
+    return x.detach().clamp(lo, hi) + (x - x.detach())
 
 
 def quantize_codes(x: Tensor, scale: Tensor, qmin: int, qmax: int) -> Tensor:

@@ -52,13 +52,12 @@ def rounding_noise(scaled: Tensor, in_range: Tensor) -> Tensor:
 
     Inverse-CDF sampling on ``NOISE_BINS`` bins over [-0.5, 0.5], uniform inside a bin.
     """
-    err = (torch.round(scaled) - scaled)[in_range].float()
-    u = torch.rand(scaled.shape, device=scaled.device)
-    if err.numel() == 0:
-        return u - 0.5
-    hist = torch.histc(err, bins=NOISE_BINS, min=-0.5, max=0.5)
+    # out-of-range elements are moved outside histc's [min, max], which ignores them (no sync)
+    err = torch.where(in_range, torch.round(scaled) - scaled, torch.full_like(scaled, 2.0)).float()
+    hist = torch.histc(err, bins=NOISE_BINS, min=-0.5, max=0.5) + 1e-12  # all empty: uniform
     cdf = torch.cumsum(hist, 0) / hist.sum()
-    idx = torch.searchsorted(cdf, u.reshape(-1)).clamp(max=NOISE_BINS - 1).reshape(scaled.shape)
+    u = torch.rand(scaled.numel(), device=scaled.device)
+    idx = torch.searchsorted(cdf, u).clamp(max=NOISE_BINS - 1).reshape(scaled.shape)
     within = torch.rand(scaled.shape, device=scaled.device)
     return (idx.to(scaled.dtype) + within) / NOISE_BINS - 0.5
 
@@ -89,25 +88,35 @@ class NipqQuantizer(Quantizer):
         # frozen_bits > 0: the integer width is fixed (fixed-bit mode, or after finalize()).
         self.register_buffer("frozen_bits", torch.tensor(0 if learn_bits else bits, dtype=torch.int64))
         self.register_buffer("hard", torch.zeros((), dtype=torch.bool))
+        self.refresh_flags()
+
+    def refresh_flags(self) -> None:
+        super().refresh_flags()
+        self._frozen = int(self.frozen_bits)
+        self._hard = bool(self.hard)
 
     # -- bit-width ------------------------------------------------------------------------------
     def continuous_bits(self) -> Tensor:
         """Differentiable bit-width before rounding (what the resource losses use)."""
-        if int(self.frozen_bits) > 0:
+        if self._frozen > 0:
             return self.frozen_bits.float()
         return clamp_ste(BIT_LO + BIT_SPAN * torch.sigmoid(self.theta), self.min_bits, self.max_bits)
 
+    @property
+    def learns_bits(self) -> bool:
+        return self._frozen == 0
+
     def integer_bits(self) -> int:
-        if int(self.frozen_bits) > 0:
-            return int(self.frozen_bits)
+        if self._frozen > 0:
+            return self._frozen
         b = float(self.continuous_bits().detach())
         return int(min(max(round(b), self.min_bits), self.max_bits))
 
     def _train_bits(self) -> Tensor:
-        if int(self.frozen_bits) > 0:
+        if self._frozen > 0:
             return self.frozen_bits.float()
         b = self.continuous_bits()
-        if not bool(self.hard):
+        if not self._hard:
             b = b + (torch.rand((), device=b.device) - 0.5)
         return clamp_ste(round_ste(b), self.min_bits, self.max_bits)
 
@@ -142,8 +151,8 @@ class NipqQuantizer(Quantizer):
         bits = self._train_bits()
         n = levels_for_bits(bits, self.signed)
         alpha = self.alpha()
-        if bool(self.hard):
-            qmax = int(n.detach())
+        if self._hard:
+            qmax = self.code_range.qmax  # hard mode: the width is frozen
             return fake_quant(x, alpha / n, -qmax if self.signed else 0, qmax)
         lo = -alpha if self.signed else torch.zeros_like(alpha)
         clipped = torch.minimum(torch.maximum(x, lo), alpha)
@@ -164,6 +173,7 @@ class NipqQuantizer(Quantizer):
         self.frozen_bits.fill_(self.integer_bits())
         self.theta.requires_grad_(False)
         self.hard.fill_(True)
+        self.refresh_flags()
 
     def describe(self) -> QuantSpec:
         self.require_initialized()

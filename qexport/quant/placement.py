@@ -375,7 +375,7 @@ def calibrate(model: nn.Module, batches: Any, *, forward: Callable[[nn.Module, A
         model.train(was_training)
     if seen == 0:
         raise QexportError("calibrate() got no batches: pass an iterable of input tensors")
-    missing = [q.name() for q in qs if not bool(q.initialized)]
+    missing = [q.name() for q in qs if not q.ready]
     if missing:
         warnings.warn(f"calibration data never reached {len(missing)} quantizer(s), e.g. {missing[0]}", stacklevel=2)
     return model

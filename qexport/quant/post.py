@@ -82,7 +82,7 @@ class PostQuantizer(Quantizer):
         if self.training:
             alpha = grad_scale(alpha, 1.0 / math.sqrt(w.numel() / w.shape[0]))
         v = torch.clamp(w / alpha, -1.0, 1.0)
-        q = v + (self.project(v.detach()) - v).detach()
+        q = self.project(v.detach()) + (v - v.detach())  # straight-through
         return q * alpha
 
     def codes(self, w: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import QexportError
-from .base import Quantizer
+from .base import Quantizer, Role
 from .layers import QuantConv2d, QuantLinear
 from .nipq import NipqQuantizer
 
@@ -30,15 +30,25 @@ def _layers(model: nn.Module) -> list[QuantConv2d | QuantLinear]:
     return [m for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
 
 
+def average_bits(model: nn.Module, role: Role) -> Tensor:
+    """Average bit-width of the ``role`` quantizers of the quantized layers, weighted by element
+    count (weights of the layer; activation elements of one sample, seen in the last forward)."""
+    pairs: list[tuple[Quantizer, int]] = []
+    for m in _layers(model):
+        q = m.weight_quant if role == "weight" else m.act_quant
+        if q is not None:
+            pairs.append((q, m.weight.numel() if role == "weight" else q.sample_numel))
+    if not pairs:
+        raise QexportError(f"average_bits: the model has no quantized {role}s")
+    if any(n == 0 for _, n in pairs):
+        raise QexportError("average_bits over activations needs one forward pass first: run a batch through the model")
+    dev = next(model.parameters()).device
+    total = sum(n for _, n in pairs)
+    return sum(quantizer_bits(q, dev) * n for q, n in pairs) / total
+
+
 def average_weight_bits(model: nn.Module) -> Tensor:
-    """Average weight bit-width over all quantized weights, weighted by weight count."""
-    layers = [m for m in _layers(model) if m.weight_quant is not None]
-    if not layers:
-        raise QexportError("average_weight_bits: the model has no quantized weights")
-    dev = layers[0].weight.device
-    total = sum(m.weight.numel() for m in layers)
-    bits = sum(quantizer_bits(m.weight_quant, dev) * m.weight.numel() for m in layers)
-    return bits / total
+    return average_bits(model, "weight")
 
 
 def layer_macs(m: QuantConv2d | QuantLinear) -> int:
@@ -64,14 +74,21 @@ def gbops(model: nn.Module) -> Tensor:
 
 
 def resource_loss(model: nn.Module, target: float, mode: Literal["avg_bits", "bops"] = "avg_bits") -> Tensor:
-    """Smooth-L1 between the model's average weight bits (or GBOPs) and ``target``."""
-    if mode == "avg_bits":
-        value = average_weight_bits(model)
-    elif mode == "bops":
+    """Smooth-L1 against ``target``: of the average weight bits plus of the average activation bits
+    (``avg_bits``; each side only where the model has learned widths), or of the GBOPs (``bops``)."""
+    if mode == "bops":
         value = gbops(model)
-    else:
+        return F.smooth_l1_loss(value, torch.full_like(value, float(target)))
+    if mode != "avg_bits":
         raise QexportError(f"unknown resource mode {mode!r}: use 'avg_bits' or 'bops'")
-    return F.smooth_l1_loss(value, torch.full_like(value, float(target)))
+    learned = {q.role for q in model.modules() if isinstance(q, NipqQuantizer) and q.learns_bits}
+    if not learned:
+        raise QexportError("resource_loss: no quantizer learns its bit-width (quantize with learn_bits=True)")
+    losses = []
+    for role in sorted(learned):
+        value = average_bits(model, role)  # type: ignore[arg-type]
+        losses.append(F.smooth_l1_loss(value, torch.full_like(value, float(target))))
+    return sum(losses)  # type: ignore[return-value]
 
 
 def finalize(model: nn.Module) -> nn.Module:

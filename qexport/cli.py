@@ -1,0 +1,177 @@
+"""The ``qexport`` command line.
+
+Exit codes: 0 success, 2 bad input (one error line, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from . import __version__, zoo
+from .checkpoint import load, read, save
+from .errors import QexportError
+from .quant.placement import calibrate, quantize
+from .summary import format_table, layer_count, quantizer_rows
+
+EPILOG = """examples:
+  qexport inspect models/resnet20_lsq_w4a4.pt        per-layer methods, bits, scales
+  qexport eval models/resnet20_lsq_w4a4.pt           CIFAR-10 test top-1 of the fake-quant model
+  qexport quantize resnet20 --init fp32.pt --weight post --act asq --bits 4 -o calibrated.pt
+  qexport zoo                                        the model zoo
+"""
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    path = Path(args.model)
+    if path.suffix == ".onnx":
+        raise QexportError(f"{path}: inspecting ONNX files is not available yet; inspect the .pt checkpoint")
+    payload = read(path, trust=args.trust)
+    model = load(path, trust=args.trust)
+    arch = payload.get("arch", {})
+    print(f"{path}  ({path.stat().st_size / 1e6:.2f} MB, qexport {payload.get('qexport_version')})")
+    print(f"architecture: {arch.get('name')} {arch.get('kwargs') or ''}".rstrip())
+    quant = payload.get("quant")
+    if quant is None:
+        print("quantization: none (float model)")
+    else:
+        print(f"quantization: weight={quant['weight']} act={quant['act']} bits={quant['bits']} "
+              f"placement={quant['placement']} first/last={quant['first_last_bits']} glue={quant['glue_bits']}")
+    q, f = layer_count(model)
+    print(f"layers: {q} quantized Conv/Linear, {f} float; parameters: {sum(p.numel() for p in model.parameters()):,}")
+    meta = payload.get("meta") or {}
+    if "test_top1" in meta:
+        print(f"trained: {meta.get('epochs')} epochs on {meta.get('device')}, fake-quant test top-1 {meta['test_top1']}%")
+    rows = [[r.path, r.role, r.method, str(r.bits), "s" if r.signed else "u", r.codes, r.scale]
+            for r in quantizer_rows(model)]
+    if rows:
+        print(format_table(rows, ["quantizer", "role", "method", "bits", "sign", "codes", "scale"]))
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from . import data
+    from .progress import progress
+
+    model = load(args.model, trust=args.trust)
+    images, labels = data.cifar10("test", args.data)
+    if args.limit:
+        keep = torch.linspace(0, len(images) - 1, args.limit).long()  # strided: the set is sorted by class
+        images, labels = images[keep], labels[keep]
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+    correct = 0
+    starts = range(0, len(images), args.batch_size)
+    with torch.no_grad():
+        for i in progress(starts, len(starts), "eval", enabled=not args.quiet):
+            out = model(data.normalize(images[i : i + args.batch_size]))
+            if out.shape[-1] != len(data.CLASSES):
+                raise QexportError(f"{args.model}: the model has {out.shape[-1]} outputs, CIFAR-10 needs 10")
+            correct += int((out.argmax(1) == labels[i : i + args.batch_size]).sum())
+    top1 = 100.0 * correct / len(images)
+    print(f"{args.model}: CIFAR-10 test top-1 {top1:.2f}% on {len(images)} images (PyTorch fake-quant, CPU)")
+    return 0
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    from . import data
+
+    if args.init:
+        model = load(args.init, trust=args.trust)
+        if getattr(model, "qexport_config", None) is not None:
+            raise QexportError(f"{args.init} is already quantized: start from a float checkpoint")
+    else:
+        model = zoo.create(args.arch, **({"num_classes": 10} if args.arch == "resnet20" else {}))
+    qmodel = quantize(model, weight=args.weight, act=args.act, bits=args.bits, placement=args.placement)
+    if args.calib == "cifar10":
+        images, _ = data.cifar10("train", args.data)
+        idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[: args.calib_images]
+        batches = [data.normalize(images[idx[i : i + 64]]) for i in range(0, len(idx), 64)]
+    else:
+        n = max(args.calib_images // 64, 1)
+        batches = [zoo.example_input(qmodel, 64, seed=i) for i in range(n)]
+    calibrate(qmodel, batches)
+    meta = {"calibrated_on": args.calib, "calibration_images": args.calib_images, "trained": False}
+    save(qmodel, args.output, meta=meta)
+    print(f"wrote {args.output}: {args.arch} weight={args.weight} act={args.act} bits={args.bits} "
+          f"placement={args.placement}, calibrated on {args.calib_images} {args.calib} images (not trained)")
+    return 0
+
+
+def _zoo(args: argparse.Namespace) -> int:
+    for name in zoo.names():
+        m = zoo.create(name)
+        ex = m.qexport_example
+        print(f"{name:12s} {sum(p.numel() for p in m.parameters()):>11,} params  input {ex['shape']} {ex['dtype']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qexport", description="Deploy quantization-aware-trained PyTorch models (LSQ, NIPQ, ASQ, POST).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"qexport {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("inspect", help="per-layer method, bits and scales of a model.pt")
+    s.add_argument("model")
+    s.add_argument("--trust", action="store_true", help="allow code/pickles the file names (trusted files only)")
+    s.set_defaults(func=_inspect)
+
+    s = sub.add_parser("eval", help="CIFAR-10 test top-1 of a model.pt (PyTorch, fake-quant)")
+    s.add_argument("model")
+    s.add_argument("--data", help="path of cifar10-jpeg.tar.gz (default: ../shared/data)")
+    s.add_argument("--limit", type=int, default=0, help="evaluate on N images spread over the test set")
+    s.add_argument("--batch-size", type=int, default=500)
+    s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--trust", action="store_true")
+    s.set_defaults(func=_eval)
+
+    s = sub.add_parser("quantize", help="quantize a zoo model or float checkpoint and calibrate it (no training)")
+    s.add_argument("arch", choices=zoo.names())
+    s.add_argument("--init", help="float qexport checkpoint to start from (default: random weights)")
+    s.add_argument("--weight", default="lsq", help="lsq | nipq | post | pot | none")
+    s.add_argument("--act", default="lsq", help="lsq | nipq | asq | none")
+    s.add_argument("--bits", type=int, default=4)
+    s.add_argument("--placement", default="deployable", choices=["deployable", "paper"])
+    s.add_argument("--calib", default="random", choices=["random", "cifar10"])
+    s.add_argument("--calib-images", type=int, default=256)
+    s.add_argument("--data", help="path of cifar10-jpeg.tar.gz")
+    s.add_argument("--trust", action="store_true")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=_quantize)
+
+    s = sub.add_parser("zoo", help="list the model zoo")
+    s.set_defaults(func=_zoo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    for name in ("weight", "act"):
+        if getattr(args, name, None) == "none":
+            setattr(args, name, None)
+    try:
+        return int(args.func(args))
+    except QexportError as exc:
+        print(f"qexport: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into `head`
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("qexport: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
