@@ -75,6 +75,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--out", required=True, help="output folder (model.pt, last.pt)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--save-rank-states", action="store_true",
+                   help="each rank writes OUT/rank<R>.pt with its final state (to verify DDP keeps ranks identical)")
     args = p.parse_args(argv)
     weight, act = METHODS[args.method]
     args.weight = args.weight or weight
@@ -221,13 +223,15 @@ def main(argv: list[str] | None = None) -> int:
             loss_sum += loss.detach()
             bar.update(1, f"loss {float(loss.detach()):.3f}" if step % 50 == 0 else None)
         bar.close()
+        if world > 1:
+            average_buffers(core, world)
         elapsed += time.time() - t0
         top1 = evaluate(core, test_x, test_y, device)
         record = {"epoch": epoch + 1, "loss": float(loss_sum) / steps, "test_top1": top1,
                   "lr": opt.param_groups[0]["lr"], "seconds": round(elapsed, 1)}
         if is_nipq:
-            record["avg_weight_bits"] = float(qexport.quant.average_bits(core, "weight"))
-            record["avg_act_bits"] = float(qexport.quant.average_bits(core, "act"))
+            record["avg_weight_bits"] = float(qexport.quant.average_bits(core, "weight").detach())
+            record["avg_act_bits"] = float(qexport.quant.average_bits(core, "act").detach())
         history.append(record)
         if rank == 0:
             print(f"train: {record}", file=sys.stderr)
@@ -240,10 +244,21 @@ def main(argv: list[str] | None = None) -> int:
                 schedule["total"] = steps * args.epochs
                 if rank == 0:
                     print(f"train: --time-budget: shortened to {args.epochs} epochs", file=sys.stderr)
+    if args.save_rank_states:
+        torch.save(core.state_dict(), out / f"rank{rank}.pt")
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
     return 0
+
+
+def average_buffers(model: nn.Module, world: int) -> None:
+    """Average the float buffers (BatchNorm running statistics) over ranks: each rank updated them
+    on its own shard since DDP's last broadcast, and every rank must save the same model."""
+    for buf in model.buffers():
+        if buf.is_floating_point():
+            dist.all_reduce(buf, op=dist.ReduceOp.SUM)
+            buf /= world
 
 
 def _any_hard(model: nn.Module) -> bool:

@@ -133,8 +133,8 @@ def trace(model: nn.Module) -> fx.GraphModule:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise QexportError(
             f"cannot trace {type(model).__name__} with torch.fx{_user_frame(exc)} ({first}); make that "
-            "construct traceable (no data-dependent if/for on tensors, no unpacking of x.shape: use "
-            "x.flatten / x.unflatten / x.shape[i]) or use placement='paper', which swaps layers without tracing"
+            "construct traceable (no Python if/for that depends on tensor values) or use "
+            "placement='paper', which swaps layers without tracing"
         ) from None
     return fx.GraphModule(model, graph, class_name=type(model).__name__)
 

@@ -1,0 +1,100 @@
+"""tools/train.py on a tiny CIFAR-shaped archive made here: FP32, QAT from it, resume, NIPQ with a
+resource target, and DistributedDataParallel over 2 CPU processes (gloo)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import qexport
+from qexport.data import CLASSES
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import train  # noqa: E402
+
+
+def _make_archive(path: Path, per_class: tuple[int, int] = (12, 3)) -> None:
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        for split, count in zip(("train", "test"), per_class, strict=True):
+            for ci, cls in enumerate(CLASSES):
+                for k in range(count):
+                    img = rng.integers(0, 60, (32, 32, 3), dtype=np.uint8) + np.uint8(ci * 19)  # class-dependent
+                    buf = io.BytesIO()
+                    Image.fromarray(img).save(buf, format="JPEG", quality=75)
+                    info = tarfile.TarInfo(f"cifar10-jpeg/{split}/{cls}/{k:04d}.jpg")
+                    info.size = buf.tell()
+                    buf.seek(0)
+                    tar.addfile(info, buf)
+
+
+@pytest.fixture()
+def tiny_cifar(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    archive = tmp_path / "cifar10-jpeg.tar.gz"
+    _make_archive(archive)
+    monkeypatch.setenv("QEXPORT_CIFAR10", str(archive))
+    monkeypatch.setenv("QEXPORT_CACHE", str(tmp_path / "cache"))
+    return archive
+
+
+def test_data_decodes_and_caches(tiny_cifar: Path) -> None:
+    x, y = qexport.data.cifar10("train")
+    assert x.shape == (120, 32, 32, 3) and x.dtype == torch.uint8 and y.bincount().tolist() == [12] * 10
+    assert list((Path(os.environ["QEXPORT_CACHE"])).glob("*.npz"))
+    aug = qexport.data.augment(x[:8])
+    assert aug.shape == (8, 3, 32, 32) and aug.dtype == torch.float32
+
+
+def test_fp32_then_qat_then_resume(tiny_cifar: Path, tmp_path: Path) -> None:
+    small = ["--batch-size", "16", "--max-steps", "2", "--no-progress", "--calib-batches", "1"]
+    assert train.main(["--method", "fp32", "--epochs", "1", "--lr", "0.05", "--out", str(tmp_path / "fp32"), *small]) == 0
+    fp32 = tmp_path / "fp32" / "model.pt"
+    assert qexport.load(fp32).qexport_meta["epochs"] == 1
+    out = tmp_path / "asqpost"
+    args = ["--method", "asq+post", "--init", str(fp32), "--out", str(out), *small]
+    assert train.main([*args, "--epochs", "1"]) == 0
+    assert train.main([*args, "--epochs", "2"]) == 0  # resumes from last.pt, runs epoch 2 only
+    model = qexport.load(out / "model.pt")
+    meta = model.qexport_meta
+    assert [h["epoch"] for h in meta["history"]] == [1, 2]
+    assert meta["weight"] == "post" and meta["act"] == "asq" and model.qexport_config["bits"] == 4
+    assert model(qexport.data.normalize(qexport.data.cifar10("test")[0][:4])).shape == (4, 10)
+
+
+def test_nipq_mixed_precision_run(tiny_cifar: Path, tmp_path: Path) -> None:
+    out = tmp_path / "nipq"
+    argv = ["--method", "nipq", "--learn-bits", "--bits", "6", "--target-bits", "4", "--resource-weight", "5",
+            "--epochs", "2", "--finalize-epochs", "1", "--batch-size", "16", "--max-steps", "3", "--lr", "0.5",
+            "--no-progress", "--calib-batches", "1", "--out", str(out)]
+    assert train.main(argv) == 0
+    meta = qexport.load(out / "model.pt").qexport_meta
+    assert meta["history"][0]["avg_weight_bits"] < 6.0  # the resource loss moved the widths
+    assert set(meta["nipq_bits"].values()) <= set(range(2, 9))
+
+
+def test_ddp_two_cpu_ranks_stay_identical(tiny_cifar: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+           str(ROOT / "tools" / "train.py"), "--method", "asq", "--bits", "4", "--epochs", "1", "--batch-size", "16",
+           "--max-steps", "3", "--calib-batches", "1", "--device", "cpu", "--no-progress", "--save-rank-states",
+           "--out", str(out)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s0 = torch.load(out / "rank0.pt", weights_only=True)
+    s1 = torch.load(out / "rank1.pt", weights_only=True)
+    assert s0.keys() == s1.keys()
+    quant_keys = [k for k in s0 if k.endswith(".step") or ".adapter." in k]
+    assert quant_keys
+    for k in s0:
+        assert torch.equal(s0[k], s1[k]), f"ranks differ at {k}"
