@@ -9,6 +9,14 @@ from .quant import QuantConfig, calibrate, finalize, quantize, resource_loss
 __version__ = "0.1.0"
 
 __all__ = [
-    "QexportError", "QuantConfig", "__version__", "calibrate", "finalize", "load", "quantize",
-    "resource_loss", "save", "zoo",
+    "QexportError",
+    "QuantConfig",
+    "__version__",
+    "calibrate",
+    "finalize",
+    "load",
+    "quantize",
+    "resource_loss",
+    "save",
+    "zoo",
 ]

@@ -129,7 +129,9 @@ def read(path: str | os.PathLike[str], *, trust: bool = False) -> dict[str, Any]
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().split(". ")[0] if str(exc).strip() else type(exc).__name__
-        raise QexportError(f"{path}: truncated or corrupt checkpoint ({first[:120]}); re-save or re-download it") from None
+        raise QexportError(
+            f"{path}: truncated or corrupt checkpoint ({first[:120]}); re-save or re-download it"
+        ) from None
     if isinstance(payload, nn.Module) and trust:
         return {"module": payload}
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:

@@ -39,40 +39,34 @@ def _inspect(args: argparse.Namespace) -> int:
     if quant is None:
         print("quantization: none (float model)")
     else:
-        print(f"quantization: weight={quant['weight']} act={quant['act']} bits={quant['bits']} "
-              f"placement={quant['placement']} first/last={quant['first_last_bits']} glue={quant['glue_bits']}")
+        print(
+            f"quantization: weight={quant['weight']} act={quant['act']} bits={quant['bits']} "
+            f"placement={quant['placement']} first/last={quant['first_last_bits']} glue={quant['glue_bits']}"
+        )
     q, f = layer_count(model)
     print(f"layers: {q} quantized Conv/Linear, {f} float; parameters: {sum(p.numel() for p in model.parameters()):,}")
     meta = payload.get("meta") or {}
     if "test_top1" in meta:
-        print(f"trained: {meta.get('epochs')} epochs on {meta.get('device')}, fake-quant test top-1 {meta['test_top1']}%")
-    rows = [[r.path, r.role, r.method, str(r.bits), "s" if r.signed else "u", r.codes, r.scale]
-            for r in quantizer_rows(model)]
+        print(
+            f"trained: {meta.get('epochs')} epochs on {meta.get('device')}, fake-quant test top-1 {meta['test_top1']}%"
+        )
+    rows = [
+        [r.path, r.role, r.method, str(r.bits), "s" if r.signed else "u", r.codes, r.scale]
+        for r in quantizer_rows(model)
+    ]
     if rows:
         print(format_table(rows, ["quantizer", "role", "method", "bits", "sign", "codes", "scale"]))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from . import data
-    from .progress import progress
+    from .evaluate import cifar10_top1
 
     model = load(args.model, trust=args.trust)
-    images, labels = data.cifar10("test", args.data)
-    if args.limit:
-        keep = torch.linspace(0, len(images) - 1, args.limit).long()  # strided: the set is sorted by class
-        images, labels = images[keep], labels[keep]
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    correct = 0
-    starts = range(0, len(images), args.batch_size)
-    with torch.no_grad():
-        for i in progress(starts, len(starts), "eval", enabled=not args.quiet):
-            out = model(data.normalize(images[i : i + args.batch_size]))
-            if out.shape[-1] != len(data.CLASSES):
-                raise QexportError(f"{args.model}: the model has {out.shape[-1]} outputs, CIFAR-10 needs 10")
-            correct += int((out.argmax(1) == labels[i : i + args.batch_size]).sum())
-    top1 = 100.0 * correct / len(images)
-    print(f"{args.model}: CIFAR-10 test top-1 {top1:.2f}% on {len(images)} images (PyTorch fake-quant, CPU)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    acc, count = cifar10_top1(model, limit=args.limit, archive=args.data, show_progress=not args.quiet)
+    print(f"{args.model}: CIFAR-10 test top-1 {acc:.2f}% on {count} images (PyTorch fake-quant, CPU)")
     return 0
 
 
@@ -96,8 +90,10 @@ def _quantize(args: argparse.Namespace) -> int:
     calibrate(qmodel, batches)
     meta = {"calibrated_on": args.calib, "calibration_images": args.calib_images, "trained": False}
     save(qmodel, args.output, meta=meta)
-    print(f"wrote {args.output}: {args.arch} weight={args.weight} act={args.act} bits={args.bits} "
-          f"placement={args.placement}, calibrated on {args.calib_images} {args.calib} images (not trained)")
+    print(
+        f"wrote {args.output}: {args.arch} weight={args.weight} act={args.act} bits={args.bits} "
+        f"placement={args.placement}, calibrated on {args.calib_images} {args.calib} images (not trained)"
+    )
     return 0
 
 
@@ -111,8 +107,10 @@ def _zoo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="qexport", description="Deploy quantization-aware-trained PyTorch models (LSQ, NIPQ, ASQ, POST).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="qexport",
+        description="Deploy quantization-aware-trained PyTorch models (LSQ, NIPQ, ASQ, POST).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--version", action="version", version=f"qexport {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -126,7 +124,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("--data", help="path of cifar10-jpeg.tar.gz (default: ../shared/data)")
     s.add_argument("--limit", type=int, default=0, help="evaluate on N images spread over the test set")
-    s.add_argument("--batch-size", type=int, default=500)
     s.add_argument("--threads", type=int, default=0)
     s.add_argument("--quiet", action="store_true")
     s.add_argument("--trust", action="store_true")

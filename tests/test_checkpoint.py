@@ -32,7 +32,12 @@ def _trained_like(weight: str, act: str, **kw: object) -> nn.Module:
 
 @pytest.mark.parametrize(
     ("weight", "act", "kw"),
-    [("lsq", "lsq", {}), ("post", "asq", {}), ("nipq", "nipq", {"learn_bits": True}), ("pot", "lsq", {"placement": "paper"})],
+    [
+        ("lsq", "lsq", {}),
+        ("post", "asq", {}),
+        ("nipq", "nipq", {"learn_bits": True}),
+        ("pot", "lsq", {"placement": "paper"}),
+    ],
 )
 def test_round_trip_gives_identical_outputs(tmp_path: Path, weight: str, act: str, kw: dict) -> None:
     q = _trained_like(weight, act, **kw)
@@ -60,7 +65,11 @@ def test_float_model_and_example_shape(tmp_path: Path) -> None:
     path = qexport.save(model, tmp_path / "f.pt", example_inputs=torch.randn(1, 3, 64, 64))
     payload = checkpoint.read(path)
     assert payload["example"] == {"shape": [1, 3, 64, 64], "dtype": "float32"}
-    assert payload["quant"] is None and payload["arch"] == {"source": "zoo", "name": "resnet18", "kwargs": {"num_classes": 7}}
+    assert payload["quant"] is None and payload["arch"] == {
+        "source": "zoo",
+        "name": "resnet18",
+        "kwargs": {"num_classes": 7},
+    }
     back = qexport.load(path)
     assert back.fc.out_features == 7
 
@@ -70,7 +79,9 @@ def build_custom(width: int = 4) -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, width, 3), nn.ReLU(), nn.Flatten(), nn.Linear(width * 4, 2))
 
 
-def test_module_function_architecture_needs_the_callers_consent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_module_function_architecture_needs_the_callers_consent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     import test_checkpoint as here
 
@@ -119,9 +130,14 @@ def test_corrupt_truncated_foreign_and_version(tmp_path: Path) -> None:
     payload["state_dict"] = {k: v for k, v in payload["state_dict"].items() if "fc" not in k}
     torch.save(payload, tmp_path / "missing.pt")
     cases = {
-        "trunc.pt": "truncated or corrupt", "noise.pt": "truncated or corrupt|refuses", "empty.pt": "truncated or corrupt",
-        "foreign.pt": "not a qexport checkpoint", "future.pt": "format version 99", "missing.pt": "do not fit",
-        "nothere.pt": "no such checkpoint", "plainpickle.pt": "truncated or corrupt|refuses|not a qexport",
+        "trunc.pt": "truncated or corrupt",
+        "noise.pt": "truncated or corrupt|refuses",
+        "empty.pt": "truncated or corrupt",
+        "foreign.pt": "not a qexport checkpoint",
+        "future.pt": "format version 99",
+        "missing.pt": "do not fit",
+        "nothere.pt": "no such checkpoint",
+        "plainpickle.pt": "truncated or corrupt|refuses|not a qexport",
     }
     for name, pattern in cases.items():
         with pytest.raises(QexportError, match=pattern) as err:
@@ -131,8 +147,11 @@ def test_corrupt_truncated_foreign_and_version(tmp_path: Path) -> None:
 
 def test_cli_bad_files_exit_2_without_traceback(tmp_path: Path) -> None:
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    for args in (["inspect", str(tmp_path / "bad.pt")], ["inspect", str(tmp_path / "none.pt")],
-                 ["eval", str(tmp_path / "bad.pt")]):
+    for args in (
+        ["inspect", str(tmp_path / "bad.pt")],
+        ["inspect", str(tmp_path / "none.pt")],
+        ["eval", str(tmp_path / "bad.pt")],
+    ):
         proc = subprocess.run([sys.executable, "-m", "qexport.cli", *args], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("qexport: error: ") and "Traceback" not in proc.stderr

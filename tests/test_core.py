@@ -16,9 +16,17 @@ from qexport.quant.core import CodeRange, clamp_ste, grad_scale, quantize_codes,
 
 @pytest.mark.parametrize(
     ("bits", "signed", "narrow", "lo", "hi"),
-    [(8, False, False, 0, 255), (8, True, False, -128, 127), (8, True, True, -127, 127), (4, False, False, 0, 15),
-     (4, True, False, -8, 7), (4, True, True, -7, 7), (2, True, True, -1, 1), (2, False, False, 0, 3),
-     (3, True, False, -4, 3)],
+    [
+        (8, False, False, 0, 255),
+        (8, True, False, -128, 127),
+        (8, True, True, -127, 127),
+        (4, False, False, 0, 15),
+        (4, True, False, -8, 7),
+        (4, True, True, -7, 7),
+        (2, True, True, -1, 1),
+        (2, False, False, 0, 3),
+        (3, True, False, -4, 3),
+    ],
 )
 def test_code_range(bits: int, signed: bool, narrow: bool, lo: int, hi: int) -> None:
     r = CodeRange(bits, signed, narrow)
@@ -44,9 +52,14 @@ def test_straight_through_helpers_are_exact_in_forward() -> None:
 
 def _ort_quantize(x: np.ndarray, scale: float, dtype: int, opset: int = 21) -> np.ndarray:
     """Codes from onnxruntime's QuantizeLinear (cast to int32 to fetch sub-byte types)."""
-    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]), helper.make_node("Cast", ["q"], ["y"], to=TensorProto.INT32)]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+        helper.make_node("Cast", ["q"], ["y"], to=TensorProto.INT32),
+    ]
     graph = helper.make_graph(
-        nodes, "q", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+        nodes,
+        "q",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
         [helper.make_tensor_value_info("y", TensorProto.INT32, [None])],
         [helper.make_tensor("s", TensorProto.FLOAT, [], [scale]), helper.make_tensor("z", dtype, [], [0])],
     )
@@ -66,7 +79,12 @@ def _tie_values(scale: np.float32, lo: int, hi: int) -> np.ndarray:
 
 @pytest.mark.parametrize(
     ("dtype", "bits", "signed"),
-    [(TensorProto.INT8, 8, True), (TensorProto.UINT8, 8, False), (TensorProto.INT4, 4, True), (TensorProto.UINT4, 4, False)],
+    [
+        (TensorProto.INT8, 8, True),
+        (TensorProto.UINT8, 8, False),
+        (TensorProto.INT4, 4, True),
+        (TensorProto.UINT4, 4, False),
+    ],
 )
 @pytest.mark.parametrize("scale", [0.1, 0.0173, 0.3, 1.0 / 3.0])
 def test_codes_match_onnxruntime_at_ties(dtype: int, bits: int, signed: bool, scale: float) -> None:

@@ -90,3 +90,35 @@ def test_lazy_init_on_first_training_batch() -> None:
     q(x)
     assert q.ready and bool(q.initialized)
     assert torch.allclose(q.step, 2 * x.mean() / math.sqrt(15))
+
+
+def test_mse_calibration_beats_the_paper_init_and_is_the_grid_minimum() -> None:
+    from qexport.quant.core import mse_step_search
+
+    x = torch.randn(4096) ** 3  # heavy tails: the paper's init clips badly
+    start = 2 * x.abs().mean() / math.sqrt(7)
+    best = mse_step_search(x, start, -8, 7, None)
+
+    def err(s: torch.Tensor) -> float:
+        return float((torch.clamp(torch.round(x / s), -8, 7) * s - x).pow(2).mean())
+
+    grid = [start * f for f in torch.linspace(0.05, 2.0, 40).tolist()]
+    assert err(best) == min(err(s) for s in grid)
+    assert err(best) < err(start)
+
+
+def test_calibrate_mse_and_paper_modes() -> None:
+    from torch import nn
+
+    import qexport
+
+    model = nn.Sequential(nn.Linear(16, 16), nn.Linear(16, 4))
+    x = torch.randn(64, 16) ** 3
+    steps = {}
+    for init in ("paper", "mse"):
+        q = qexport.quantize(model, bits=4, first_last_bits=None)
+        qexport.calibrate(q, [x], init=init)
+        steps[init] = float(q.get_submodule("0").act_quant.step)
+        assert q.get_submodule("0").act_quant.init_method == "paper"  # restored after calibration
+    assert steps["paper"] == pytest.approx(float(2 * x.abs().mean() / math.sqrt(7)))
+    assert steps["mse"] != pytest.approx(steps["paper"])

@@ -36,7 +36,9 @@ def test_limit_keeps_the_gradient() -> None:
     with torch.no_grad():
         q.theta.fill_(3.0)
     q.continuous_bits().backward()
-    assert float(q.theta.grad) == pytest.approx(12 * torch.sigmoid(torch.tensor(3.0)).item() * (1 - torch.sigmoid(torch.tensor(3.0)).item()))
+    assert float(q.theta.grad) == pytest.approx(
+        12 * torch.sigmoid(torch.tensor(3.0)).item() * (1 - torch.sigmoid(torch.tensor(3.0)).item())
+    )
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4, 8])
@@ -148,8 +150,9 @@ def test_finalize_freezes_bits_and_uses_ste() -> None:
 
 
 def _tiny() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.Flatten(),
-                         nn.Linear(8 * 6 * 6, 4))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.Flatten(), nn.Linear(8 * 6 * 6, 4)
+    )
 
 
 def test_bops_and_average_bits_by_hand() -> None:

@@ -13,7 +13,7 @@ from torch import fx, nn
 import qexport
 from qexport import zoo
 from qexport.errors import QexportError
-from qexport.quant import AsqQuantizer, LsqQuantizer, QuantConv2d, QuantLinear, Quantizer
+from qexport.quant import AsqQuantizer, LsqQuantizer, QuantConv2d, Quantizer, QuantLinear
 
 
 def _quantizer_of(gm: fx.GraphModule, node: object) -> Quantizer | None:
@@ -24,7 +24,9 @@ def _quantizer_of(gm: fx.GraphModule, node: object) -> Quantizer | None:
 
 
 def _adds(gm: fx.GraphModule) -> list[fx.Node]:
-    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target in (operator.add, operator.iadd, torch.add)]
+    return [
+        n for n in gm.graph.nodes if n.op == "call_function" and n.target in (operator.add, operator.iadd, torch.add)
+    ]
 
 
 def test_deployable_resnet_quantizes_residual_operands_and_results() -> None:
@@ -65,7 +67,8 @@ def test_signedness_first_last_and_bits() -> None:
 
 def test_overrides_and_skips() -> None:
     gm = qexport.quantize(
-        zoo.create("resnet20"), bits=4,
+        zoo.create("resnet20"),
+        bits=4,
         overrides={"layers.2.*.conv2": {"bits": 2}, "layers.0.0.conv1": {"act": "asq"}, "fc": None},
     )
     assert gm.get_submodule("layers.2.1.conv2").weight_quant.code_range.bits == 2

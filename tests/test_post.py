@@ -24,7 +24,7 @@ def test_post_3bit_levels() -> None:
 
 
 def test_post_4bit_levels() -> None:
-    mags = [R2 ** -k for k in range(7)]  # 1 .. 0.125
+    mags = [R2**-k for k in range(7)]  # 1 .. 0.125
     expected = sorted([0.0, *mags, *[-m for m in mags]])
     levels = _levels(PostQuantizer(4, channels=1))
     assert len(levels) == 15 and levels == [round(v, 6) for v in expected]
@@ -34,7 +34,7 @@ def test_post_4bit_levels() -> None:
 def test_pot_levels() -> None:
     assert _levels(PotQuantizer(3, channels=1)) == [-1.0, -0.5, -0.25, 0.0, 0.25, 0.5, 1.0]
     levels = _levels(PotQuantizer(4, channels=1))
-    assert len(levels) == 15 and min(abs(v) for v in levels if v) == round(2**-6, 6)
+    assert len(levels) == 15 and min(abs(v) for v in levels if v) == (2**-6)
     assert _levels(PotQuantizer(2, channels=1)) == _levels(PostQuantizer(2, channels=1)) == [-1.0, 0.0, 1.0]
 
 

@@ -57,7 +57,9 @@ def test_data_decodes_and_caches(tiny_cifar: Path) -> None:
 
 def test_fp32_then_qat_then_resume(tiny_cifar: Path, tmp_path: Path) -> None:
     small = ["--batch-size", "16", "--max-steps", "2", "--no-progress", "--calib-batches", "1"]
-    assert train.main(["--method", "fp32", "--epochs", "1", "--lr", "0.05", "--out", str(tmp_path / "fp32"), *small]) == 0
+    assert (
+        train.main(["--method", "fp32", "--epochs", "1", "--lr", "0.05", "--out", str(tmp_path / "fp32"), *small]) == 0
+    )
     fp32 = tmp_path / "fp32" / "model.pt"
     assert qexport.load(fp32).qexport_meta["epochs"] == 1
     out = tmp_path / "asqpost"
@@ -73,9 +75,32 @@ def test_fp32_then_qat_then_resume(tiny_cifar: Path, tmp_path: Path) -> None:
 
 def test_nipq_mixed_precision_run(tiny_cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "nipq"
-    argv = ["--method", "nipq", "--learn-bits", "--bits", "6", "--target-bits", "4", "--resource-weight", "5",
-            "--epochs", "2", "--finalize-epochs", "1", "--batch-size", "16", "--max-steps", "3", "--lr", "0.5",
-            "--no-progress", "--calib-batches", "1", "--out", str(out)]
+    argv = [
+        "--method",
+        "nipq",
+        "--learn-bits",
+        "--bits",
+        "6",
+        "--target-bits",
+        "4",
+        "--resource-weight",
+        "5",
+        "--epochs",
+        "2",
+        "--finalize-epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "3",
+        "--lr",
+        "0.5",
+        "--no-progress",
+        "--calib-batches",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert train.main(argv) == 0
     meta = qexport.load(out / "model.pt").qexport_meta
     assert meta["history"][0]["avg_weight_bits"] < 6.0  # the resource loss moved the widths
@@ -85,10 +110,34 @@ def test_nipq_mixed_precision_run(tiny_cifar: Path, tmp_path: Path) -> None:
 def test_ddp_two_cpu_ranks_stay_identical(tiny_cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           str(ROOT / "tools" / "train.py"), "--method", "asq", "--bits", "4", "--epochs", "1", "--batch-size", "16",
-           "--max-steps", "3", "--calib-batches", "1", "--device", "cpu", "--no-progress", "--save-rank-states",
-           "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29531",
+        str(ROOT / "tools" / "train.py"),
+        "--method",
+        "asq",
+        "--bits",
+        "4",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--max-steps",
+        "3",
+        "--calib-batches",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--save-rank-states",
+        "--out",
+        str(out),
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     s0 = torch.load(out / "rank0.pt", weights_only=True)

@@ -33,6 +33,7 @@ from torch import nn
 
 import qexport
 from qexport import data as cifar
+from qexport import evaluate as evaluation
 from qexport.progress import Progress
 from qexport.quant import NipqQuantizer, Quantizer
 
@@ -70,13 +71,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=0, help="use only the first N training images (smoke runs)")
     p.add_argument("--max-steps", type=int, default=0, help="stop each epoch after N steps (smoke runs)")
     p.add_argument("--eval-limit", type=int, default=0, help="evaluate on the first N test images only")
-    p.add_argument("--time-budget", type=float, default=0,
-                   help="seconds: after the first epoch, shorten --epochs (and the cosine schedule) to fit")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=0,
+        help="seconds: after the first epoch, shorten --epochs (and the cosine schedule) to fit",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda")
     p.add_argument("--out", required=True, help="output folder (model.pt, last.pt)")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--save-rank-states", action="store_true",
-                   help="each rank writes OUT/rank<R>.pt with its final state (to verify DDP keeps ranks identical)")
+    p.add_argument(
+        "--save-rank-states",
+        action="store_true",
+        help="each rank writes OUT/rank<R>.pt with its final state (to verify DDP keeps ranks identical)",
+    )
     args = p.parse_args(argv)
     weight, act = METHODS[args.method]
     args.weight = args.weight or weight
@@ -113,16 +121,6 @@ def param_groups(model: nn.Module, wd: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
-    model.eval()
-    correct = 0
-    for i in range(0, len(images), 500):
-        x = cifar.normalize(images[i : i + 500].to(device))
-        correct += int((model(x).argmax(1) == labels[i : i + 500].to(device)).sum())
-    return 100.0 * correct / max(len(images), 1)
-
-
 def build_model(args: argparse.Namespace, shard_x: torch.Tensor, device: torch.device) -> nn.Module:
     if args.init:
         base = qexport.load(args.init)
@@ -134,7 +132,11 @@ def build_model(args: argparse.Namespace, shard_x: torch.Tensor, device: torch.d
     if args.weight is None and args.act is None:
         return base
     model = qexport.quantize(
-        base, weight=args.weight, act=args.act, bits=args.bits, placement=args.placement,
+        base,
+        weight=args.weight,
+        act=args.act,
+        bits=args.bits,
+        placement=args.placement,
         learn_bits=args.learn_bits,
     ).to(device)
     gen = torch.Generator().manual_seed(args.seed)
@@ -163,9 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         keep = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(args.seed))[: args.limit]
         train_x, train_y = train_x[keep], train_y[keep]
-    if args.eval_limit:  # a strided subset: the test set is sorted by class
-        keep = torch.linspace(0, len(test_x) - 1, args.eval_limit).long()
-        test_x, test_y = test_x[keep], test_y[keep]
+    test_x, test_y = evaluation.subset(test_x, test_y, args.eval_limit)
     shard = torch.arange(rank, len(train_x), world)  # each rank calibrates on its own shard
 
     model = build_model(args, train_x[shard], device)
@@ -189,7 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     if world > 1:
         model = nn.parallel.DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.SGD(param_groups(core, args.wd), lr=args.lr, momentum=0.9, nesterov=True)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / schedule['total'], 1.0))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1 + math.cos(math.pi * min(step / schedule["total"], 1.0)))
+    )
     if resumed:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -226,9 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         if world > 1:
             average_buffers(core, world)
         elapsed += time.time() - t0
-        top1 = evaluate(core, test_x, test_y, device)
-        record = {"epoch": epoch + 1, "loss": float(loss_sum) / steps, "test_top1": top1,
-                  "lr": opt.param_groups[0]["lr"], "seconds": round(elapsed, 1)}
+        top1 = evaluation.top1(core, test_x, test_y, device=device)
+        record = {
+            "epoch": epoch + 1,
+            "loss": float(loss_sum) / steps,
+            "test_top1": top1,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": round(elapsed, 1),
+        }
         if is_nipq:
             record["avg_weight_bits"] = float(qexport.quant.average_bits(core, "weight").detach())
             record["avg_act_bits"] = float(qexport.quant.average_bits(core, "act").detach())
@@ -274,22 +281,46 @@ def _drop_frozen(opt: torch.optim.Optimizer) -> None:
         group["params"] = [p for p in group["params"] if p.requires_grad]
 
 
-def _save(model: nn.Module, out: Path, args: argparse.Namespace, history: list[dict[str, Any]], elapsed: float,
-          device: torch.device, epoch: int, opt: torch.optim.Optimizer, sched: Any) -> None:
+def _save(
+    model: nn.Module,
+    out: Path,
+    args: argparse.Namespace,
+    history: list[dict[str, Any]],
+    elapsed: float,
+    device: torch.device,
+    epoch: int,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+) -> None:
     meta = {
         "dataset": "cifar10-jpeg (../shared/data)",
         "preprocess": {"mean": list(cifar.MEAN), "std": list(cifar.STD), "layout": "NCHW float32"},
-        "method": args.method, "weight": args.weight, "act": args.act, "bits": args.bits,
-        "placement": args.placement, "epochs": epoch, "planned_epochs": args.epochs, "seed": args.seed,
-        "init": args.init, "command": " ".join(["python", "tools/train.py", *sys.argv[1:]]),
+        "method": args.method,
+        "weight": args.weight,
+        "act": args.act,
+        "bits": args.bits,
+        "placement": args.placement,
+        "epochs": epoch,
+        "planned_epochs": args.epochs,
+        "seed": args.seed,
+        "init": args.init,
+        "command": " ".join(["python", "tools/train.py", *sys.argv[1:]]),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "train_seconds": round(elapsed, 1), "test_top1": history[-1]["test_top1"], "history": history,
+        "train_seconds": round(elapsed, 1),
+        "test_top1": history[-1]["test_top1"],
+        "history": history,
     }
     if any(isinstance(m, NipqQuantizer) for m in model.modules()):
         meta["nipq_bits"] = {m.path: m.integer_bits() for m in model.modules() if isinstance(m, NipqQuantizer)}
     qexport.save(model, out / "model.pt", meta=meta)
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "epoch": epoch, "history": history, "seconds": elapsed}
+    state = {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "epoch": epoch,
+        "history": history,
+        "seconds": elapsed,
+    }
     tmp = out / "last.pt.tmp"
     torch.save(state, tmp)
     os.replace(tmp, out / "last.pt")

@@ -1,7 +1,7 @@
 """Training-side quantizers, the quantized layers and ``quantize()``."""
 
 from .asq import AsqAdapter, AsqQuantizer
-from .base import QuantSpec, Quantizer
+from .base import Quantizer, QuantSpec
 from .config import QuantConfig
 from .layers import QuantConv2d, QuantLinear
 from .lsq import LsqQuantizer
@@ -12,7 +12,24 @@ from .pot import PotQuantizer
 from .resource import average_bits, average_weight_bits, finalize, gbops, resource_loss
 
 __all__ = [
-    "AsqAdapter", "AsqQuantizer", "LsqQuantizer", "NipqQuantizer", "PostQuantizer", "PotQuantizer",
-    "QuantConfig", "QuantConv2d", "QuantLinear", "QuantSpec", "Quantizer", "apply_config",
-    "average_bits", "average_weight_bits", "calibrate", "finalize", "gbops", "quantize", "quantizers", "resource_loss",
+    "AsqAdapter",
+    "AsqQuantizer",
+    "LsqQuantizer",
+    "NipqQuantizer",
+    "PostQuantizer",
+    "PotQuantizer",
+    "QuantConfig",
+    "QuantConv2d",
+    "QuantLinear",
+    "QuantSpec",
+    "Quantizer",
+    "apply_config",
+    "average_bits",
+    "average_weight_bits",
+    "calibrate",
+    "finalize",
+    "gbops",
+    "quantize",
+    "quantizers",
+    "resource_loss",
 ]

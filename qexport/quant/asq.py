@@ -17,8 +17,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import QuantSpec, Quantizer, Role
-from .core import CodeRange, fake_quant, grad_scale, quantize_codes
+from .base import Quantizer, QuantSpec, Role
+from .core import CodeRange, fake_quant, grad_scale, mse_step_search, quantize_codes
 
 MIN_BETA = 1e-8
 MIN_STEP = 1e-8
@@ -69,8 +69,12 @@ class AsqQuantizer(Quantizer):
         return self.step.clamp(min=MIN_STEP) * self.adapter(x)
 
     def init_values(self, x: Tensor) -> dict[str, Tensor]:
-        beta = self.adapter(x).detach()
-        return {"step": 2.0 * (x.detach().abs() / beta).mean() / math.sqrt(self._range.qmax)}
+        # q(x; s * beta) = beta * q(x / beta; s): initialise s on the beta-normalised input
+        v = x.detach() / self.adapter(x).detach()
+        step = 2.0 * v.abs().mean() / math.sqrt(self._range.qmax)
+        if self.init_method == "mse":
+            step = mse_step_search(v, step, self._range.qmin, self._range.qmax, None)
+        return {"step": step}
 
     def apply_init(self, values: dict[str, Tensor]) -> None:
         self.step.copy_(values["step"].clamp(min=MIN_STEP))
@@ -87,10 +91,4 @@ class AsqQuantizer(Quantizer):
             return quantize_codes(x, self.scale_for(x), self._range.qmin, self._range.qmax)
 
     def describe(self) -> QuantSpec:
-        self.require_initialized()
-        r = self._range
-        return QuantSpec(
-            method=self.method, kind="asq", role=self.role, bits=r.bits, signed=r.signed,
-            qmin=r.qmin, qmax=r.qmax, scale=self.step.detach().clamp(min=MIN_STEP).float().clone(),
-            axis=None, adapter=self.adapter,
-        )
+        return self._spec("asq", self.step.clamp(min=MIN_STEP), None, adapter=self.adapter)

@@ -13,6 +13,7 @@ from ..errors import QexportError
 from .core import CodeRange, sync_mean
 
 Role = Literal["weight", "act"]
+SpecKind = Literal["uniform", "asq", "levels"]
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,7 @@ class QuantSpec:
     """
 
     method: str
-    kind: Literal["uniform", "asq", "levels"]
+    kind: SpecKind
     role: Role
     bits: int
     signed: bool
@@ -56,6 +57,9 @@ class Quantizer(nn.Module):
         self._calib_count = 0
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.sample_numel = 0
+        # "paper": each method's published init rule; "mse": uniform steps that minimise the
+        # quantization error of the data (what calibrate() uses by default)
+        self.init_method: Literal["paper", "mse"] = "paper"
         self.ready = False  # a Python mirror of `initialized`: reading a CUDA buffer would sync every step
 
     def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
@@ -86,6 +90,25 @@ class Quantizer(nn.Module):
 
     def describe(self) -> QuantSpec:
         raise NotImplementedError
+
+    def _spec(
+        self, kind: Literal["uniform", "asq", "levels"], scale: Tensor, axis: int | None, **extra: Any
+    ) -> QuantSpec:
+        """A QuantSpec of this quantizer (checks it is initialised) with a float32 copy of ``scale``."""
+        self.require_initialized()
+        r = self.code_range
+        return QuantSpec(
+            method=self.method,
+            kind=kind,
+            role=self.role,
+            bits=r.bits,
+            signed=r.signed,
+            qmin=r.qmin,
+            qmax=r.qmax,
+            scale=scale.detach().float().clone(),
+            axis=axis,
+            **extra,
+        )
 
     @property
     def code_range(self) -> CodeRange:

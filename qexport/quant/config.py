@@ -60,9 +60,7 @@ class QuantConfig:
                 continue
             bad = set(spec) - set(OVERRIDE_KEYS)
             if bad:
-                raise QexportError(
-                    f"override {pattern!r} has unknown keys {sorted(bad)}: allowed are {OVERRIDE_KEYS}"
-                )
+                raise QexportError(f"override {pattern!r} has unknown keys {sorted(bad)}: allowed are {OVERRIDE_KEYS}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

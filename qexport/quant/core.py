@@ -99,3 +99,22 @@ def sample_abs(x: Tensor, limit: int = 1 << 20) -> Tensor:
         idx = torch.linspace(0, flat.numel() - 1, limit, device=flat.device).long()
         flat = flat[idx]
     return flat
+
+
+def mse_step_search(x: Tensor, start: Tensor, qmin: int, qmax: int, dims: tuple[int, ...] | None) -> Tensor:
+    """The step among ``start * f`` (f on a grid over [0.05, 2]) that minimises the quantization
+    MSE ``|clamp(round(x/s)) * s - x|^2`` (per channel when ``dims`` are given)."""
+    x = x.detach().float()
+    best_err: Tensor | None = None
+    best = start
+    for f in torch.linspace(0.05, 2.0, 40).tolist():
+        step = (start * f).clamp(min=1e-8)
+        err = (torch.clamp(torch.round(x / step), qmin, qmax) * step - x).pow(2)
+        err = err.mean() if dims is None else err.mean(dim=dims, keepdim=True)
+        if best_err is None:
+            best_err, best = err, step
+        else:
+            better = err < best_err
+            best_err = torch.where(better, err, best_err)
+            best = torch.where(better, step, best)
+    return best

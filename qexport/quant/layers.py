@@ -11,50 +11,51 @@ from torch import Tensor, nn
 from .base import Quantizer
 
 
-class QuantConv2d(nn.Conv2d):
+class _Quantized:
+    """What both layers share: the two quantizers and their application."""
+
     act_quant: Quantizer | None
     weight_quant: Quantizer | None
+    weight: nn.Parameter
 
+    def quantized_operands(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.act_quant is not None:
+            x = self.act_quant(x)
+        return x, self.weight_quant(self.weight) if self.weight_quant is not None else self.weight
+
+
+class QuantConv2d(_Quantized, nn.Conv2d):
     @classmethod
     def wrap(cls, conv: nn.Conv2d, act: Quantizer | None, weight: Quantizer | None) -> QuantConv2d:
         q = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-            padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-            bias=conv.bias is not None, padding_mode=conv.padding_mode,
+            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+            dilation=conv.dilation, groups=conv.groups, bias=conv.bias is not None, padding_mode=conv.padding_mode,
             device=conv.weight.device, dtype=conv.weight.dtype,
-        )
+        )  # fmt: skip
         q.load_state_dict(conv.state_dict())
         q.act_quant, q.weight_quant = act, weight
         q.out_hw = (0, 0)
         return q
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.act_quant is not None:
-            x = self.act_quant(x)
-        w = self.weight_quant(self.weight) if self.weight_quant is not None else self.weight
-        y = self._conv_forward(x, w, self.bias)
+        y = self._conv_forward(*self.quantized_operands(x), self.bias)
         self.out_hw = (int(y.shape[-2]), int(y.shape[-1]))  # read by the NIPQ BOPs loss
         return y
 
 
-class QuantLinear(nn.Linear):
-    act_quant: Quantizer | None
-    weight_quant: Quantizer | None
-
+class QuantLinear(_Quantized, nn.Linear):
     @classmethod
     def wrap(cls, linear: nn.Linear, act: Quantizer | None, weight: Quantizer | None) -> QuantLinear:
         q = cls(
-            linear.in_features, linear.out_features, bias=linear.bias is not None,
-            device=linear.weight.device, dtype=linear.weight.dtype,
-        )
+            linear.in_features, linear.out_features, bias=linear.bias is not None, device=linear.weight.device,
+            dtype=linear.weight.dtype,
+        )  # fmt: skip
         q.load_state_dict(linear.state_dict())
         q.act_quant, q.weight_quant = act, weight
         q.rows = 1
         return q
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.act_quant is not None:
-            x = self.act_quant(x)
-        w = self.weight_quant(self.weight) if self.weight_quant is not None else self.weight
+        x, w = self.quantized_operands(x)
         self.rows = max(x.numel() // max(x.shape[0] * x.shape[-1], 1), 1)  # tokens per sample, for BOPs
         return nn.functional.linear(x, w, self.bias)

@@ -12,8 +12,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .base import QuantSpec, Quantizer, Role
-from .core import CodeRange, fake_quant, grad_scale, lsq_step_init, quantize_codes
+from .base import Quantizer, QuantSpec, Role
+from .core import CodeRange, fake_quant, grad_scale, lsq_step_init, mse_step_search, quantize_codes
 
 MIN_STEP = 1e-8
 
@@ -21,9 +21,7 @@ MIN_STEP = 1e-8
 class LsqQuantizer(Quantizer):
     method = "lsq"
 
-    def __init__(
-        self, bits: int, signed: bool, role: Role = "act", *, narrow: bool = False, channels: int = 0
-    ) -> None:
+    def __init__(self, bits: int, signed: bool, role: Role = "act", *, narrow: bool = False, channels: int = 0) -> None:
         """``channels > 0`` gives one step per output channel (axis 0), for weights."""
         super().__init__(role)
         self._range = CodeRange(bits, signed, narrow)
@@ -47,7 +45,10 @@ class LsqQuantizer(Quantizer):
         return x.numel() // self.channels if self.channels else x.numel()
 
     def init_values(self, x: Tensor) -> dict[str, Tensor]:
-        step = lsq_step_init(x, self._range.qmax, self._reduce_dims(x))
+        dims = self._reduce_dims(x)
+        step = lsq_step_init(x, self._range.qmax, dims)
+        if self.init_method == "mse":
+            step = mse_step_search(x, step, self._range.qmin, self._range.qmax, dims)
         return {"step": step.reshape(-1) if self.channels else step.reshape(())}
 
     def apply_init(self, values: dict[str, Tensor]) -> None:
@@ -64,10 +65,4 @@ class LsqQuantizer(Quantizer):
         return quantize_codes(x, self._step_for(x).detach(), self._range.qmin, self._range.qmax)
 
     def describe(self) -> QuantSpec:
-        self.require_initialized()
-        r = self._range
-        return QuantSpec(
-            method=self.method, kind="uniform", role=self.role, bits=r.bits, signed=r.signed,
-            qmin=r.qmin, qmax=r.qmax, scale=self.step.detach().clamp(min=MIN_STEP).float().clone(),
-            axis=0 if self.channels else None,
-        )
+        return self._spec("uniform", self.step.clamp(min=MIN_STEP), 0 if self.channels else None)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import QexportError
-from .base import QuantSpec, Quantizer, Role
+from .base import Quantizer, QuantSpec, Role
 from .core import CodeRange, clamp_ste, fake_quant, quantize_codes, round_ste, sample_abs
 
 NOISE_BINS = 256
@@ -177,11 +177,7 @@ class NipqQuantizer(Quantizer):
 
     def describe(self) -> QuantSpec:
         self.require_initialized()
-        r = self.code_range
-        return QuantSpec(
-            method=self.method, kind="uniform", role=self.role, bits=r.bits, signed=r.signed,
-            qmin=r.qmin, qmax=r.qmax, scale=self.step().clone(), axis=None,
-        )
+        return self._spec("uniform", self.step(), None)
 
     def extra_repr(self) -> str:
         learned = "learned" if int(self.frozen_bits) == 0 else "fixed"

@@ -17,7 +17,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,20 +32,63 @@ from .lsq import LsqQuantizer
 # -- the sign analysis ---------------------------------------------------------------------------
 _NONNEG_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Softmax, nn.Hardsigmoid)
 _PASS_MODULES = (
-    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Dropout,
-    nn.Identity, nn.Unflatten, nn.Upsample,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Flatten,
+    nn.Dropout,
+    nn.Identity,
+    nn.Unflatten,
+    nn.Upsample,
 )
-_NONNEG_FUNCS: set[Any] = {F.relu, torch.relu, F.relu6, torch.sigmoid, F.sigmoid, F.softmax, torch.softmax,
-                           F.hardsigmoid}
+_NONNEG_FUNCS: set[Any] = {
+    F.relu,
+    torch.relu,
+    F.relu6,
+    torch.sigmoid,
+    F.sigmoid,
+    F.softmax,
+    torch.softmax,
+    F.hardsigmoid,
+}
 _PASS_FUNCS: set[Any] = {
-    torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze,
-    torch.mean, F.adaptive_avg_pool2d, F.max_pool2d, F.avg_pool2d, F.dropout, operator.getitem,
-    torch.chunk, torch.split, F.interpolate,
+    torch.flatten,
+    torch.reshape,
+    torch.permute,
+    torch.transpose,
+    torch.squeeze,
+    torch.unsqueeze,
+    torch.mean,
+    F.adaptive_avg_pool2d,
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.dropout,
+    operator.getitem,
+    torch.chunk,
+    torch.split,
+    F.interpolate,
 }
 _NONNEG_METHODS = {"relu", "relu_", "sigmoid", "softmax"}
 _PASS_METHODS = {
-    "view", "reshape", "flatten", "permute", "transpose", "contiguous", "mean", "unflatten", "squeeze",
-    "unsqueeze", "chunk", "split", "expand", "repeat", "float", "to", "clone", "detach",
+    "view",
+    "reshape",
+    "flatten",
+    "permute",
+    "transpose",
+    "contiguous",
+    "mean",
+    "unflatten",
+    "squeeze",
+    "unsqueeze",
+    "chunk",
+    "split",
+    "expand",
+    "repeat",
+    "float",
+    "to",
+    "clone",
+    "detach",
 }
 _ADD_FUNCS: set[Any] = {operator.add, operator.iadd, torch.add}
 _CAT_FUNCS: set[Any] = {torch.cat, torch.concat}
@@ -61,18 +104,36 @@ class _Tracer(fx.Tracer):
         return isinstance(m, LEAF_TYPES) or super().is_leaf_module(m, qualname)
 
 
-def _node_inputs(node: fx.Node) -> list[fx.Node]:
-    return list(node.all_input_nodes)
-
-
 def _is_shape_value(node: fx.Node, shape_nodes: set[fx.Node]) -> bool:
     """True for values computed from tensor shapes (ints), not tensors."""
     if node.op == "call_method" and node.target in _SHAPE_METHODS:
         return True
     if node.op == "call_function" and node.target is getattr and node.args[1] in _SHAPE_ATTRS:
         return True
-    inputs = _node_inputs(node)
+    inputs = node.all_input_nodes
     return node.op in ("call_function", "call_method") and bool(inputs) and all(i in shape_nodes for i in inputs)
+
+
+_OP_RULES: dict[str, tuple[set[Any], set[Any], set[Any]]] = {
+    # op: (always non-negative, non-negative when the first input is, when all inputs are)
+    "call_function": (_NONNEG_FUNCS, _PASS_FUNCS, _ADD_FUNCS | _CAT_FUNCS | {operator.mul, torch.mul}),
+    "call_method": (_NONNEG_METHODS, _PASS_METHODS, {"add", "add_", "mul"}),
+}
+
+
+def _is_nonneg(node: fx.Node, gm: fx.GraphModule, nonneg: set[fx.Node], tensors: list[fx.Node]) -> bool:
+    first = bool(tensors) and tensors[0] in nonneg
+    every = bool(tensors) and all(t in nonneg for t in tensors)
+    if node.op == "call_module":
+        mod = gm.get_submodule(str(node.target))
+        if isinstance(mod, Quantizer):
+            return not mod.code_range.signed
+        return isinstance(mod, _NONNEG_MODULES) or (isinstance(mod, _PASS_MODULES) and first)
+    if node.op not in _OP_RULES:
+        return False
+    always, passing, joint = _OP_RULES[node.op]
+    t = node.target
+    return t in always or (t in passing and first) or (t in joint and every)
 
 
 def _analyse(gm: fx.GraphModule) -> tuple[set[fx.Node], set[fx.Node]]:
@@ -82,35 +143,8 @@ def _analyse(gm: fx.GraphModule) -> tuple[set[fx.Node], set[fx.Node]]:
     for node in gm.graph.nodes:
         if _is_shape_value(node, shapes):
             shapes.add(node)
-            continue
-        tensors = [i for i in _node_inputs(node) if i not in shapes]
-        first = tensors[0] if tensors else None
-        passes = first is not None and first in nonneg
-        if node.op == "call_module":
-            mod = gm.get_submodule(str(node.target))
-            if isinstance(mod, _NONNEG_MODULES):
-                nonneg.add(node)
-            elif isinstance(mod, Quantizer):
-                if not mod.code_range.signed:
-                    nonneg.add(node)
-            elif isinstance(mod, _PASS_MODULES) and passes:
-                nonneg.add(node)
-        elif node.op == "call_function":
-            if node.target in _NONNEG_FUNCS:
-                nonneg.add(node)
-            elif node.target in _PASS_FUNCS and passes:
-                nonneg.add(node)
-            elif node.target in _ADD_FUNCS | _CAT_FUNCS | {operator.mul, torch.mul} and tensors and all(
-                t in nonneg for t in tensors
-            ):
-                nonneg.add(node)
-        elif node.op == "call_method":
-            if node.target in _NONNEG_METHODS:
-                nonneg.add(node)
-            elif node.target in _PASS_METHODS and passes:
-                nonneg.add(node)
-            elif node.target in {"add", "add_", "mul"} and tensors and all(t in nonneg for t in tensors):
-                nonneg.add(node)
+        elif _is_nonneg(node, gm, nonneg, [i for i in node.all_input_nodes if i not in shapes]):
+            nonneg.add(node)
     return nonneg, shapes
 
 
@@ -174,14 +208,8 @@ def _swap(layer: nn.Module, plan: LayerPlan, signed_input: bool, fixed: bool, cf
     else:
         assert isinstance(layer, nn.Linear)
         channels, out_channels, pool = layer.in_features, layer.out_features, False
-    act = (
-        make_act_quantizer(plan.act, plan.act_bits, signed_input, channels, pool, cfg, fixed)
-        if plan.act else None
-    )
-    weight = (
-        make_weight_quantizer(plan.weight, plan.weight_bits, out_channels, cfg, fixed)
-        if plan.weight else None
-    )
+    act = make_act_quantizer(plan.act, plan.act_bits, signed_input, channels, pool, cfg, fixed) if plan.act else None
+    weight = make_weight_quantizer(plan.weight, plan.weight_bits, out_channels, cfg, fixed) if plan.weight else None
     wrapped = (QuantConv2d if isinstance(layer, nn.Conv2d) else QuantLinear).wrap(layer, act, weight)  # type: ignore[attr-defined]
     if weight is not None:
         weight.initialize_from(wrapped.weight)
@@ -261,9 +289,7 @@ def apply_config(model: nn.Module, cfg: QuantConfig) -> nn.Module:
         return _swap_without_tracing(model, source, cfg)
 
     nonneg, shapes = _analyse(gm)
-    layer_nodes = [
-        n for n in gm.graph.nodes if n.op == "call_module" and _is_layer(gm.get_submodule(str(n.target)))
-    ]
+    layer_nodes = [n for n in gm.graph.nodes if n.op == "call_module" and _is_layer(gm.get_submodule(str(n.target)))]
     for index, node in enumerate(layer_nodes):
         path = str(node.target)
         plan = _plan(path, index, len(layer_nodes), cfg)
@@ -335,10 +361,18 @@ def quantize(
         keys weight / act / bits / weight_bits / act_bits; None leaves the layer float.
     """
     cfg = QuantConfig(
-        weight=weight, act=act, bits=bits, weight_bits=weight_bits, act_bits=act_bits,
+        weight=weight,
+        act=act,
+        bits=bits,
+        weight_bits=weight_bits,
+        act_bits=act_bits,
         placement=placement,  # type: ignore[arg-type]
-        first_last_bits=first_last_bits, glue_bits=glue_bits, per_channel=per_channel,
-        learn_bits=learn_bits, max_bits=max_bits, overrides=dict(overrides or {}),
+        first_last_bits=first_last_bits,
+        glue_bits=glue_bits,
+        per_channel=per_channel,
+        learn_bits=learn_bits,
+        max_bits=max_bits,
+        overrides=dict(overrides or {}),
     )
     return apply_config(model, cfg)
 
@@ -347,16 +381,30 @@ def quantizers(model: nn.Module) -> list[Quantizer]:
     return [m for m in model.modules() if isinstance(m, Quantizer)]
 
 
-def calibrate(model: nn.Module, batches: Any, *, forward: Callable[[nn.Module, Any], Any] | None = None) -> nn.Module:
+def calibrate(
+    model: nn.Module,
+    batches: Any,
+    *,
+    init: Literal["mse", "paper"] = "mse",
+    forward: Callable[[nn.Module, Any], Any] | None = None,
+) -> nn.Module:
     """Initialise every quantizer's scale from data: a pass over ``batches`` (tensors, or tuples
     of positional inputs) in float, then each quantizer's init rule on the averaged statistics.
-    Weight quantizers are re-initialised from the current weights.  Returns ``model``."""
+    Weight quantizers are re-initialised from the current weights.  Returns ``model``.
+
+    init: ``mse`` (default) picks each uniform step (LSQ, ASQ) that minimises the quantization
+    error of the data: a much better start for QAT at 3-4 bits than ``paper``, the LSQ paper's
+    ``2 mean|x| / sqrt(Qp)`` (which lazy initialisation on the first training batch uses).
+    NIPQ (quantile) and POST/POT (99th percentile) keep their own rules."""
+    if init not in ("mse", "paper"):
+        raise QexportError(f"calibrate(init={init!r}): use 'mse' or 'paper'")
     qs = quantizers(model)
     if not qs:
         raise QexportError("calibrate() found no qexport quantizer in the model: call qexport.quantize first")
     was_training = model.training
     model.eval()
     for q in qs:
+        q.init_method = init
         q.start_calibration()
     seen = 0
     try:
@@ -372,6 +420,7 @@ def calibrate(model: nn.Module, batches: Any, *, forward: Callable[[nn.Module, A
     finally:
         for q in qs:
             q.finish_calibration()
+            q.init_method = "paper"
         model.train(was_training)
     if seen == 0:
         raise QexportError("calibrate() got no batches: pass an iterable of input tensors")

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import QexportError
-from .base import QuantSpec, Quantizer, Role
+from .base import Quantizer, QuantSpec, Role
 from .core import CodeRange, grad_scale, sample_abs
 
 MIN_ALPHA = 1e-8
@@ -91,10 +91,4 @@ class PostQuantizer(Quantizer):
             return self._level_codes(torch.clamp(w / self._alpha_for(w), -1.0, 1.0)).float()
 
     def describe(self) -> QuantSpec:
-        self.require_initialized()
-        r = self._range
-        return QuantSpec(
-            method=self.method, kind="levels", role=self.role, bits=r.bits, signed=True,
-            qmin=r.qmin, qmax=r.qmax, scale=self.alpha.detach().clamp(min=MIN_ALPHA).float().clone(),
-            axis=0, base=self.base,
-        )
+        return self._spec("levels", self.alpha.clamp(min=MIN_ALPHA), 0, base=self.base)

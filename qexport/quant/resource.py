@@ -68,9 +68,10 @@ def gbops(model: nn.Module) -> Tensor:
     if not layers:
         raise QexportError("gbops: the model has no quantized layers")
     dev = layers[0].weight.device
-    return sum(
-        layer_macs(m) * quantizer_bits(m.weight_quant, dev) * quantizer_bits(m.act_quant, dev) for m in layers
-    ) / 1e9
+    return (
+        sum(layer_macs(m) * quantizer_bits(m.weight_quant, dev) * quantizer_bits(m.act_quant, dev) for m in layers)
+        / 1e9
+    )
 
 
 def resource_loss(model: nn.Module, target: float, mode: Literal["avg_bits", "bops"] = "avg_bits") -> Tensor:

@@ -24,8 +24,11 @@ class InvertedResidual(nn.Module):
         super().__init__()
         hidden = cin * expand
         layers: list[nn.Module] = [conv_bn_relu6(cin, hidden, 1, 1)] if expand != 1 else []
-        layers += [conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
-                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        layers += [
+            conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
         self.block = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
 

@@ -6,6 +6,7 @@ mean-pooled tokens.  Input: int64 token ids ``[N, T]``."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -43,8 +44,14 @@ class EncoderBlock(nn.Module):
 
 class TransformerEncoder(nn.Module):
     def __init__(
-        self, vocab_size: int = 1000, seq_len: int = 128, dim: int = 256, heads: int = 4, layers: int = 4,
-        ff: int = 1024, num_classes: int = 2,
+        self,
+        vocab_size: int = 1000,
+        seq_len: int = 128,
+        dim: int = 256,
+        heads: int = 4,
+        layers: int = 4,
+        ff: int = 1024,
+        num_classes: int = 2,
     ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, dim)
@@ -58,8 +65,7 @@ class TransformerEncoder(nn.Module):
         return self.head(self.norm(self.blocks(x)).mean(dim=1))
 
 
-def transformer(
-    vocab_size: int = 1000, seq_len: int = 128, dim: int = 256, heads: int = 4, layers: int = 4, ff: int = 1024,
-    num_classes: int = 2,
-) -> TransformerEncoder:
-    return TransformerEncoder(vocab_size, seq_len, dim, heads, layers, ff, num_classes)
+def transformer(**kwargs: Any) -> TransformerEncoder:
+    """The encoder with ``TransformerEncoder``'s keyword arguments (vocab_size, seq_len, dim, heads, layers, ff,
+    num_classes)."""
+    return TransformerEncoder(**kwargs)

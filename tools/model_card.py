@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Print the model-card table of the checkpoints in models/ (markdown), from their metadata, and
+with --eval re-measure each one's CIFAR-10 test top-1 here (PyTorch fake-quant on the CPU).
+
+    python tools/model_card.py                 # table from the checkpoints' training metadata
+    python tools/model_card.py --eval          # + top-1 re-measured on this machine (~35 s a model)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+import qexport
+from qexport.evaluate import cifar10_top1
+
+# paper deltas to FP32 (ResNet-20, CIFAR-10; quantizers.md, Tables 4-5 of the ASQ/POST paper; FP32 92.6)
+PAPER_DELTA = {
+    ("lsq", "lsq", 4): -0.2,
+    ("pot", "lsq", 4): -0.1,
+    ("post", "lsq", 4): 0.1,
+    ("lsq", "asq", 4): 0.2,
+    ("post", "asq", 4): 0.4,
+    ("lsq", "asq", 3): -0.9,
+    ("lsq", "asq", 2): -1.4,
+    ("post", "asq", 3): 0.4,
+}
+
+
+def describe(path: Path, measure: bool, fp32_top1: float | None) -> list[str]:
+    model = qexport.load(path)
+    meta = model.qexport_meta
+    cfg = getattr(model, "qexport_config", None)
+    if cfg is None:
+        method, bits, placement = "fp32", "32", "-"
+        key = None
+    else:
+        method = f"{cfg['weight']} w / {cfg['act']} a" + (" (learned bits)" if cfg["learn_bits"] else "")
+        bits = (
+            str(cfg["bits"])
+            if not cfg["learn_bits"]
+            else f"avg {meta.get('history', [{}])[-1].get('avg_weight_bits', 0):.2f} w"
+        )
+        placement = cfg["placement"]
+        key = (cfg["weight"], cfg["act"], cfg["bits"])
+    trained = meta.get("test_top1")
+    here = ""
+    if measure:
+        torch.set_num_threads(2)
+        here = f"{cifar10_top1(model)[0]:.2f}"
+    delta = f"{trained - fp32_top1:+.2f}" if (fp32_top1 is not None and trained is not None and cfg) else ""
+    paper = PAPER_DELTA.get(key) if key and placement == "deployable" and not cfg["learn_bits"] else None
+    return [
+        path.name,
+        method,
+        bits,
+        placement,
+        str(meta.get("epochs", "")),
+        str(meta.get("seed", "")),
+        f"{trained:.2f}" if trained is not None else "",
+        here,
+        delta,
+        f"{paper:+.1f}" if paper is not None else "",
+        f"{meta.get('train_seconds', 0):.0f} s",
+        str(meta.get("device", "")),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=str(Path(__file__).resolve().parents[1] / "models"))
+    p.add_argument("--eval", action="store_true", help="re-measure top-1 on this machine")
+    args = p.parse_args(argv)
+    paths = sorted(Path(args.models).glob("*.pt"))
+    fp32 = [pt for pt in paths if getattr(qexport.load(pt), "qexport_config", None) is None]
+    fp32_top1 = qexport.load(fp32[0]).qexport_meta.get("test_top1") if fp32 else None
+    header = [
+        "checkpoint",
+        "method",
+        "bits",
+        "placement",
+        "epochs",
+        "seed",
+        "top-1 (training run)",
+        "top-1 (re-measured, CPU)",
+        "delta to FP32",
+        "paper delta",
+        "train time",
+        "device",
+    ]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for path in paths:
+        print("| " + " | ".join(describe(path, args.eval, fp32_top1)) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
