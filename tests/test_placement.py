@@ -212,3 +212,18 @@ def test_glue_quantizers_are_lsq_8bit() -> None:
     gm = qexport.quantize(zoo.create("resnet20"), weight="nipq", act="nipq", bits=2)
     glue = [m for n, m in gm.named_modules() if n.startswith("glue.") and isinstance(m, Quantizer)]
     assert glue and all(isinstance(m, LsqQuantizer) and m.code_range.bits == 8 for m in glue)
+
+
+def test_multihead_attention_is_left_float_with_a_warning() -> None:
+    class WithMha(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 2, batch_first=True)
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.attn(x, x, x)[0])
+
+    with pytest.warns(UserWarning, match="MultiheadAttention stays float"):
+        q = qexport.quantize(WithMha(), first_last_bits=None)
+    assert isinstance(q.fc, QuantLinear) and type(q.attn) is nn.MultiheadAttention

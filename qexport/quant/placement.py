@@ -289,6 +289,13 @@ def apply_config(model: nn.Module, cfg: QuantConfig) -> nn.Module:
         return _swap_without_tracing(model, source, cfg)
 
     nonneg, shapes = _analyse(gm)
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and isinstance(gm.get_submodule(str(node.target)), nn.MultiheadAttention):
+            warnings.warn(
+                f"{node.target}: nn.MultiheadAttention stays float (its projections are not separate nn.Linear "
+                "modules); write attention from nn.Linear and matmul to quantize it",
+                stacklevel=3,
+            )
     layer_nodes = [n for n in gm.graph.nodes if n.op == "call_module" and _is_layer(gm.get_submodule(str(n.target)))]
     for index, node in enumerate(layer_nodes):
         path = str(node.target)
