@@ -17,7 +17,9 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0 and "inspect" in capsys.readouterr().out
-    proc = subprocess.run([sys.executable, "-m", "qexport.cli", "--version"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "qexport.cli", "--version"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0 and proc.stdout.startswith("qexport ")
     assert main([]) == 2  # no command: usage, bad-input exit code
 
@@ -28,7 +30,9 @@ def test_zoo_lists_models(capsys: pytest.CaptureFixture[str]) -> None:
     assert all(name in out for name in ("resnet20", "resnet18", "mobilenetv2", "transformer"))
 
 
-def test_quantize_inspect_eval(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_quantize_inspect_eval(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     archive = tmp_path / "c.tar.gz"
     _make_archive(archive, per_class=(4, 2))
     monkeypatch.setenv("QEXPORT_CACHE", str(tmp_path / "cache"))
