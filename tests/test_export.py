@@ -1,0 +1,111 @@
+"""The ONNX exporter as far as it goes (uniform LSQ / NIPQ quantizers in CNNs): valid ONNX, BN
+folded, integer weights, and code-for-code parity with the fake-quant model when each quantizer is
+fed the runtime's own upstream tensors (teacher forcing), at ORT_DISABLE_ALL with float biases."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import qexport
+from qexport import zoo
+from qexport.errors import QexportError
+from qexport.export import export
+
+
+def _session(proto: onnx.ModelProto, level: ort.GraphOptimizationLevel) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = level
+    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _teacher_forced(model: torch.nn.Module, path: Path, x: torch.Tensor) -> tuple[dict[str, tuple[float, int]], float]:
+    """Per quantizer (identical-code fraction, largest step difference) and top-1 agreement."""
+    proto = onnx.load(path)
+    codes = json.loads({p.key: p.value for p in proto.metadata_props}["codes"])
+    for name in codes.values():
+        proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    sess = _session(proto, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    outs = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {"input": x.numpy()}), strict=True))
+    result: dict[str, tuple[float, int]] = {}
+
+    def hook(q: qexport.quant.Quantizer, inputs: tuple, _out: torch.Tensor, qpath: str) -> torch.Tensor:
+        theirs = outs[codes[qpath]].astype(np.int64)
+        diff = np.abs(q.codes(inputs[0]).numpy().astype(np.int64) - theirs)
+        result[qpath] = (float((diff == 0).mean()), int(diff.max()))
+        return torch.from_numpy(theirs.astype(np.float32)) * q.describe().scale
+
+    handles = [model.get_submodule(p).register_forward_hook(lambda q, i, o, p=p: hook(q, i, o, p)) for p in codes]
+    with torch.no_grad():
+        ref = model(x).numpy()
+    for h in handles:
+        h.remove()
+    return result, float((ref.argmax(1) == outs["output"].argmax(1)).mean())
+
+
+@pytest.mark.parametrize(
+    ("weight", "act", "bits", "placement", "kw"),
+    [
+        ("lsq", "lsq", 4, "deployable", {}),
+        ("lsq", "lsq", 2, "deployable", {}),
+        ("nipq", "nipq", 6, "deployable", {"learn_bits": True}),
+        ("lsq", "lsq", 3, "paper", {}),
+        ("nipq", "nipq", 8, "deployable", {}),
+    ],
+)
+def test_resnet20_uniform_parity(tmp_path: Path, weight: str, act: str, bits: int, placement: str, kw: dict) -> None:
+    model = qexport.quantize(zoo.create("resnet20"), weight=weight, act=act, bits=bits, placement=placement, **kw)
+    calib = zoo.example_input(model, 32, seed=1)
+    qexport.calibrate(model, [calib])
+    model.eval()
+    path = export(model, tmp_path / "m.onnx", int32_bias=False)
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto, full_check=True)
+    ops = {n.op_type for n in proto.graph.node}
+    assert "BatchNormalization" not in ops  # folded
+    weights = [i for i in proto.graph.initializer if i.name.endswith("weight_codes")]
+    assert weights and all(i.data_type == onnx.TensorProto.INT8 for i in weights)
+    assert not {i.name for i in proto.graph.initializer} & {i.name for i in proto.graph.input}
+    per_tensor, agree = _teacher_forced(model, path, zoo.example_input(model, 16, seed=2))
+    assert len(per_tensor) == sum(isinstance(m, qexport.quant.Quantizer) and m.role == "act" for m in model.modules())
+    for qpath, (same, step) in per_tensor.items():
+        assert same >= 0.999 and step <= 1, f"{qpath}: {same:.5f} identical, max {step} steps"
+    assert agree == 1.0
+
+
+def test_runs_at_every_level_and_batch(tmp_path: Path) -> None:
+    model = qexport.quantize(zoo.create("resnet20"), bits=4)
+    qexport.calibrate(model, [zoo.example_input(model, 16)])
+    path = export(model, tmp_path / "m.onnx")  # int32 biases (what QLinearConv fusion needs)
+    proto = onnx.load(path)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["qexport_version"] == qexport.__version__
+    layers = json.loads(meta["layers"])
+    assert layers[0]["weight"]["bits"] == 8 and layers[1]["weight"] == {"method": "lsq", "bits": 4, "signed": True}
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        sess = _session(proto, level)
+        for batch in (1, 8):
+            out = sess.run(None, {"input": zoo.example_input(model, batch).numpy()})[0]
+            assert out.shape == (batch, 10) and np.isfinite(out).all()
+
+
+def test_float_model_matches(tmp_path: Path) -> None:
+    model = zoo.create("mobilenetv2", num_classes=10).eval()
+    path = export(model, tmp_path / "f.onnx", input_shape=[1, 3, 64, 64])
+    x = torch.randn(2, 3, 64, 64)
+    out = _session(onnx.load(path), ort.GraphOptimizationLevel.ORT_ENABLE_ALL).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(out - model(x).numpy()).max() < 1e-4
+
+
+def test_not_yet_exportable_quantizers_name_the_layer(tmp_path: Path) -> None:
+    model = qexport.quantize(zoo.create("resnet20"), weight="post", act="asq", bits=4)
+    qexport.calibrate(model, [zoo.example_input(model, 4)])
+    with pytest.raises(QexportError, match=r"stem\.0|layers\.0\.0\.conv1"):
+        export(model, tmp_path / "x.onnx")
