@@ -1,6 +1,6 @@
 """The ONNX exporter as far as it goes (uniform LSQ / NIPQ quantizers in CNNs): valid ONNX, BN
-folded, integer weights, and code-for-code parity with the fake-quant model when each quantizer is
-fed the runtime's own upstream tensors (teacher forcing), at ORT_DISABLE_ALL with float biases."""
+folded, integer weights and int32 biases, and code-for-code parity with the fake-quant model when
+each quantizer is fed the runtime's own upstream tensors (teacher forcing), at ORT_DISABLE_ALL."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import qexport
-from qexport import zoo
+from qexport import data, zoo
 from qexport.errors import QexportError
 from qexport.export import export
 
@@ -64,7 +64,7 @@ def test_resnet20_uniform_parity(tmp_path: Path, weight: str, act: str, bits: in
     calib = zoo.example_input(model, 32, seed=1)
     qexport.calibrate(model, [calib])
     model.eval()
-    path = export(model, tmp_path / "m.onnx", int32_bias=False)
+    path = export(model, tmp_path / "m.onnx")
     proto = onnx.load(path)
     onnx.checker.check_model(proto, full_check=True)
     ops = {n.op_type for n in proto.graph.node}
@@ -82,7 +82,7 @@ def test_resnet20_uniform_parity(tmp_path: Path, weight: str, act: str, bits: in
 def test_runs_at_every_level_and_batch(tmp_path: Path) -> None:
     model = qexport.quantize(zoo.create("resnet20"), bits=4)
     qexport.calibrate(model, [zoo.example_input(model, 16)])
-    path = export(model, tmp_path / "m.onnx")  # int32 biases (what QLinearConv fusion needs)
+    path = export(model, tmp_path / "m.onnx")
     proto = onnx.load(path)
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["qexport_version"] == qexport.__version__
@@ -109,3 +109,24 @@ def test_not_yet_exportable_quantizers_name_the_layer(tmp_path: Path) -> None:
     qexport.calibrate(model, [zoo.example_input(model, 4)])
     with pytest.raises(QexportError, match=r"stem\.0|layers\.0\.0\.conv1"):
         export(model, tmp_path / "x.onnx")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["resnet20_lsq_w4a4", "resnet20_nipq_mixed_avg4"])
+def test_trained_checkpoint_on_real_images(tmp_path: Path, name: str) -> None:
+    """Free-running (no teacher forcing): the ONNX model's top-1 equals the fake-quant model's on 500
+    CIFAR-10 test images, at both optimisation levels, at batch 1 and batch 50."""
+    model = qexport.load(ROOT / "models" / f"{name}.pt")
+    images, _ = data.cifar10("test")
+    x = data.normalize(images[::20])
+    with torch.no_grad():
+        ref = model(x).numpy().argmax(1)
+    proto = onnx.load(export(model, tmp_path / "m.onnx"))
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        sess = _session(proto, level)
+        batched = np.concatenate([sess.run(None, {"input": x[i : i + 50].numpy()})[0] for i in range(0, 500, 50)])
+        single = np.concatenate([sess.run(None, {"input": x[i : i + 1].numpy()})[0] for i in range(0, 500, 5)])
+        assert (batched.argmax(1) == ref).mean() >= 0.998  # at most one of 500 differs (a rounding tie)
+        assert np.array_equal(single.argmax(1), batched[::5].argmax(1))

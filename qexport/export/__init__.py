@@ -24,7 +24,6 @@ def export(
     *,
     input_shape: list[int] | None = None,
     opset: int = DEFAULT_OPSET,
-    int32_bias: bool = True,
 ) -> Path:
     """Write the ONNX model of ``model`` (a quantized or float model, or a model.pt path) to ``out_path``."""
     from .. import __version__
@@ -39,7 +38,7 @@ def export(
         if example["dtype"] != "float32":
             raise QexportError(f"exporting models with {example['dtype']} inputs is not supported yet")
         input_shape = list(example["shape"])
-    proto, emitter = to_onnx(model, input_shape, opset, int32_bias)
+    proto, emitter = to_onnx(model, input_shape, opset)
     meta: dict[str, Any] = {
         "qexport_version": __version__,
         "quantization": json.dumps(getattr(model, "qexport_config", None)),

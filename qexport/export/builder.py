@@ -66,11 +66,9 @@ class GraphBuilder:
         zp = self.const(f"{path}.weight_zero_point", np.zeros(scale.shape, np.int8))
         return self.node("DequantizeLinear", [w, s, zp], f"{path}.weight", axis=axis)
 
-    def dq_bias(self, bias: np.ndarray, scale: np.ndarray, path: str) -> str:
+    def dq_bias(self, codes: np.ndarray, scale: np.ndarray, path: str) -> str:
         """An int32 bias on the accumulator scale ``s_x * s_w`` (what QLinearConv needs)."""
-        q = np.round(bias.astype(np.float64) / scale.astype(np.float64)).astype(np.int64)
-        q = np.clip(q, -(2**31), 2**31 - 1).astype(np.int32)
-        b = self.const(f"{path}.bias_int32", q)
+        b = self.const(f"{path}.bias_int32", codes.astype(np.int32))
         s = self.const(f"{path}.bias_scale", scale.astype(np.float32))
         zp = self.const(f"{path}.bias_zero_point", np.zeros(scale.shape, np.int32))
         return self.node("DequantizeLinear", [b, s, zp], f"{path}.bias", axis=0)

@@ -19,10 +19,11 @@ from torch import fx, nn
 
 from ..errors import QexportError
 from ..quant.base import Quantizer
+from ..quant.fold import bn_factors
 from ..quant.layers import QuantConv2d, QuantLinear
 from ..quant.placement import trace
 from .builder import GraphBuilder
-from .fold import BnFold, find_bn_folds
+from .fold import find_bn_folds
 
 Handler = Callable[["Emitter", fx.Node], str]
 
@@ -32,13 +33,12 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 class Emitter:
-    def __init__(self, gm: fx.GraphModule, int32_bias: bool = True) -> None:
+    def __init__(self, gm: fx.GraphModule) -> None:
         self.gm = gm
-        self.int32_bias = int32_bias
         self.b = GraphBuilder()
         self.env: dict[fx.Node, Any] = {}
-        self.folds: dict[fx.Node, BnFold] = find_bn_folds(gm)
-        self.folded_bn = {f.bn_node for f in self.folds.values()}
+        self.folds = find_bn_folds(gm)
+        self.folded_bn = {bn_node for bn_node, _ in self.folds.values()}
         self.layers: list[dict[str, Any]] = []
 
     # -- helpers -------------------------------------------------------------------------------
@@ -59,18 +59,18 @@ class Emitter:
         return self.b.const(hint, np.asarray(values, np.int64))
 
     # -- quantized layers ----------------------------------------------------------------------
-    def quantized_input(self, layer: QuantConv2d | QuantLinear, x: str, path: str) -> tuple[str, np.ndarray | None]:
-        """(the layer's input after its activation quantizer, the activation scale or None)."""
+    def quantized_input(self, layer: QuantConv2d | QuantLinear, x: str, path: str) -> str:
+        """The layer's input after its activation quantizer."""
         q = layer.act_quant
         if q is None:
-            return x, None
+            return x
         spec = q.describe()
         if spec.kind != "uniform":
             raise QexportError(
                 f"cannot export the {spec.method.upper()} activation quantizer at '{path}.act_quant' yet: "
                 "its custom operator is not built; only LSQ / NIPQ activations export today"
             )
-        return self.b.qdq(x, spec, f"{path}.act_quant"), _np(spec.scale).astype(np.float32)
+        return self.b.qdq(x, spec, f"{path}.act_quant")
 
     def weight_codes(self, layer: QuantConv2d | QuantLinear, path: str) -> tuple[np.ndarray, np.ndarray] | None:
         """(integer weight codes, per-output-channel float32 scale) or None for a float weight."""
@@ -101,48 +101,32 @@ class Emitter:
         layer = self.module(node)
         path = str(node.target)
         assert isinstance(layer, nn.Conv2d)
-        x = self.arg(node.args[0])
-        s_x = None
-        if isinstance(layer, QuantConv2d):
-            x, s_x = self.quantized_input(layer, x, path)
-            wq = self.weight_codes(layer, path)
-            self.record(path, layer, "Conv")
-        else:
-            wq = None
-        fold = self.folds.get(node)
-        k = np.ones(layer.out_channels, np.float64) if fold is None else fold.k
-        bias = np.zeros(layer.out_channels, np.float64) if layer.bias is None else _np(layer.bias).astype(np.float64)
-        bias = bias * k + (0.0 if fold is None else fold.shift)
-        if wq is not None:
-            codes, s_w = wq
-            sign = np.where(k < 0, -1, 1)  # narrow symmetric codes: a negative BN gamma negates the codes
-            codes = codes * sign.reshape(-1, 1, 1, 1)
-            scale = (s_w.astype(np.float64) * np.abs(k)).astype(np.float32)
-            w = self.b.dq_weight(codes, scale, 0, path)
-        else:
-            w = self.b.const(
-                f"{path}.weight", (_np(layer.weight).astype(np.float64) * k.reshape(-1, 1, 1, 1)).astype(np.float32)
-            )
-            scale = None
-        inputs = [x, w]
-        if layer.bias is not None or fold is not None:
-            if self.int32_bias and s_x is not None and scale is not None:
-                inputs.append(self.b.dq_bias(bias, (s_x * scale).astype(np.float32), path))
-            else:
-                inputs.append(self.b.const(f"{path}.bias", bias.astype(np.float32)))
         if layer.padding_mode != "zeros" or isinstance(layer.padding, str):
             raise self.unsupported(node, f"Conv2d with padding={layer.padding!r} mode={layer.padding_mode!r}")
+        x = self.arg(node.args[0])
+        bn = self.folds[node][1] if node in self.folds else None
+        if isinstance(layer, QuantConv2d):
+            self.record(path, layer, "Conv")
+            x = self.quantized_input(layer, x, path)
+        if isinstance(layer, QuantConv2d) and layer.is_uniform():
+            dep = layer.deployed()  # the same numbers the eval forward uses
+            inputs = [x, self.b.dq_weight(dep.codes, dep.weight_scale, 0, path)]
+            if dep.bias_codes is not None:
+                inputs.append(self.b.dq_bias(dep.bias_codes, dep.bias_scale, path))
+        else:
+            if isinstance(layer, QuantConv2d) and layer.weight_quant is not None:
+                self.weight_codes(layer, path)  # raises: a non-uniform weight quantizer
+            k, shift = bn_factors(bn, layer.out_channels)
+            w = _np(layer.weight).astype(np.float64) * k.reshape(-1, 1, 1, 1)
+            inputs = [x, self.b.const(f"{path}.weight", w.astype(np.float32))]
+            if layer.bias is not None or bn is not None:
+                bias = (0.0 if layer.bias is None else _np(layer.bias).astype(np.float64)) * k + shift
+                inputs.append(self.b.const(f"{path}.bias", np.asarray(bias, np.float32)))
         ph, pw = layer.padding
         return self.b.node(
-            "Conv",
-            inputs,
-            path,
-            kernel_shape=list(layer.kernel_size),
-            strides=list(layer.stride),
-            pads=[ph, pw, ph, pw],
-            dilations=list(layer.dilation),
-            group=layer.groups,
-        )
+            "Conv", inputs, path, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
+            pads=[ph, pw, ph, pw], dilations=list(layer.dilation), group=layer.groups,
+        )  # fmt: skip
 
     def linear(self, node: fx.Node) -> str:
         layer = self.module(node)
@@ -150,7 +134,7 @@ class Emitter:
         assert isinstance(layer, nn.Linear)
         x = self.arg(node.args[0])
         if isinstance(layer, QuantLinear):
-            x, _ = self.quantized_input(layer, x, path)
+            x = self.quantized_input(layer, x, path)
             wq = self.weight_codes(layer, path)
             self.record(path, layer, "MatMul")
         else:
@@ -308,13 +292,10 @@ def emit_node(e: Emitter, node: fx.Node) -> str:
     raise e.unsupported(node, f"graph node kind {node.op}")
 
 
-def to_onnx(
-    model: nn.Module, input_shape: list[int], opset: int = 21, int32_bias: bool = True
-) -> tuple[onnx.ModelProto, Emitter]:
-    """The ONNX model of ``model`` (eval mode) with a dynamic batch dimension.  ``int32_bias``: biases of
-    quantized convs on the accumulator scale ``s_x * s_w`` (what QLinearConv needs), else float."""
+def to_onnx(model: nn.Module, input_shape: list[int], opset: int = 21) -> tuple[onnx.ModelProto, Emitter]:
+    """The ONNX model of ``model`` (eval mode) with a dynamic batch dimension."""
     gm = model if isinstance(model, fx.GraphModule) else trace(model)
-    e = Emitter(gm, int32_bias)
+    e = Emitter(gm)
     inputs, outputs = [], []
     for node in gm.graph.nodes:
         if node.op == "placeholder":

@@ -52,6 +52,7 @@ class AsqAdapter(nn.Module):
 
 class AsqQuantizer(Quantizer):
     method = "asq"
+    kind = "asq"
 
     def __init__(self, bits: int, signed: bool, channels: int, *, pool: bool, role: Role = "act") -> None:
         """``channels``: C of the input; ``pool``: True for conv inputs (one beta per sample)."""

@@ -47,6 +47,7 @@ class Quantizer(nn.Module):
     """
 
     method: ClassVar[str] = ""
+    kind: ClassVar[SpecKind] = "uniform"
 
     def __init__(self, role: Role) -> None:
         super().__init__()

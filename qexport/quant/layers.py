@@ -9,6 +9,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from .base import Quantizer
+from .fold import DeployedConv, FoldableBatchNorm2d, deployed_conv, deployed_conv_tensors
 
 
 class _Quantized:
@@ -25,6 +26,31 @@ class _Quantized:
 
 
 class QuantConv2d(_Quantized, nn.Conv2d):
+    folded_bn: FoldableBatchNorm2d | None = None  # a reference, not a submodule (it stays in the graph)
+
+    def fold(self, bn: FoldableBatchNorm2d) -> None:
+        """Absorb the BatchNorm that follows in eval mode (see fold.py)."""
+        object.__setattr__(self, "folded_bn", bn)
+
+    def is_uniform(self) -> bool:
+        """Uniform quantizers with constant scales on both sides: the conv runs as an integer kernel."""
+        return all(q is not None and q.kind == "uniform" for q in (self.act_quant, self.weight_quant))
+
+    def _deployable_now(self) -> bool:
+        """Both quantizers initialised and not collecting calibration statistics."""
+        return all(q is not None and q.ready and not q.calibrating for q in (self.act_quant, self.weight_quant))
+
+    def deployed(self) -> DeployedConv:
+        """The folded weight codes and scales and the int32 bias the deployed graph holds."""
+        assert self.act_quant is not None and self.weight_quant is not None
+        w_spec, a_spec = self.weight_quant.describe(), self.act_quant.describe()
+        codes = self.weight_quant.codes(self.weight.detach()).cpu().numpy().astype("int64")
+        w_scale = w_spec.scale.reshape(-1).cpu().numpy()
+        if w_scale.size == 1:
+            w_scale = w_scale.repeat(self.out_channels)
+        bias = None if self.bias is None else self.bias.detach().cpu().numpy()
+        return deployed_conv(codes, w_scale, a_spec.scale.cpu().numpy(), bias, self.folded_bn)
+
     @classmethod
     def wrap(cls, conv: nn.Conv2d, act: Quantizer | None, weight: Quantizer | None) -> QuantConv2d:
         q = cls(
@@ -38,7 +64,13 @@ class QuantConv2d(_Quantized, nn.Conv2d):
         return q
 
     def forward(self, x: Tensor) -> Tensor:
-        y = self._conv_forward(*self.quantized_operands(x), self.bias)
+        if not self.training and self.is_uniform() and self._deployable_now():
+            # eval computes what the integer graph computes: BN folded, bias on the accumulator grid
+            assert self.act_quant is not None
+            w, b = deployed_conv_tensors(self.deployed(), x.device)
+            y = self._conv_forward(self.act_quant(x), w, b)
+        else:
+            y = self._conv_forward(*self.quantized_operands(x), self.bias)
         self.out_hw = (int(y.shape[-2]), int(y.shape[-1]))  # read by the NIPQ BOPs loss
         return y
 

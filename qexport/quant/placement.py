@@ -26,6 +26,7 @@ from torch import fx, nn
 from ..errors import QexportError
 from .base import Quantizer
 from .config import LayerPlan, QuantConfig, make_act_quantizer, make_weight_quantizer
+from .fold import FoldableBatchNorm2d
 from .layers import QuantConv2d, QuantLinear
 from .lsq import LsqQuantizer
 
@@ -275,6 +276,22 @@ def _insert_glue(gm: fx.GraphModule, nonneg: set[fx.Node], shapes: set[fx.Node],
                 glue.quantize_operand(node, operand, f"{node.name}_in{i}")
 
 
+def _link_batchnorms(gm: fx.GraphModule) -> None:
+    """A uniform QuantConv2d whose only user is a BatchNorm2d folds it in eval mode (fold.py)."""
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or len(node.users) != 1:
+            continue
+        conv = gm.get_submodule(str(node.target))
+        (user,) = node.users
+        if not isinstance(conv, QuantConv2d) or not conv.is_uniform() or user.op != "call_module":
+            continue
+        bn = gm.get_submodule(str(user.target))
+        if type(bn) is nn.BatchNorm2d and bn.track_running_stats:
+            folded = FoldableBatchNorm2d.replace(bn)
+            _set_submodule(gm, str(user.target), folded)
+            conv.fold(folded)
+
+
 # -- the public entry ----------------------------------------------------------------------------
 def apply_config(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     """Quantize a copy of ``model`` as ``cfg`` says (deterministic: checkpoints re-run it on load)."""
@@ -306,6 +323,7 @@ def apply_config(model: nn.Module, cfg: QuantConfig) -> nn.Module:
         signed = not (inputs and inputs[0] in nonneg)
         layer = gm.get_submodule(path)
         _set_submodule(gm, path, _swap(layer, plan, signed, _is_fixed(index, len(layer_nodes), cfg), cfg))
+    _link_batchnorms(gm)
     if cfg.placement == "deployable":
         _insert_glue(gm, nonneg, shapes, cfg)
     gm.graph.lint()

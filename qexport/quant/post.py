@@ -30,6 +30,7 @@ SUPPORTED_BITS = (2, 3, 4)  # the paper evaluates 3 and 4; at 2 bits POST = POT 
 
 class PostQuantizer(Quantizer):
     method = "post"
+    kind = "levels"
     base: ClassVar[float] = math.sqrt(2.0)
 
     def __init__(self, bits: int, channels: int, role: Role = "weight") -> None:

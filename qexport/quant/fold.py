@@ -1,0 +1,88 @@
+"""BatchNorm folding, shared by the eval forward and the exporter so that both compute the same
+numbers.
+
+After training, ``bn(conv(x))`` becomes one conv: weights ``q * (s_w |k|)`` with the codes negated
+where ``k = gamma / sqrt(var + eps)`` is negative (symmetric narrow codes make that exact), and
+bias ``k * b + beta - k * mean``.  An integer runtime (ORT's QLinearConv, and ORT's own bias
+quantization of any DQ -> Conv) keeps that bias as int32 on the accumulator scale
+``s_x * s_w |k|``; at 2-4 bits that grid is coarse next to an 8-bit output step, so the rounding
+moves output codes.  The eval forward therefore computes the deployed conv itself: folded weights
+and the bias rounded to the accumulator grid (``deployed_conv``).  Training still runs the plain
+conv and BatchNorm with batch statistics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+class FoldableBatchNorm2d(nn.BatchNorm2d):
+    """A BatchNorm2d that its conv absorbs in eval mode (it then passes its input through).
+
+    Same parameters and buffers as BatchNorm2d, so checkpoints are unchanged."""
+
+    folded = False  # set by quantize() when the preceding QuantConv2d folds it
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.folded and not self.training:
+            return x
+        return super().forward(x)
+
+    @classmethod
+    def replace(cls, bn: nn.BatchNorm2d) -> FoldableBatchNorm2d:
+        new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+        new.load_state_dict(bn.state_dict())
+        new.folded = True
+        return new.train(bn.training)
+
+
+def bn_factors(bn: nn.BatchNorm2d | None, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(k, shift) in float64 with ``bn(y) = k * y + shift`` per channel; identity without a BN."""
+    if bn is None:
+        return np.ones(channels), np.zeros(channels)
+    mean = bn.running_mean.detach().double().cpu().numpy()
+    var = bn.running_var.detach().double().cpu().numpy()
+    gamma = bn.weight.detach().double().cpu().numpy() if bn.affine else np.ones_like(mean)
+    beta = bn.bias.detach().double().cpu().numpy() if bn.affine else np.zeros_like(mean)
+    k = gamma / np.sqrt(var + bn.eps)
+    return k, beta - mean * k
+
+
+@dataclass(frozen=True)
+class DeployedConv:
+    """What the deployed graph holds for one conv with uniform quantizers on both sides."""
+
+    codes: np.ndarray  # int64 weight codes, BN sign folded in
+    weight_scale: np.ndarray  # float32 [Cout]
+    act_scale: np.float32
+    bias_codes: np.ndarray | None  # int32 on the accumulator scale, or None (no bias at all)
+    bias_scale: np.ndarray  # float32 [Cout] = act_scale * weight_scale
+
+
+def deployed_conv(codes: np.ndarray, weight_scale: np.ndarray, act_scale: np.ndarray, bias: np.ndarray | None,
+                  bn: nn.BatchNorm2d | None) -> DeployedConv:  # fmt: skip
+    """Fold ``bn`` into (codes, per-channel scale) and round the bias to the accumulator grid."""
+    k, shift = bn_factors(bn, codes.shape[0])
+    sign = np.where(k < 0, -1, 1).reshape(-1, *([1] * (codes.ndim - 1)))
+    scale = (weight_scale.astype(np.float64) * np.abs(k)).astype(np.float32)
+    s_x = np.float32(act_scale)
+    bias_scale = (s_x * scale).astype(np.float32)
+    total = (np.zeros(len(k)) if bias is None else bias.astype(np.float64) * k) + shift
+    bias_codes = None
+    if bias is not None or bn is not None:
+        q = np.round(total / bias_scale.astype(np.float64))
+        bias_codes = np.clip(q, -(2**31), 2**31 - 1).astype(np.int32)
+    return DeployedConv(codes * sign, scale, s_x, bias_codes, bias_scale)
+
+
+def deployed_conv_tensors(dep: DeployedConv, device: torch.device) -> tuple[Tensor, Tensor | None]:
+    """(float32 weight, float32 bias) exactly as the runtime dequantizes them."""
+    w = torch.from_numpy(dep.codes.astype(np.float32)) * torch.from_numpy(dep.weight_scale).view(-1, 1, 1, 1)
+    b = None
+    if dep.bias_codes is not None:
+        b = torch.from_numpy(dep.bias_codes.astype(np.float32)) * torch.from_numpy(dep.bias_scale)
+    return w.to(device), None if b is None else b.to(device)

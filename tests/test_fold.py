@@ -1,0 +1,77 @@
+"""BN folding in eval mode: the fake-quant model computes the deployed conv (folded weights, bias
+on the int32 accumulator grid), training keeps the plain conv + BatchNorm."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+import qexport
+from qexport import zoo
+from qexport.quant import QuantConv2d
+from qexport.quant.fold import FoldableBatchNorm2d, bn_factors, deployed_conv
+
+
+def _trained_bn(model: nn.Module) -> None:
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-1, 1)
+                m.running_var.uniform_(0.5, 2)
+                m.weight.uniform_(-1.5, 1.5)  # negative gammas too
+                m.bias.uniform_(-1, 1)
+
+
+def test_quantize_links_conv_and_batchnorm() -> None:
+    gm = qexport.quantize(zoo.create("resnet20"), bits=4)
+    conv, bn = gm.get_submodule("layers.0.0.conv1"), gm.get_submodule("layers.0.0.bn1")
+    assert isinstance(bn, FoldableBatchNorm2d) and conv.folded_bn is bn
+    assert set(bn.state_dict()) == set(nn.BatchNorm2d(16).state_dict())  # checkpoints unchanged
+    asq = qexport.quantize(zoo.create("resnet20"), act="asq", bits=4)
+    assert type(asq.get_submodule("layers.0.0.bn1")) is nn.BatchNorm2d  # per-sample steps: no int32 bias
+
+
+def test_eval_is_the_deployed_conv_and_training_is_not() -> None:
+    model = zoo.create("resnet20")
+    _trained_bn(model)
+    gm = qexport.quantize(model, bits=3)
+    x = torch.randn(4, 3, 32, 32)
+    qexport.calibrate(gm, [x])
+    conv: QuantConv2d = gm.get_submodule("layers.1.0.conv2")
+    bn = conv.folded_bn
+    inp = torch.randn(2, 32, 16, 16).relu()
+    gm.eval()
+    with torch.no_grad():
+        deployed = bn(conv(inp))  # bn passes through in eval
+        plain = bn.__class__.__mro__[1].forward(bn, conv._conv_forward(*conv.quantized_operands(inp), None))
+    dep = conv.deployed()
+    assert dep.bias_codes is not None and dep.bias_codes.dtype == np.int32
+    step = float(conv.act_quant.step) * dep.weight_scale.max()
+    assert torch.allclose(deployed, plain, atol=step)  # differs only by the bias rounding
+    assert not torch.equal(deployed, plain)
+    k, _ = bn_factors(bn, 32)
+    assert (
+        np.sign(dep.codes[:, 0, 0, 0])
+        == np.sign(conv.weight_quant.codes(conv.weight.detach()).numpy()[:, 0, 0, 0]) * np.sign(k)
+    ).all()
+    gm.train()
+    with torch.no_grad():
+        y = bn(conv(inp))
+    assert y.shape == deployed.shape and not torch.allclose(y, deployed, atol=step)  # batch statistics
+
+
+def test_deployed_conv_math() -> None:
+    codes = np.array([[[[3]]], [[[-2]]]])
+    bn = nn.BatchNorm2d(2).eval()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([2.0, -0.5]))
+        bn.bias.copy_(torch.tensor([0.3, 0.1]))
+        bn.running_mean.copy_(torch.tensor([1.0, -1.0]))
+        bn.running_var.copy_(torch.tensor([4.0 - 1e-5, 1.0 - 1e-5]))
+    dep = deployed_conv(codes, np.array([0.1, 0.2], np.float32), np.float32(0.5), None, bn)
+    assert dep.codes[:, 0, 0, 0].tolist() == [3, 2]  # negative gamma negates the codes
+    assert np.allclose(dep.weight_scale, [0.1, 0.1])  # s_w * |k|, k = [1, -0.5]
+    assert np.allclose(dep.bias_scale, [0.05, 0.05])
+    # shift = beta - mean * k = [0.3 - 1, 0.1 - 0.5] = [-0.7, -0.4] -> codes -14, -8
+    assert dep.bias_codes.tolist() == [-14, -8]
