@@ -130,3 +130,15 @@ def test_trained_checkpoint_on_real_images(tmp_path: Path, name: str) -> None:
         single = np.concatenate([sess.run(None, {"input": x[i : i + 1].numpy()})[0] for i in range(0, 500, 5)])
         assert (batched.argmax(1) == ref).mean() >= 0.998  # at most one of 500 differs (a rounding tie)
         assert np.array_equal(single.argmax(1), batched[::5].argmax(1))
+
+
+def test_weight_only_quantization_exports_integer_weights(tmp_path: Path) -> None:
+    model = qexport.quantize(zoo.create("resnet20"), weight="lsq", act=None, bits=4, placement="paper")
+    qexport.calibrate(model, [zoo.example_input(model, 8)])
+    model.eval()
+    proto = onnx.load(export(model, tmp_path / "w.onnx"))
+    assert sum(i.name.endswith("weight_codes") for i in proto.graph.initializer) == 22
+    x = zoo.example_input(model, 4, seed=3)
+    out = _session(proto, ort.GraphOptimizationLevel.ORT_DISABLE_ALL).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(out - model(x).numpy()).max() < 1e-4  # float activations: rounding only

@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from ..errors import QexportError
 from ..quant.base import Quantizer
-from ..quant.fold import bn_factors
+from ..quant.fold import bn_factors, deployed_conv
 from ..quant.layers import QuantConv2d, QuantLinear
 from ..quant.placement import trace
 from .builder import GraphBuilder
@@ -113,12 +113,15 @@ class Emitter:
             inputs = [x, self.b.dq_weight(dep.codes, dep.weight_scale, 0, path)]
             if dep.bias_codes is not None:
                 inputs.append(self.b.dq_bias(dep.bias_codes, dep.bias_scale, path))
-        else:
-            if isinstance(layer, QuantConv2d) and layer.weight_quant is not None:
-                self.weight_codes(layer, path)  # raises: a non-uniform weight quantizer
+        else:  # float weights, or quantized weights with a float input: float bias, BN folded
             k, shift = bn_factors(bn, layer.out_channels)
-            w = _np(layer.weight).astype(np.float64) * k.reshape(-1, 1, 1, 1)
-            inputs = [x, self.b.const(f"{path}.weight", w.astype(np.float32))]
+            wq = self.weight_codes(layer, path) if isinstance(layer, QuantConv2d) else None
+            if wq is not None:
+                dep = deployed_conv(wq[0], wq[1], np.float32(1.0), None, bn)
+                inputs = [x, self.b.dq_weight(dep.codes, dep.weight_scale, 0, path)]
+            else:
+                w = _np(layer.weight).astype(np.float64) * k.reshape(-1, 1, 1, 1)
+                inputs = [x, self.b.const(f"{path}.weight", w.astype(np.float32))]
             if layer.bias is not None or bn is not None:
                 bias = (0.0 if layer.bias is None else _np(layer.bias).astype(np.float64)) * k + shift
                 inputs.append(self.b.const(f"{path}.bias", np.asarray(bias, np.float32)))
