@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ..errors import QexportError
-from ..quant.base import Quantizer
+from ..quant.base import Quantizer, QuantSpec
 from ..quant.fold import bn_factors, deployed_conv
 from ..quant.layers import QuantConv2d, QuantLinear
 from ..quant.placement import trace
@@ -59,30 +59,29 @@ class Emitter:
         return self.b.const(hint, np.asarray(values, np.int64))
 
     # -- quantized layers ----------------------------------------------------------------------
-    def quantized_input(self, layer: QuantConv2d | QuantLinear, x: str, path: str) -> str:
-        """The layer's input after its activation quantizer."""
-        q = layer.act_quant
-        if q is None:
-            return x
+    @staticmethod
+    def uniform_spec(q: Quantizer) -> QuantSpec:
+        """The quantizer's description; a clear error for the kinds whose custom operators are not built."""
         spec = q.describe()
         if spec.kind != "uniform":
             raise QexportError(
-                f"cannot export the {spec.method.upper()} activation quantizer at '{path}.act_quant' yet: "
-                "its custom operator is not built; only LSQ / NIPQ activations export today"
+                f"cannot export the {spec.method.upper()} quantizer at '{q.name()}' yet: its custom operator "
+                "(ASQ step / POST conv) is not built; only LSQ / NIPQ quantizers export today"
             )
-        return self.b.qdq(x, spec, f"{path}.act_quant")
+        return spec
 
-    def weight_codes(self, layer: QuantConv2d | QuantLinear, path: str) -> tuple[np.ndarray, np.ndarray] | None:
+    def quantized_input(self, layer: QuantConv2d | QuantLinear, x: str, path: str) -> str:
+        """The layer's input after its activation quantizer."""
+        if layer.act_quant is None:
+            return x
+        return self.b.qdq(x, self.uniform_spec(layer.act_quant), f"{path}.act_quant")
+
+    def weight_codes(self, layer: QuantConv2d | QuantLinear) -> tuple[np.ndarray, np.ndarray] | None:
         """(integer weight codes, per-output-channel float32 scale) or None for a float weight."""
         q = layer.weight_quant
         if q is None:
             return None
-        spec = q.describe()
-        if spec.kind != "uniform":
-            raise QexportError(
-                f"cannot export the {spec.method.upper()} weight quantizer at '{path}.weight_quant' yet: "
-                "the POST/POT convolution operator is not built; only LSQ / NIPQ weights export today"
-            )
+        spec = self.uniform_spec(q)
         codes = _np(q.codes(layer.weight.detach())).astype(np.int64)
         scale = _np(spec.scale).astype(np.float32).reshape(-1)
         if scale.size == 1:
@@ -115,7 +114,7 @@ class Emitter:
                 inputs.append(self.b.dq_bias(dep.bias_codes, dep.bias_scale, path))
         else:  # float weights, or quantized weights with a float input: float bias, BN folded
             k, shift = bn_factors(bn, layer.out_channels)
-            wq = self.weight_codes(layer, path) if isinstance(layer, QuantConv2d) else None
+            wq = self.weight_codes(layer) if isinstance(layer, QuantConv2d) else None
             if wq is not None:
                 dep = deployed_conv(wq[0], wq[1], np.float32(1.0), None, bn)
                 inputs = [x, self.b.dq_weight(dep.codes, dep.weight_scale, 0, path)]
@@ -138,7 +137,7 @@ class Emitter:
         x = self.arg(node.args[0])
         if isinstance(layer, QuantLinear):
             x = self.quantized_input(layer, x, path)
-            wq = self.weight_codes(layer, path)
+            wq = self.weight_codes(layer)
             self.record(path, layer, "MatMul")
         else:
             wq = None
@@ -155,10 +154,7 @@ class Emitter:
     def glue(self, node: fx.Node) -> str:
         q = self.module(node)
         assert isinstance(q, Quantizer)
-        spec = q.describe()
-        if spec.kind != "uniform":
-            raise self.unsupported(node, f"a standalone {spec.method} quantizer")
-        return self.b.qdq(self.arg(node.args[0]), spec, str(node.target))
+        return self.b.qdq(self.arg(node.args[0]), self.uniform_spec(q), str(node.target))
 
     def batchnorm(self, node: fx.Node) -> str:
         if node in self.folded_bn:
