@@ -142,3 +142,9 @@ def test_weight_only_quantization_exports_integer_weights(tmp_path: Path) -> Non
     out = _session(proto, ort.GraphOptimizationLevel.ORT_DISABLE_ALL).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
         assert np.abs(out - model(x).numpy()).max() < 1e-4  # float activations: rounding only
+
+
+def test_uncalibrated_model_is_a_clear_error(tmp_path: Path) -> None:
+    model = qexport.quantize(zoo.create("resnet20"), bits=4)
+    with pytest.raises(QexportError, match=r"stem\.0\.act_quant.*calibrate"):
+        export(model, tmp_path / "u.onnx")
