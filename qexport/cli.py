@@ -1,6 +1,6 @@
 """The ``qexport`` command line.
 
-Exit codes: 0 success, 2 bad input (one error line, no traceback).
+Exit codes: 0 success, 1 parity failure, 2 bad input (one error line, no traceback).
 """
 
 from __future__ import annotations
@@ -13,12 +13,16 @@ from pathlib import Path
 import torch
 
 from . import __version__, zoo
+from .check import CheckReport, check
 from .checkpoint import load, read, save
 from .errors import QexportError
+from .quant.layers import QuantConv2d, QuantLinear
 from .quant.placement import calibrate, quantize
 from .summary import format_table, layer_count, quantizer_rows
 
 EPILOG = """examples:
+  qexport models/resnet20_lsq_w4a4.pt --format onnx  export to ONNX, check parity (LSQ / NIPQ CNNs today)
+  qexport check models/resnet20_lsq_w4a4.pt models/resnet20_lsq_w4a4.onnx --data ../shared/data/cifar10-jpeg.tar.gz
   qexport inspect models/resnet20_lsq_w4a4.pt        per-layer methods, bits, scales
   qexport eval models/resnet20_lsq_w4a4.pt           CIFAR-10 test top-1 of the fake-quant model
   qexport quantize resnet20 --init fp32.pt --weight post --act asq --bits 4 -o calibrated.pt
@@ -97,6 +101,41 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    if args.format != "onnx":
+        raise QexportError(f"--format {args.format!r} is not supported: use --format onnx")
+    model = load(args.model, trust=args.trust)
+    out = Path(args.output or Path(args.model).with_suffix(".onnx"))
+    export(model, out, opset=args.opset)
+    layers = [m for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
+    methods = sorted({f"{q.method}{q.code_range.bits}" for m in layers for q in (m.weight_quant, m.act_quant) if q})
+    size_mb = out.stat().st_size / 1e6
+    print(f"wrote {out}: {size_mb:.2f} MB, {len(layers)} quantized layers ({', '.join(methods) or 'float'})")
+    if args.no_check:
+        print("parity: not checked (--no-check)")
+        return 0
+    return _report(check(model, out, samples=args.samples, show_progress=not args.quiet), json_out=False)
+
+
+def _check(args: argparse.Namespace) -> int:
+    inputs = None
+    if args.data:
+        from . import data
+        from .evaluate import subset
+
+        images, _ = subset(*data.cifar10("test", args.data), args.samples)
+        inputs = data.normalize(images)
+    report = check(args.model, args.onnx, inputs, samples=args.samples, show_progress=not args.quiet and not args.json)
+    return _report(report, json_out=args.json)
+
+
+def _report(report: CheckReport, json_out: bool) -> int:
+    print(report.to_json() if json_out else report.table())
+    return 0 if report.passed else 1
+
+
 def _zoo(args: argparse.Namespace) -> int:
     for name in zoo.names():
         m = zoo.create(name)
@@ -143,6 +182,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=_quantize)
 
+    s = sub.add_parser(
+        "export", help="export a model.pt to ONNX and check parity (also: qexport model.pt --format onnx)"
+    )
+    s.add_argument("model")
+    s.add_argument("--format", default="onnx")
+    s.add_argument("-o", "--output", help="output path (default: the model path with .onnx)")
+    s.add_argument("--opset", type=int, default=21)
+    s.add_argument("--no-check", action="store_true", help="skip the parity check")
+    s.add_argument("--samples", type=int, default=256, help="random inputs for the parity check")
+    s.add_argument("--quiet", action="store_true")
+    s.add_argument("--trust", action="store_true")
+    s.set_defaults(func=_export)
+
+    s = sub.add_parser("check", help="parity of an ONNX model with its model.pt, code for code")
+    s.add_argument("model")
+    s.add_argument("onnx")
+    s.add_argument("--samples", type=int, default=256)
+    s.add_argument("--data", help="CIFAR-10 archive: check on test images instead of random inputs")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=_check)
+
     s = sub.add_parser("zoo", help="list the model zoo")
     s.set_defaults(func=_zoo)
     return p
@@ -150,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith(".pt") and "--format" in argv:  # qexport model.pt --format onnx
+        argv = ["export", *argv]
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()

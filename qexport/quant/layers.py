@@ -40,8 +40,26 @@ class QuantConv2d(_Quantized, nn.Conv2d):
         """Both quantizers initialised and not collecting calibration statistics."""
         return all(q is not None and q.ready and not q.calibrating for q in (self.act_quant, self.weight_quant))
 
+    def _state_versions(self) -> tuple[int, ...]:
+        """In-place versions of every tensor the deployed conv depends on (optimizer steps and
+        load_state_dict modify them in place, which bumps the version)."""
+        tensors = [*self.parameters(), *self.buffers()]
+        if self.folded_bn is not None:
+            tensors += [*self.folded_bn.parameters(), *self.folded_bn.buffers()]
+        return tuple(t._version for t in tensors) + tuple(id(t) for t in tensors)
+
     def deployed(self) -> DeployedConv:
-        """The folded weight codes and scales and the int32 bias the deployed graph holds."""
+        """The folded weight codes and scales and the int32 bias the deployed graph holds (cached
+        until a parameter or buffer changes)."""
+        key = self._state_versions()
+        cached = self.__dict__.get("_deployed_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        dep = self._compute_deployed()
+        self.__dict__["_deployed_cache"] = (key, dep)
+        return dep
+
+    def _compute_deployed(self) -> DeployedConv:
         assert self.act_quant is not None and self.weight_quant is not None
         w_spec, a_spec = self.weight_quant.describe(), self.act_quant.describe()
         codes = self.weight_quant.codes(self.weight.detach()).cpu().numpy().astype("int64")

@@ -1,0 +1,236 @@
+"""The parity checker: does the ONNX model compute what the fake-quant PyTorch model computes?
+
+For every quantized tensor the integer codes of both are compared with TEACHER FORCING: each
+PyTorch quantizer receives the tensors the runtime itself produced upstream, so a rounding tie that
+flips one code early cannot cascade into every later layer (free-running codes of a low-bit network
+diverge that way however exact both sides are).  Final outputs are compared free-running: top-1
+agreement and the largest absolute difference.  Contract 2 (DESIGN.md): a model passes when no code
+differs by more than one step, at least 99.9% of the codes of every tensor are identical and top-1
+agreement is at least 99.9%.  Each run is one onnxruntime configuration (optimisation level x batch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from .checkpoint import load
+from .errors import QexportError
+from .progress import Progress
+from .quant.base import Quantizer
+
+MIN_IDENTICAL = 0.999
+MAX_STEP = 1
+MIN_TOP1 = 0.999
+LEVELS = {
+    "disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "enable_all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+@dataclass
+class TensorReport:
+    path: str
+    bits: int
+    codes: str
+    identical: float
+    max_step: int
+    low_share: float  # share of codes at the bottom of the range
+    high_share: float  # ... at the top
+    entropy_bits: float  # of the code histogram; near 0 means a collapsed tensor
+
+    @property
+    def passed(self) -> bool:
+        return self.identical >= MIN_IDENTICAL and self.max_step <= MAX_STEP
+
+
+@dataclass
+class RunReport:
+    name: str
+    top1_agreement: float
+    max_abs_diff: float
+    tensors: list[TensorReport] = field(default_factory=list)
+
+    @property
+    def first_divergent(self) -> str | None:
+        return next((t.path for t in self.tensors if t.identical < 1.0), None)
+
+    @property
+    def passed(self) -> bool:
+        return self.top1_agreement >= MIN_TOP1 and all(t.passed for t in self.tensors)
+
+
+@dataclass
+class CheckReport:
+    onnx_path: str
+    samples: int
+    runs: list[RunReport]
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.runs) and all(r.passed for r in self.runs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "onnx": self.onnx_path, "samples": self.samples, "passed": self.passed,
+            "runs": [
+                {**asdict(r), "passed": r.passed, "first_divergent": r.first_divergent,
+                 "tensors": [{**asdict(t), "passed": t.passed} for t in r.tensors]}
+                for r in self.runs
+            ],
+        }  # fmt: skip
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def table(self) -> str:
+        from .summary import format_table
+
+        lines = []
+        for r in self.runs:
+            verdict = "PASS" if r.passed else "FAIL"
+            lines.append(
+                f"{r.name}: {verdict}  top-1 agreement {100 * r.top1_agreement:.2f}%  max |diff| {r.max_abs_diff:.3g}"
+                f"  first divergent tensor: {r.first_divergent or 'none'}"
+            )
+        worst: dict[str, TensorReport] = {}
+        for r in self.runs:
+            for t in r.tensors:
+                if t.path not in worst or t.identical < worst[t.path].identical:
+                    worst[t.path] = t
+        rows = [
+            [t.path, str(t.bits), t.codes, f"{100 * t.identical:.3f}", str(t.max_step), f"{100 * t.low_share:.1f}",
+             f"{100 * t.high_share:.1f}", f"{t.entropy_bits:.2f}", "ok" if t.passed else "FAIL"]
+            for t in worst.values()
+        ]  # fmt: skip
+        header = ["tensor (worst run)", "bits", "codes", "identical %", "max step", "at min %", "at max %",
+                  "entropy", ""]  # fmt: skip
+        verdict = "PASS" if self.passed else "FAIL"
+        return "\n".join([*lines, format_table(rows, header), f"parity: {verdict} on {self.samples} samples"])
+
+
+def _code_outputs(proto: onnx.ModelProto) -> dict[str, str]:
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if "codes" not in meta:
+        raise QexportError("this ONNX file was not written by qexport (no code-tensor map in its metadata)")
+    return json.loads(meta["codes"])
+
+
+def _session(proto: onnx.ModelProto, level: str) -> ort.InferenceSession:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = LEVELS[level]
+    so.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+class _Accumulator:
+    """Running code comparison of one quantizer over batches."""
+
+    def __init__(self, q: Quantizer) -> None:
+        r = q.code_range
+        self.qmin, self.qmax, self.bits = r.qmin, r.qmax, r.bits
+        self.same = self.total = self.max_step = 0
+        self.hist = np.zeros(r.qmax - r.qmin + 1, np.int64)
+
+    def add(self, ours: np.ndarray, theirs: np.ndarray) -> None:
+        diff = np.abs(ours - theirs)
+        self.same += int((diff == 0).sum())
+        self.total += diff.size
+        self.max_step = max(self.max_step, int(diff.max()) if diff.size else 0)
+        self.hist += np.bincount((theirs - self.qmin).clip(0, len(self.hist) - 1).ravel(), minlength=len(self.hist))
+
+    def report(self, path: str) -> TensorReport:
+        n = max(int(self.hist.sum()), 1)
+        p = self.hist[self.hist > 0] / n
+        return TensorReport(
+            path, self.bits, f"[{self.qmin}, {self.qmax}]", self.same / max(self.total, 1), self.max_step,
+            float(self.hist[0] / n), float(self.hist[-1] / n), float(-(p * np.log2(p)).sum()),
+        )  # fmt: skip
+
+
+def _run(model: nn.Module, proto: onnx.ModelProto, codes: dict[str, str], x: torch.Tensor, level: str, batch: int,
+         bar: Progress) -> RunReport:  # fmt: skip
+    sess = _session(proto, level)
+    names = [o.name for o in sess.get_outputs()]
+    accs = {path: _Accumulator(model.get_submodule(path)) for path in codes}
+    agree, max_diff = 0, 0.0
+    for start in range(0, len(x), batch):
+        xb = x[start : start + batch]
+        outs = dict(zip(names, sess.run(None, {"input": xb.numpy()}), strict=True))
+        with torch.no_grad():
+            free = model(xb).numpy()
+        agree += int((free.argmax(-1) == outs["output"].argmax(-1)).sum())
+        max_diff = max(max_diff, float(np.abs(free - outs["output"]).max()))
+
+        def force(q: Quantizer, inputs: tuple, _out: torch.Tensor, path: str, outs: dict = outs) -> torch.Tensor:
+            theirs = outs[codes[path]].astype(np.int64)
+            accs[path].add(q.codes(inputs[0]).numpy().astype(np.int64), theirs)
+            return torch.from_numpy(theirs.astype(np.float32)) * q.describe().scale
+
+        hooks = [model.get_submodule(p).register_forward_hook(lambda q, i, o, p=p: force(q, i, o, p)) for p in codes]
+        try:
+            with torch.no_grad():
+                model(xb)
+        finally:
+            for h in hooks:
+                h.remove()
+        bar.update(len(xb))
+    return RunReport(
+        f"onnxruntime {level} batch {batch}", agree / len(x), max_diff, [a.report(p) for p, a in accs.items()]
+    )
+
+
+def check(
+    model: nn.Module | str | os.PathLike[str],
+    onnx_path: str | os.PathLike[str],
+    inputs: torch.Tensor | None = None,
+    samples: int = 256,
+    *,
+    batch: int = 8,
+    show_progress: bool = False,
+) -> CheckReport:
+    """Compare ``onnx_path`` with the fake-quant ``model`` (or model.pt) on ``inputs`` (default:
+    ``samples`` random inputs of the model's example shape) at ORT_DISABLE_ALL and ORT_ENABLE_ALL, at
+    batch 1 and ``batch``."""
+    from .zoo import example_input
+
+    if not isinstance(model, nn.Module):
+        model = load(model)
+    model = model.eval()
+    if not os.path.isfile(onnx_path):
+        raise QexportError(f"{onnx_path}: no such ONNX file")
+    try:
+        proto = onnx.load(str(onnx_path))
+    except Exception as exc:  # protobuf raises DecodeError and friends
+        raise QexportError(f"{onnx_path}: not a readable ONNX file ({type(exc).__name__})") from None
+    codes = _code_outputs(proto)
+    for path in codes:
+        try:
+            model.get_submodule(path)
+        except AttributeError:
+            raise QexportError(f"{onnx_path} does not belong to this model: it has no quantizer '{path}'") from None
+    for name in codes.values():
+        proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    if inputs is None:
+        inputs = torch.cat([example_input(model, 1, seed=i) for i in range(samples)])
+    if not torch.isfinite(inputs).all():
+        raise QexportError("the check inputs contain NaN or infinite values")
+    expected = list(proto.graph.input[0].type.tensor_type.shape.dim)[1:]
+    if [d.dim_value for d in expected] != list(inputs.shape[1:]):
+        dims = ", ".join(str(d.dim_value) for d in expected)
+        raise QexportError(f"inputs of shape {list(inputs.shape)} do not fit the model input [batch, {dims}]")
+    runs = [("disable_all", 1), ("disable_all", batch), ("enable_all", 1), ("enable_all", batch)]
+    bar = Progress(len(inputs) * len(runs), "check", enabled=show_progress)
+    try:
+        reports = [_run(model, proto, codes, inputs, level, b, bar) for level, b in runs]
+    finally:
+        bar.close()
+    return CheckReport(str(onnx_path), len(inputs), reports)

@@ -1,0 +1,82 @@
+"""The parity checker and the export / check command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+import qexport
+from qexport import zoo
+from qexport.check import check
+from qexport.cli import main
+from qexport.errors import QexportError
+from qexport.export import export
+
+
+@pytest.fixture(scope="module")
+def calibrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("check")
+    model = qexport.quantize(zoo.create("resnet20"), bits=3)
+    qexport.calibrate(model, [zoo.example_input(model, 32, seed=5)])
+    pt = qexport.save(model, tmp / "m.pt")
+    return pt, export(model, tmp / "m.onnx")
+
+
+def test_passes_with_code_spread(calibrated: tuple[Path, Path]) -> None:
+    pt, path = calibrated
+    report = check(pt, path, samples=24, batch=8)
+    assert report.passed and len(report.runs) == 4
+    assert {r.name for r in report.runs} == {
+        f"onnxruntime {lvl} batch {b}" for lvl in ("disable_all", "enable_all") for b in (1, 8)
+    }
+    tensors = report.runs[0].tensors
+    assert len(tensors) == 49 and all(t.identical >= 0.999 and t.max_step <= 1 for t in tensors)
+    assert all(t.entropy_bits > 0.5 for t in tensors)  # not collapsed
+    data = json.loads(report.to_json())
+    assert data["passed"] and data["runs"][0]["tensors"][0]["path"] == "stem.0.act_quant"
+    assert "parity: PASS" in report.table()
+
+
+def test_detects_a_wrong_scale(calibrated: tuple[Path, Path], tmp_path: Path) -> None:
+    pt, path = calibrated
+    proto = onnx.load(path)
+    for init in proto.graph.initializer:
+        if init.name == "layers.1.1.conv1.act_quant.scale":
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(1.3), init.name))
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, bad)
+    report = check(pt, bad, samples=8, batch=8)
+    assert not report.passed
+    failing = [t.path for t in report.runs[0].tensors if not t.passed]
+    assert failing and failing[0] == "layers.1.1.conv1.act_quant"
+    assert main(["check", str(pt), str(bad), "--samples", "4", "--quiet"]) == 1
+
+
+def test_bad_inputs(calibrated: tuple[Path, Path], tmp_path: Path) -> None:
+    pt, path = calibrated
+    with pytest.raises(QexportError, match="do not fit"):
+        check(pt, path, torch.randn(2, 3, 16, 16))
+    with pytest.raises(QexportError, match="NaN"):
+        check(pt, path, torch.full((2, 3, 32, 32), float("nan")))
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    assert main(["check", str(pt), str(tmp_path / "junk.onnx"), "--quiet"]) == 2
+    foreign = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    onnx.save(foreign, tmp_path / "foreign.onnx")
+    with pytest.raises(QexportError, match="not written by qexport"):
+        check(pt, tmp_path / "foreign.onnx")
+    assert main(["check", str(pt), str(tmp_path / "none.onnx")]) == 2
+
+
+def test_cli_export_form(calibrated: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pt, _ = calibrated
+    out = tmp_path / "cli.onnx"
+    assert main([str(pt), "--format", "onnx", "-o", str(out), "--samples", "8", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert out.is_file() and "22 quantized layers" in text and "parity: PASS on 8 samples" in text
+    assert main([str(pt), "--format", "tflite"]) == 2
