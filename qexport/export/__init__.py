@@ -1,5 +1,5 @@
 """PyTorch -> ONNX export (work in progress: uniform LSQ / NIPQ quantizers and float layers of CNNs;
-ASQ and POST custom operators, packed weights and the parity checker are not built yet)."""
+ASQ and POST custom operators, packed weights and transformer ops are not built yet)."""
 
 from __future__ import annotations
 
