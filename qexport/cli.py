@@ -136,6 +136,24 @@ def _report(report: CheckReport, json_out: bool) -> int:
     return 0 if report.passed else 1
 
 
+def _run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .runtime import InferenceSession
+
+    try:
+        x = np.load(args.input, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise QexportError(f"{args.input}: not a readable .npy array ({exc})") from None
+    y = InferenceSession(args.model, threads=args.threads or None).run(x)
+    if args.output:
+        np.save(args.output, y)
+        print(f"wrote {args.output}: {list(y.shape)} {y.dtype}")
+    else:
+        print(f"output {list(y.shape)}; top-1 per sample: {y.reshape(len(y), -1).argmax(1).tolist()}")
+    return 0
+
+
 def _zoo(args: argparse.Namespace) -> int:
     for name in zoo.names():
         m = zoo.create(name)
@@ -203,6 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_check)
+
+    s = sub.add_parser("run", help="run an exported model in onnxruntime (CPU) on a .npy input")
+    s.add_argument("model")
+    s.add_argument("--input", required=True, help=".npy array, e.g. float32 [N, 3, 32, 32]")
+    s.add_argument("--output", help="write the output array here (.npy)")
+    s.add_argument("--threads", type=int, default=0)
+    s.set_defaults(func=_run)
 
     s = sub.add_parser("zoo", help="list the model zoo")
     s.set_defaults(func=_zoo)

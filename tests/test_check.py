@@ -80,3 +80,29 @@ def test_cli_export_form(calibrated: tuple[Path, Path], tmp_path: Path, capsys: 
     text = capsys.readouterr().out
     assert out.is_file() and "22 quantized layers" in text and "parity: PASS on 8 samples" in text
     assert main([str(pt), "--format", "tflite"]) == 2
+
+
+def test_run_command_and_bad_inputs(
+    calibrated: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, path = calibrated
+    x = np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    assert main(["run", str(path), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy")]) == 0
+    y = np.load(tmp_path / "y.npy")
+    assert y.shape == (3, 10)
+    assert np.allclose(y, qexport.InferenceSession(path, threads=1).run(x))
+    capsys.readouterr()
+    bad = {
+        "shape.npy": np.zeros((2, 3, 16, 16), np.float32),
+        "dtype.npy": np.zeros((2, 3, 32, 32), np.float64),
+        "nan.npy": np.full((1, 3, 32, 32), np.nan, np.float32),
+    }
+    for name, arr in bad.items():
+        np.save(tmp_path / name, arr)
+        assert main(["run", str(path), "--input", str(tmp_path / name)]) == 2, name
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "shape [2, 3, 16, 16]" in err[0] and "float64" in err[1] and "NaN" in err[2]
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    assert main(["run", str(tmp_path / "junk.onnx"), "--input", str(tmp_path / "x.npy")]) == 2
+    assert main(["run", str(path), "--input", str(tmp_path / "missing.npy")]) == 2
