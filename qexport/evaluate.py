@@ -21,25 +21,29 @@ def subset(images: torch.Tensor, labels: torch.Tensor, limit: int) -> tuple[torc
 
 
 @torch.no_grad()
-def top1(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    device: torch.device | str = "cpu",
-    batch_size: int = 500,
+def predictions(
+    model: nn.Module, images: torch.Tensor, *, device: torch.device | str = "cpu", batch_size: int = 500,
     show_progress: bool = False,
-) -> float:
-    """Top-1 in percent of ``model`` (switched to eval mode) on uint8 NHWC ``images``."""
+) -> torch.Tensor:  # fmt: skip
+    """Predicted classes of ``model`` (switched to eval mode) on uint8 NHWC ``images``."""
     model.eval()
-    correct = 0
+    preds = []
     starts = range(0, len(images), batch_size)
     for i in progress(starts, len(starts), "eval", enabled=show_progress):
         out = model(data.normalize(images[i : i + batch_size].to(device)))
         if out.shape[-1] != len(data.CLASSES):
             raise QexportError(f"the model has {out.shape[-1]} outputs; CIFAR-10 needs 10")
-        correct += int((out.argmax(1) == labels[i : i + batch_size].to(device)).sum())
-    return 100.0 * correct / max(len(images), 1)
+        preds.append(out.argmax(1).cpu())
+    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+
+
+def top1(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, device: torch.device | str = "cpu",
+    batch_size: int = 500, show_progress: bool = False,
+) -> float:  # fmt: skip
+    """Top-1 in percent of ``model`` on uint8 NHWC ``images``."""
+    preds = predictions(model, images, device=device, batch_size=batch_size, show_progress=show_progress)
+    return 100.0 * float((preds == labels.cpu()).float().mean()) if len(labels) else 0.0
 
 
 def cifar10_top1(

@@ -20,6 +20,7 @@ import torch
 
 import qexport
 from qexport import data
+from qexport.evaluate import predictions
 from qexport.export import export
 
 # paper deltas to FP32 (ResNet-20, CIFAR-10; quantizers.md, Tables 4-5 of the ASQ/POST paper; FP32 92.6)
@@ -39,11 +40,7 @@ def measure_both(model: torch.nn.Module) -> tuple[float, tuple[float, float] | N
     """(fake-quant top-1, (ONNX top-1, top-1 agreement) or None when the model cannot export yet)
     on the 10,000 CIFAR-10 test images."""
     images, labels = data.cifar10("test")
-    preds = []
-    with torch.no_grad():
-        for i in range(0, len(images), 500):
-            preds.append(model.eval()(data.normalize(images[i : i + 500])).argmax(1))
-    ours = torch.cat(preds).numpy()
+    ours = predictions(model, images).numpy()
     fake = 100.0 * float((ours == labels.numpy()).mean())
     with tempfile.TemporaryDirectory() as tmp:
         try:
