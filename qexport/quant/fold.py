@@ -21,14 +21,16 @@ from torch import Tensor, nn
 
 
 class FoldableBatchNorm2d(nn.BatchNorm2d):
-    """A BatchNorm2d that its conv absorbs in eval mode (it then passes its input through).
+    """A BatchNorm2d that its conv may absorb: it passes its input through when the conv (its only
+    producer, which runs just before it) says it computed the folded, deployed conv.
 
     Same parameters and buffers as BatchNorm2d, so checkpoints are unchanged."""
 
-    folded = False  # set by quantize() when the preceding QuantConv2d folds it
+    folded = False  # set by quantize() when the preceding QuantConv2d can fold it
+    absorbed = False  # set by that conv on every forward: did it apply this BatchNorm itself?
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.folded and not self.training:
+        if self.absorbed and not self.training:
             return x
         return super().forward(x)
 

@@ -82,7 +82,10 @@ class QuantConv2d(_Quantized, nn.Conv2d):
         return q
 
     def forward(self, x: Tensor) -> Tensor:
-        if not self.training and self.is_uniform() and self._deployable_now():
+        deploy = not self.training and self.is_uniform() and self._deployable_now()
+        if self.folded_bn is not None:
+            self.folded_bn.absorbed = deploy  # the BatchNorm right after passes through only then
+        if deploy:
             # eval computes what the integer graph computes: BN folded, bias on the accumulator grid
             assert self.act_quant is not None
             w, b = deployed_conv_tensors(self.deployed(), x.device)
