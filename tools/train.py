@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         state = torch.load(state_path, map_location=device, weights_only=True)
         core.load_state_dict(state["model"])
         start_epoch, history, elapsed = state["epoch"], state["history"], state["seconds"]
-        if is_nipq and any(m._hard for m in core.modules() if isinstance(m, NipqQuantizer)):
+        if is_nipq and _any_hard(core):
             qexport.finalize(core)
     if world > 1:
         model = nn.parallel.DistributedDataParallel(core, device_ids=[device.index] if device.type == "cuda" else None)

@@ -37,7 +37,7 @@ class Emitter:
         self.gm = gm
         self.b = GraphBuilder()
         self.env: dict[fx.Node, Any] = {}
-        self.folds = find_bn_folds(gm)
+        self.folds = find_bn_folds(gm)  # conv node -> (BatchNorm node, module) it absorbs
         self.folded_bn = {bn_node for bn_node, _ in self.folds.values()}
         self.layers: list[dict[str, Any]] = []
 
@@ -218,10 +218,10 @@ def _adaptive_pool(e: Emitter, n: fx.Node) -> str:
 
 
 def _flatten(e: Emitter, n: fx.Node) -> str:
-    start = n.kwargs.get("start_dim", n.args[1] if len(n.args) > 1 else (1 if n.op == "call_module" else 0))
     if n.op == "call_module":
         start, end = e.module(n).start_dim, e.module(n).end_dim
     else:
+        start = n.kwargs.get("start_dim", n.args[1] if len(n.args) > 1 else 0)
         end = n.kwargs.get("end_dim", n.args[2] if len(n.args) > 2 else -1)
     if end != -1 or start < 1:
         raise e.unsupported(n, f"flatten({start}, {end})")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor, fx, nn
 
 
 class FoldableBatchNorm2d(nn.BatchNorm2d):
@@ -40,6 +40,17 @@ class FoldableBatchNorm2d(nn.BatchNorm2d):
         new.load_state_dict(bn.state_dict())
         new.folded = True
         return new.train(bn.training)
+
+
+def batchnorm_after(gm: fx.GraphModule, node: fx.Node) -> tuple[fx.Node, nn.BatchNorm2d] | None:
+    """(node, module) of the BatchNorm2d with running statistics that is the only user of conv ``node``."""
+    if node.op != "call_module" or len(node.users) != 1:
+        return None
+    (user,) = node.users
+    if user.op != "call_module" or not isinstance(gm.get_submodule(str(node.target)), nn.Conv2d):
+        return None
+    bn = gm.get_submodule(str(user.target))
+    return (user, bn) if isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats else None
 
 
 def bn_factors(bn: nn.BatchNorm2d | None, channels: int) -> tuple[np.ndarray, np.ndarray]:

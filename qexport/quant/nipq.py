@@ -176,7 +176,6 @@ class NipqQuantizer(Quantizer):
         self.refresh_flags()
 
     def describe(self) -> QuantSpec:
-        self.require_initialized()
         return self._spec("uniform", self.step(), None)
 
     def extra_repr(self) -> str:

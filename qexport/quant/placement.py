@@ -26,7 +26,7 @@ from torch import fx, nn
 from ..errors import QexportError
 from .base import Quantizer
 from .config import LayerPlan, QuantConfig, make_act_quantizer, make_weight_quantizer
-from .fold import FoldableBatchNorm2d
+from .fold import FoldableBatchNorm2d, batchnorm_after
 from .layers import QuantConv2d, QuantLinear
 from .lsq import LsqQuantizer
 
@@ -279,16 +279,11 @@ def _insert_glue(gm: fx.GraphModule, nonneg: set[fx.Node], shapes: set[fx.Node],
 def _link_batchnorms(gm: fx.GraphModule) -> None:
     """A uniform QuantConv2d whose only user is a BatchNorm2d folds it in eval mode (fold.py)."""
     for node in gm.graph.nodes:
-        if node.op != "call_module" or len(node.users) != 1:
-            continue
-        conv = gm.get_submodule(str(node.target))
-        (user,) = node.users
-        if not isinstance(conv, QuantConv2d) or not conv.is_uniform() or user.op != "call_module":
-            continue
-        bn = gm.get_submodule(str(user.target))
-        if type(bn) is nn.BatchNorm2d and bn.track_running_stats:
-            folded = FoldableBatchNorm2d.replace(bn)
-            _set_submodule(gm, str(user.target), folded)
+        pair = batchnorm_after(gm, node)
+        conv = gm.get_submodule(str(node.target)) if pair else None
+        if pair and isinstance(conv, QuantConv2d) and conv.is_uniform():
+            folded = FoldableBatchNorm2d.replace(pair[1])
+            _set_submodule(gm, str(pair[0].target), folded)
             conv.fold(folded)
 
 
