@@ -180,8 +180,15 @@ def load(
     ``arch``: the builder to use for a ``module:function`` architecture (required unless ``trust``).
     ``trust``: allow importing the named builder and loading arbitrary pickles (only for files you trust).
     """
+    return build(read(path, trust=trust), path, arch=arch, trust=trust)
+
+
+def build(
+    payload: dict[str, Any], path: str | os.PathLike[str], *, arch: Callable[..., nn.Module] | None = None,
+    trust: bool = False,
+) -> nn.Module:  # fmt: skip
+    """The model of a checkpoint dict that ``read`` returned (``path`` only names it in errors)."""
     path = Path(path)
-    payload = read(path, trust=trust)
     if "module" in payload:
         return payload["module"]
     model = _build(payload["arch"], arch, trust, path)

@@ -14,7 +14,7 @@ import torch
 
 from . import __version__, zoo
 from .check import CheckReport, check
-from .checkpoint import load, read, save
+from .checkpoint import build, load, read, save
 from .errors import QexportError
 from .quant.layers import QuantConv2d, QuantLinear
 from .quant.placement import calibrate, quantize
@@ -35,7 +35,7 @@ def _inspect(args: argparse.Namespace) -> int:
     if path.suffix == ".onnx":
         raise QexportError(f"{path}: inspecting ONNX files is not available yet; inspect the .pt checkpoint")
     payload = read(path, trust=args.trust)
-    model = load(path, trust=args.trust)
+    model = build(payload, path, trust=args.trust)
     arch = payload.get("arch", {})
     print(f"{path}  ({path.stat().st_size / 1e6:.2f} MB, qexport {payload.get('qexport_version')})")
     print(f"architecture: {arch.get('name')} {arch.get('kwargs') or ''}".rstrip())

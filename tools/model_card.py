@@ -19,7 +19,7 @@ import onnxruntime as ort
 import torch
 
 import qexport
-from qexport import data
+from qexport import checkpoint, data
 from qexport.evaluate import predictions
 from qexport.export import export
 
@@ -108,8 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval", action="store_true", help="re-measure top-1 on this machine")
     args = p.parse_args(argv)
     paths = sorted(Path(args.models).glob("*.pt"))
-    fp32 = [pt for pt in paths if getattr(qexport.load(pt), "qexport_config", None) is None]
-    fp32_top1 = qexport.load(fp32[0]).qexport_meta.get("test_top1") if fp32 else None
+    fp32 = [payload for payload in map(checkpoint.read, paths) if payload["quant"] is None]
+    fp32_top1 = fp32[0]["meta"].get("test_top1") if fp32 else None
     header = [
         "checkpoint",
         "method",
