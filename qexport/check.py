@@ -117,11 +117,12 @@ class CheckReport:
         return "\n".join([*lines, format_table(rows, header), f"parity: {verdict} on {self.samples} samples"])
 
 
-def _code_outputs(proto: onnx.ModelProto) -> dict[str, str]:
+def _code_outputs(proto: onnx.ModelProto) -> tuple[dict[str, str], dict[str, str]]:
+    """(quantizer path -> code tensor, ASQ quantizer path -> per-sample step tensor) from the metadata."""
     meta = {p.key: p.value for p in proto.metadata_props}
     if "codes" not in meta:
         raise QexportError("this ONNX file was not written by qexport (no code-tensor map in its metadata)")
-    return json.loads(meta["codes"])
+    return json.loads(meta["codes"]), json.loads(meta.get("steps", "{}"))
 
 
 def _session(proto: onnx.ModelProto, level: str) -> ort.InferenceSession:
@@ -156,8 +157,8 @@ class _Accumulator:
         )  # fmt: skip
 
 
-def _run(model: nn.Module, proto: onnx.ModelProto, codes: dict[str, str], x: torch.Tensor, level: str, batch: int,
-         bar: Progress) -> RunReport:  # fmt: skip
+def _run(model: nn.Module, proto: onnx.ModelProto, codes: dict[str, str], steps: dict[str, str], x: torch.Tensor,
+         level: str, batch: int, bar: Progress) -> RunReport:  # fmt: skip
     sess = _session(proto, level)
     names = [o.name for o in sess.get_outputs()]
     accs = {path: _Accumulator(model.get_submodule(path)) for path in codes}
@@ -173,7 +174,9 @@ def _run(model: nn.Module, proto: onnx.ModelProto, codes: dict[str, str], x: tor
         def force(q: Quantizer, inputs: tuple, _out: torch.Tensor, path: str, outs: dict = outs) -> torch.Tensor:
             theirs = outs[codes[path]].astype(np.int64)
             accs[path].add(q.codes(inputs[0]).numpy().astype(np.int64), theirs)
-            return torch.from_numpy(theirs.astype(np.float32)) * q.describe().scale
+            # the runtime's own step: ASQ's per-sample step as the graph computed it
+            step = torch.from_numpy(outs[steps[path]]) if path in steps else q.describe().scale
+            return torch.from_numpy(theirs.astype(np.float32)) * step
 
         hooks = [model.get_submodule(p).register_forward_hook(lambda q, i, o, p=p: force(q, i, o, p)) for p in codes]
         try:
@@ -211,13 +214,13 @@ def check(
         proto = onnx.load(str(onnx_path))
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise QexportError(f"{onnx_path}: not a readable ONNX file ({type(exc).__name__})") from None
-    codes = _code_outputs(proto)
+    codes, steps = _code_outputs(proto)
     for path in codes:
         try:
             model.get_submodule(path)
         except AttributeError:
             raise QexportError(f"{onnx_path} does not belong to this model: it has no quantizer '{path}'") from None
-    for name in codes.values():
+    for name in [*codes.values(), *steps.values()]:
         proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     if inputs is None:
         inputs = torch.cat([example_input(model, 1, seed=i) for i in range(samples)])
@@ -230,7 +233,7 @@ def check(
     runs = [("disable_all", 1), ("disable_all", batch), ("enable_all", 1), ("enable_all", batch)]
     bar = Progress(len(inputs) * len(runs), "check", enabled=show_progress)
     try:
-        reports = [_run(model, proto, codes, inputs, level, b, bar) for level, b in runs]
+        reports = [_run(model, proto, codes, steps, inputs, level, b, bar) for level, b in runs]
     finally:
         bar.close()
     return CheckReport(str(onnx_path), len(inputs), reports)

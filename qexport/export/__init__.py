@@ -1,5 +1,5 @@
-"""PyTorch -> ONNX export (work in progress: uniform LSQ / NIPQ quantizers and float layers of CNNs;
-ASQ and POST custom operators, packed weights and transformer ops are not built yet)."""
+"""PyTorch -> ONNX export: QDQ for uniform quantizers, qexport custom ops (with their function
+bodies) for ASQ steps and POST layers, BatchNorm folded, integer (optionally packed) weights."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ..errors import QexportError
 from .emit import to_onnx
 
 DEFAULT_OPSET = 21
+MIN_OPSET = 21  # int4 types, LayerNormalization, Gelu (20)
 
 
 def export(
@@ -24,26 +25,34 @@ def export(
     *,
     input_shape: list[int] | None = None,
     opset: int = DEFAULT_OPSET,
+    packed: bool = False,
 ) -> Path:
-    """Write the ONNX model of ``model`` (a quantized or float model, or a model.pt path) to ``out_path``."""
+    """Write the ONNX model of ``model`` (a quantized or float model, or a model.pt path) to ``out_path``.
+
+    ``packed``: store uniform weights of 4 bits or fewer as int4 (int2 at 2 bits from opset 25), so the
+    file shrinks with the bit-width.  The default is int8 storage: onnxruntime fuses int8 QDQ into its
+    integer kernels but runs int4 QDQ convolutions as float fake-quant (slower than FP32).  POST
+    weights are always stored as 4-bit codes."""
     from .. import __version__
 
     if not isinstance(model, nn.Module):
         model = load(model)
     model = model.eval()
+    if opset < MIN_OPSET:
+        raise QexportError(f"opset {opset} is too old: qexport exports at opset {MIN_OPSET} or newer")
+    example = getattr(model, "qexport_example", None) or {}
+    dtype = example.get("dtype", "float32")
     if input_shape is None:
-        example = getattr(model, "qexport_example", None)
-        if example is None:
+        if not example:
             raise QexportError("the model has no example input description: pass input_shape=[1, C, H, W]")
-        if example["dtype"] != "float32":
-            raise QexportError(f"exporting models with {example['dtype']} inputs is not supported yet")
         input_shape = list(example["shape"])
-    proto, emitter = to_onnx(model, input_shape, opset)
+    proto, emitter = to_onnx(model, input_shape, dtype, opset, packed)
     meta: dict[str, Any] = {
         "qexport_version": __version__,
         "quantization": json.dumps(getattr(model, "qexport_config", None)),
         "layers": json.dumps(emitter.layers),
         "codes": json.dumps(emitter.b.codes),
+        "steps": json.dumps(emitter.b.steps),
     }
     onnx.helper.set_model_props(proto, meta)
     onnx.checker.check_model(proto, full_check=True)

@@ -1,9 +1,10 @@
-"""A small ONNX graph builder: unique names, initializers, nodes, and the QDQ pattern of a uniform
-quantizer."""
+"""A small ONNX graph builder: unique names, initializers, nodes, the QDQ pattern of a uniform
+quantizer and integer weight storage (int8, or packed int4 / int2)."""
 
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 import numpy as np
 import onnx
@@ -16,12 +17,30 @@ def _clean(hint: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.]+", "_", hint).strip("_") or "t"
 
 
+class QTensor(NamedTuple):
+    """A quantized activation in the graph: its dequantized value, integer codes and step (scalar,
+    or per sample / per row for ASQ)."""
+
+    value: str
+    codes: str
+    scale: str
+
+
+# weight storage -> (ONNX element type, lowest code, highest code, lowest opset)
+STORAGE = {
+    "int8": (TensorProto.INT8, -128, 127, 10),
+    "int4": (TensorProto.INT4, -8, 7, 21),
+    "int2": (TensorProto.INT2, -2, 1, 25),
+}
+
+
 class GraphBuilder:
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         self._used: set[str] = set()
         self.codes: dict[str, str] = {}  # quantizer path -> name of its integer code tensor
+        self.steps: dict[str, str] = {}  # ASQ quantizer path -> name of its per-sample step tensor
 
     def name(self, hint: str) -> str:
         base = _clean(hint)
@@ -37,14 +56,25 @@ class GraphBuilder:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
 
-    def node(self, op: str, inputs: list[str], hint: str, outputs: int = 1, **attrs: object) -> str:
+    def packed_const(self, hint: str, elem: int, values: np.ndarray) -> str:
+        """A sub-byte initializer (int4 / uint4 / int2: onnx packs it in the file)."""
+        name = self.name(hint)
+        self.initializers.append(helper.make_tensor(name, elem, values.shape, values.ravel().astype(int).tolist()))
+        return name
+
+    def node(self, op: str, inputs: list[str], hint: str, outputs: int = 1, domain: str = "", **attrs: object) -> str:
         """Add a node; returns its (first) output name."""
+        return self.node_outputs(op, inputs, hint, outputs, domain, **attrs)[0]
+
+    def node_outputs(self, op: str, inputs: list[str], hint: str, outputs: int, domain: str = "",
+                     **attrs: object) -> list[str]:  # fmt: skip
         outs = [self.name(hint if outputs == 1 else f"{hint}_{i}") for i in range(outputs)]
-        self.nodes.append(helper.make_node(op, inputs, outs, name=self.name(f"{hint}_{op}"), **attrs))
-        return outs[0]
+        node = helper.make_node(op, inputs, outs, name=self.name(f"{hint}_{op}"), domain=domain or None, **attrs)
+        self.nodes.append(node)
+        return outs
 
     # -- quantize / dequantize -----------------------------------------------------------------
-    def qdq(self, x: str, spec: QuantSpec, path: str) -> str:
+    def qdq(self, x: str, spec: QuantSpec, path: str) -> QTensor:
         """QuantizeLinear -> (code-range Clip below 8 bits) -> DequantizeLinear for a uniform
         activation quantizer with a constant per-tensor scale; records the code tensor."""
         scale = self.const(f"{path}.scale", spec.scale.numpy().astype(np.float32).reshape(()))
@@ -57,13 +87,20 @@ class GraphBuilder:
             qmax = self.const(f"{path}.qmax", np.array(spec.qmax, dtype))
             codes = self.node("Clip", [codes, qmin, qmax], f"{path}.codes")
         self.codes[path] = codes
-        return self.node("DequantizeLinear", [codes, scale, zp], f"{path}.dq")
+        return QTensor(self.node("DequantizeLinear", [codes, scale, zp], f"{path}.dq"), codes, scale)
 
-    def dq_weight(self, codes: np.ndarray, scale: np.ndarray, axis: int, path: str) -> str:
-        """An int8 weight initializer behind a per-channel DequantizeLinear."""
-        w = self.const(f"{path}.weight_codes", codes.astype(np.int8))
+    def dq_weight(self, codes: np.ndarray, scale: np.ndarray, axis: int, path: str, storage: str = "int8") -> str:
+        """Integer weight codes (int8, or packed int4 / int2) behind a per-channel DequantizeLinear."""
+        elem, lo, hi, _ = STORAGE[storage]
+        if codes.size and (codes.min() < lo or codes.max() > hi):
+            raise ValueError(f"weight codes of {path} do not fit {storage}")
+        if storage == "int8":
+            w = self.const(f"{path}.weight_codes", codes.astype(np.int8))
+            zp = self.const(f"{path}.weight_zero_point", np.zeros(scale.shape, np.int8))
+        else:
+            w = self.packed_const(f"{path}.weight_codes", elem, codes)
+            zp = self.packed_const(f"{path}.weight_zero_point", elem, np.zeros(scale.shape, np.int64))
         s = self.const(f"{path}.weight_scale", scale.astype(np.float32))
-        zp = self.const(f"{path}.weight_zero_point", np.zeros(scale.shape, np.int8))
         return self.node("DequantizeLinear", [w, s, zp], f"{path}.weight", axis=axis)
 
     def dq_bias(self, codes: np.ndarray, scale: np.ndarray, path: str) -> str:
@@ -72,10 +109,3 @@ class GraphBuilder:
         s = self.const(f"{path}.bias_scale", scale.astype(np.float32))
         zp = self.const(f"{path}.bias_zero_point", np.zeros(scale.shape, np.int32))
         return self.node("DequantizeLinear", [b, s, zp], f"{path}.bias", axis=0)
-
-
-def value_info(name: str, elem: int, shape: list[int | str]) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, elem, shape)
-
-
-ELEM = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}

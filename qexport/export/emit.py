@@ -16,13 +16,16 @@ import onnx
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import QexportError
-from ..quant.base import Quantizer, QuantSpec
+from ..ops import DOMAIN, VERSION, functions_for, post_weights
+from ..quant.asq import AsqAdapter
+from ..quant.base import Quantizer
 from ..quant.fold import bn_factors, deployed_conv
 from ..quant.layers import QuantConv2d, QuantLinear
 from ..quant.placement import trace
-from .builder import GraphBuilder
+from .builder import STORAGE, GraphBuilder, QTensor
 from .fold import find_bn_folds
 
 Handler = Callable[["Emitter", fx.Node], str]
@@ -32,21 +35,47 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
+class _Batch:
+    def __repr__(self) -> str:
+        return "batch"
+
+
+BATCH = _Batch()  # the dynamic batch dimension where forward() reads a shape
+MAX_EXACT = 2**24  # float32 holds every integer below this: the POST function bodies stay exact
+
+
 class Emitter:
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, *, packed: bool = False, opset: int = 21) -> None:
         self.gm = gm
         self.b = GraphBuilder()
         self.env: dict[fx.Node, Any] = {}
         self.folds = find_bn_folds(gm)  # conv node -> (BatchNorm node, module) it absorbs
         self.folded_bn = {bn_node for bn_node, _ in self.folds.values()}
         self.layers: list[dict[str, Any]] = []
+        self.packed = packed
+        self.opset = opset
 
     # -- helpers -------------------------------------------------------------------------------
     def module(self, node: fx.Node) -> nn.Module:
         return self.gm.get_submodule(str(node.target))
 
     def arg(self, a: Any) -> Any:
-        return self.env[a] if isinstance(a, fx.Node) else a
+        if isinstance(a, fx.Node):
+            return self.env[a]
+        if isinstance(a, (list, tuple)):
+            return type(a)(self.arg(v) for v in a)
+        if isinstance(a, slice):
+            return slice(self.arg(a.start), self.arg(a.stop), self.arg(a.step))
+        return a
+
+    def tensor(self, value: Any, hint: str) -> str:
+        """The graph name of ``value``: a tensor already in the graph, or a constant made an initializer."""
+        if isinstance(value, str):
+            return value
+        array = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        if array.dtype == np.float64:
+            array = array.astype(np.float32)
+        return self.b.const(hint, array)
 
     def unsupported(self, node: fx.Node, what: str) -> QexportError:
         where = str(node.target) if node.op == "call_module" else node.name
@@ -58,44 +87,88 @@ class Emitter:
     def ints(self, hint: str, values: list[int]) -> str:
         return self.b.const(hint, np.asarray(values, np.int64))
 
-    # -- quantized layers ----------------------------------------------------------------------
-    @staticmethod
-    def uniform_spec(q: Quantizer) -> QuantSpec:
-        """The quantizer's description; a clear error for the kinds whose custom operators are not built."""
+    def storage(self, bits: int) -> str:
+        """How uniform weight codes of ``bits`` are stored: int8 (default: ORT's integer kernels
+        read it) or, with ``packed``, the narrowest type this opset has."""
+        if self.packed and bits <= 2 and self.opset >= STORAGE["int2"][3]:
+            return "int2"
+        if self.packed and bits <= 4 and self.opset >= STORAGE["int4"][3]:
+            return "int4"
+        return "int8"
+
+    # -- quantized activations -----------------------------------------------------------------
+    def activation(self, q: Quantizer, x: str, path: str) -> QTensor:
+        """The quantized tensor of activation quantizer ``q`` applied to ``x``."""
         spec = q.describe()
-        if spec.kind != "uniform":
-            raise QexportError(
-                f"cannot export the {spec.method.upper()} quantizer at '{q.name()}' yet: its custom operator "
-                "(ASQ step / POST conv) is not built; only LSQ / NIPQ quantizers export today"
-            )
-        return spec
+        if spec.kind == "uniform":
+            return self.b.qdq(x, spec, path)
+        if spec.kind != "asq":
+            raise QexportError(f"'{path}' quantizes an activation with {spec.method.upper()} weight levels")
+        adapter = spec.adapter
+        assert isinstance(adapter, AsqAdapter)
+        if adapter.fc1 is None:  # one layer: relu(relu(z) * 1 + 0) is relu(z), exactly
+            w1, b1 = _np(adapter.fc2.weight).T, _np(adapter.fc2.bias)
+            w2, b2 = np.ones((1, 1), np.float32), np.zeros(1, np.float32)
+        else:
+            w1, b1 = _np(adapter.fc1.weight).T, _np(adapter.fc1.bias)
+            w2, b2 = _np(adapter.fc2.weight).T, _np(adapter.fc2.bias)
+        params = [
+            self.b.const(f"{path}.step", spec.scale.numpy().astype(np.float32).reshape(())),
+            self.b.const(f"{path}.zero_point", np.zeros((), np.int8 if spec.signed else np.uint8)),
+            *(self.b.const(f"{path}.adapter.{n}", np.ascontiguousarray(v, np.float32))
+              for n, v in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2))),
+        ]  # fmt: skip
+        op = "AsqQuantize" if adapter.pool else "AsqQuantizeRows"
+        value, codes, step = self.b.node_outputs(
+            op, [x, *params], path, 3, domain=DOMAIN, qmin=spec.qmin, qmax=spec.qmax
+        )
+        self.b.codes[path], self.b.steps[path] = codes, step
+        return QTensor(value, codes, step)
 
-    def quantized_input(self, layer: QuantConv2d | QuantLinear, x: str, path: str) -> str:
-        """The layer's input after its activation quantizer."""
-        if layer.act_quant is None:
-            return x
-        return self.b.qdq(x, self.uniform_spec(layer.act_quant), f"{path}.act_quant")
+    def layer_input(self, layer: QuantConv2d | QuantLinear, x: str, path: str) -> QTensor | None:
+        return None if layer.act_quant is None else self.activation(layer.act_quant, x, f"{path}.act_quant")
 
-    def weight_codes(self, layer: QuantConv2d | QuantLinear) -> tuple[np.ndarray, np.ndarray] | None:
-        """(integer weight codes, per-output-channel float32 scale) or None for a float weight."""
-        q = layer.weight_quant
-        if q is None:
-            return None
-        spec = self.uniform_spec(q)
-        codes = _np(q.codes(layer.weight.detach())).astype(np.int64)
-        scale = _np(spec.scale).astype(np.float32).reshape(-1)
-        if scale.size == 1:
-            scale = np.full(codes.shape[0], scale[0], np.float32)
-        return codes, scale
-
-    def record(self, path: str, layer: nn.Module, kind: str) -> None:
-        entry: dict[str, Any] = {"path": path, "type": kind}
+    def record(self, path: str, layer: nn.Module, kind: str, storage: str) -> None:
+        entry: dict[str, Any] = {"path": path, "type": kind, "weight_storage": storage}
         for side in ("weight", "act"):
             q = getattr(layer, f"{side}_quant", None)
             if q is not None:
                 entry[side] = {"method": q.method, "bits": q.code_range.bits, "signed": q.code_range.signed}
         self.layers.append(entry)
 
+    @staticmethod
+    def is_post(layer: QuantConv2d | QuantLinear) -> bool:
+        """Weights on sqrt-2 levels: the layer becomes a qexport PostConv / PostMatMul."""
+        return layer.weight_quant is not None and layer.weight_quant.integer_weight(layer.weight) is None
+
+    def post_operands(self, layer: QuantConv2d | QuantLinear, xq: QTensor | None, path: str, k: np.ndarray,
+                      shift: np.ndarray, transpose: bool) -> list[str]:  # fmt: skip
+        """Inputs of a PostConv / PostMatMul: codes, step, uint4 weight codes, per-channel scale, bias."""
+        q = layer.weight_quant
+        assert q is not None
+        if xq is None or layer.act_quant is None:
+            raise QexportError(f"'{path}' has POST weights but a float input: POST layers need an activation quantizer")
+        bits = q.code_range.bits
+        level = _np(q.codes(layer.weight.detach())).astype(np.int64)
+        level = level * np.where(k < 0, -1, 1).reshape(-1, *([1] * (level.ndim - 1)))  # BN sign into the codes
+        codes = post_weights.pack(level, bits)
+        r = layer.act_quant.code_range
+        bound = post_weights.accumulator_bound(codes, bits, max(abs(r.qmin), r.qmax))
+        if bound >= MAX_EXACT:
+            raise QexportError(
+                f"'{path}': POST accumulations reach {bound} >= 2^24, beyond exact float32 in the function "
+                "body; split the layer or use fewer activation bits"
+            )
+        alpha = _np(q.describe().scale).astype(np.float64).reshape(-1)
+        w_scale = (alpha * np.abs(k) * 2.0 ** -post_weights.shift(bits)).astype(np.float32)
+        bias = (0.0 if layer.bias is None else _np(layer.bias).astype(np.float64)) * k + shift
+        w = self.b.packed_const(f"{path}.weight_codes", onnx.TensorProto.UINT4, codes.T.copy() if transpose else codes)
+        return [
+            xq.codes, xq.scale, w, self.b.const(f"{path}.weight_scale", w_scale),
+            self.b.const(f"{path}.bias", np.asarray(bias, np.float32).reshape(-1)),
+        ]  # fmt: skip
+
+    # -- quantized layers ----------------------------------------------------------------------
     def conv(self, node: fx.Node) -> str:
         layer = self.module(node)
         path = str(node.target)
@@ -104,49 +177,90 @@ class Emitter:
             raise self.unsupported(node, f"Conv2d with padding={layer.padding!r} mode={layer.padding_mode!r}")
         x = self.arg(node.args[0])
         bn = self.folds[node][1] if node in self.folds else None
-        if isinstance(layer, QuantConv2d):
-            self.record(path, layer, "Conv")
-            x = self.quantized_input(layer, x, path)
-        if isinstance(layer, QuantConv2d) and layer.is_uniform():
+        ph, pw = layer.padding
+        attrs: dict[str, Any] = {"strides": list(layer.stride), "pads": [ph, pw, ph, pw],
+                                 "dilations": list(layer.dilation), "group": layer.groups}  # fmt: skip
+        xq = self.layer_input(layer, x, path) if isinstance(layer, QuantConv2d) else None
+        x = xq.value if xq is not None else x
+        k, shift = bn_factors(bn, layer.out_channels)
+        if isinstance(layer, QuantConv2d) and self.is_post(layer):
+            self.record(path, layer, "PostConv", "uint4 POST codes")
+            inputs = self.post_operands(layer, xq, path, k, shift, transpose=False)
+            assert layer.weight_quant is not None
+            return self.b.node("PostConv", inputs, path, domain=DOMAIN, bits=layer.weight_quant.code_range.bits,
+                               **attrs)  # fmt: skip
+        if isinstance(layer, QuantConv2d) and layer.is_integer():
             dep = layer.deployed()  # the same numbers the eval forward uses
-            inputs = [x, self.b.dq_weight(dep.codes, dep.weight_scale, 0, path)]
+            assert layer.weight_quant is not None
+            storage = self.storage(layer.weight_quant.code_range.bits)
+            inputs = [x, self.b.dq_weight(dep.codes, dep.weight_scale, 0, path, storage)]
             if dep.bias_codes is not None:
                 inputs.append(self.b.dq_bias(dep.bias_codes, dep.bias_scale, path))
-        else:  # float weights, or quantized weights with a float input: float bias, BN folded
-            k, shift = bn_factors(bn, layer.out_channels)
-            wq = self.weight_codes(layer) if isinstance(layer, QuantConv2d) else None
-            if wq is not None:
-                dep = deployed_conv(wq[0], wq[1], np.float32(1.0), None, bn)
-                inputs = [x, self.b.dq_weight(dep.codes, dep.weight_scale, 0, path)]
+        else:  # float weights, or integer weights with a float / per-sample input: float bias, BN folded
+            form = layer.weight_quant.integer_weight(layer.weight.detach()) if isinstance(layer, QuantConv2d) and \
+                layer.weight_quant is not None else None  # fmt: skip
+            storage = "float32"
+            if form is not None:
+                assert isinstance(layer, QuantConv2d) and layer.weight_quant is not None
+                storage = self.storage(layer.weight_quant.code_range.bits)
+                dep = deployed_conv(_np(form[0]).astype(np.int64), _np(form[1]), np.float32(1.0), None, bn)
+                inputs = [x, self.b.dq_weight(dep.codes, dep.weight_scale, 0, path, storage)]
             else:
                 w = _np(layer.weight).astype(np.float64) * k.reshape(-1, 1, 1, 1)
                 inputs = [x, self.b.const(f"{path}.weight", w.astype(np.float32))]
             if layer.bias is not None or bn is not None:
                 bias = (0.0 if layer.bias is None else _np(layer.bias).astype(np.float64)) * k + shift
                 inputs.append(self.b.const(f"{path}.bias", np.asarray(bias, np.float32)))
-        ph, pw = layer.padding
-        return self.b.node(
-            "Conv", inputs, path, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-            pads=[ph, pw, ph, pw], dilations=list(layer.dilation), group=layer.groups,
-        )  # fmt: skip
+        if isinstance(layer, QuantConv2d):
+            self.record(path, layer, "Conv", storage if layer.weight_quant is not None else "float32")
+        return self.b.node("Conv", inputs, path, kernel_shape=list(layer.kernel_size), **attrs)
 
     def linear(self, node: fx.Node) -> str:
         layer = self.module(node)
         path = str(node.target)
         assert isinstance(layer, nn.Linear)
         x = self.arg(node.args[0])
-        if isinstance(layer, QuantLinear):
-            x = self.quantized_input(layer, x, path)
-            wq = self.weight_codes(layer)
-            self.record(path, layer, "MatMul")
+        xq = self.layer_input(layer, x, path) if isinstance(layer, QuantLinear) else None
+        x = xq.value if xq is not None else x
+        if isinstance(layer, QuantLinear) and self.is_post(layer):
+            self.record(path, layer, "PostMatMul", "uint4 POST codes")
+            ones, zeros = np.ones(layer.out_features), np.zeros(layer.out_features)
+            inputs = self.post_operands(layer, xq, path, ones, zeros, transpose=True)
+            assert layer.weight_quant is not None
+            return self.b.node("PostMatMul", inputs, path, domain=DOMAIN, bits=layer.weight_quant.code_range.bits)
+        form = None
+        if isinstance(layer, QuantLinear) and layer.weight_quant is not None:
+            form = layer.weight_quant.integer_weight(layer.weight.detach())
+        if form is not None and xq is not None and layer.act_quant is not None and layer.act_quant.kind == "asq":
+            return self.integer_matmul(layer, xq, form, path)
+        if form is not None:
+            assert isinstance(layer, QuantLinear) and layer.weight_quant is not None
+            storage = self.storage(layer.weight_quant.code_range.bits)
+            codes, scale = _np(form[0]).astype(np.int64), _np(form[1]).astype(np.float32)
+            w = self.b.dq_weight(codes.T.copy(), scale, 1, path, storage)  # [in, out], per output column
         else:
-            wq = None
-        if wq is not None:
-            codes, scale = wq
-            w = self.b.dq_weight(codes.T.copy(), scale, 1, path)  # [in, out], per output column
-        else:
+            storage = "float32"
             w = self.b.const(f"{path}.weight", _np(layer.weight).T.astype(np.float32).copy())
+        if isinstance(layer, QuantLinear):
+            self.record(path, layer, "MatMul", storage)
         y = self.b.node("MatMul", [x, w], f"{path}.matmul")
+        if layer.bias is None:
+            return y
+        return self.b.node("Add", [y, self.b.const(f"{path}.bias", _np(layer.bias).astype(np.float32))], path)
+
+    def integer_matmul(self, layer: QuantLinear, xq: QTensor, form: tuple[torch.Tensor, torch.Tensor],
+                       path: str) -> str:  # fmt: skip
+        """A Linear whose input has a per-row (ASQ) step: MatMulInteger of the codes, then float
+        rescales by ``w_scale`` and ``row_step``.  (A float input times DequantizeLinear weights is what
+        onnxruntime rewrites into MatMulNBits, which requantizes the input and moves codes.)"""
+        self.record(path, layer, "MatMulInteger", "int8")
+        codes, scale = _np(form[0]).astype(np.int64), _np(form[1]).astype(np.float32)
+        w = self.b.const(f"{path}.weight_codes", codes.T.astype(np.int8).copy())
+        acc = self.b.node("Cast", [self.b.node("MatMulInteger", [xq.codes, w], f"{path}.acc")], f"{path}.acc_f", to=1)
+        # weight scale first, the row step after: onnxruntime fuses MatMulInteger -> Cast -> Mul(scale)
+        # into MatMulIntegerToFloat, whose input scale must be a scalar (a per-row one gives wrong output)
+        y = self.b.node("Mul", [acc, self.b.const(f"{path}.weight_scale", scale)], f"{path}.scaled")
+        y = self.b.node("Mul", [y, xq.scale], f"{path}.matmul")
         if layer.bias is None:
             return y
         return self.b.node("Add", [y, self.b.const(f"{path}.bias", _np(layer.bias).astype(np.float32))], path)
@@ -154,7 +268,8 @@ class Emitter:
     def glue(self, node: fx.Node) -> str:
         q = self.module(node)
         assert isinstance(q, Quantizer)
-        return self.b.qdq(self.arg(node.args[0]), self.uniform_spec(q), str(node.target))
+        x = self.tensor(self.arg(node.args[0]), f"{node.target}.input")
+        return self.activation(q, x, str(node.target)).value
 
     def batchnorm(self, node: fx.Node) -> str:
         if node in self.folded_bn:
@@ -168,6 +283,26 @@ class Emitter:
         ]
         return self.b.node("BatchNormalization", [self.arg(node.args[0]), *params], path, epsilon=bn.eps)
 
+    def layernorm(self, node: fx.Node) -> str:
+        m = self.module(node)
+        assert isinstance(m, nn.LayerNorm)
+        path = str(node.target)
+        dims = len(m.normalized_shape)
+        scale = _np(m.weight) if m.weight is not None else np.ones(m.normalized_shape, np.float32)
+        inputs = [self.arg(node.args[0]), self.b.const(f"{path}.scale", scale.astype(np.float32))]
+        if m.bias is not None:
+            inputs.append(self.b.const(f"{path}.bias", _np(m.bias).astype(np.float32)))
+        return self.b.node("LayerNormalization", inputs, path, axis=-dims, epsilon=m.eps)
+
+    def embedding(self, node: fx.Node) -> str:
+        m = self.module(node)
+        assert isinstance(m, nn.Embedding)
+        if m.max_norm is not None:
+            raise self.unsupported(node, "Embedding with max_norm")
+        path = str(node.target)
+        table = self.b.const(f"{path}.weight", _np(m.weight).astype(np.float32))
+        return self.b.node("Gather", [table, self.arg(node.args[0])], path, axis=0)
+
 
 # -- standard operators -----------------------------------------------------------------------
 def _unary(op: str, **attrs: object) -> Handler:
@@ -180,11 +315,7 @@ def _identity(e: Emitter, n: fx.Node) -> str:
 
 def _binary(op: str) -> Handler:
     def emit(e: Emitter, n: fx.Node) -> str:
-        a, b = (e.arg(v) for v in n.args[:2])
-        if not isinstance(a, str) or not isinstance(b, str):
-            scalar = b if isinstance(a, str) else a
-            const = e.b.const(f"{n.name}.const", np.asarray(scalar, np.float32))
-            a, b = (a, const) if isinstance(a, str) else (const, b)
+        a, b = (e.tensor(e.arg(v), f"{n.name}.const") for v in n.args[:2])
         return e.b.node(op, [a, b], n.name)
 
     return emit
@@ -243,6 +374,75 @@ def _mean(e: Emitter, n: fx.Node) -> str:
     return e.b.node("ReduceMean", [e.arg(n.args[0]), e.ints(f"{n.name}.axes", dims)], n.name, keepdims=keep)
 
 
+def _gelu(e: Emitter, n: fx.Node) -> str:
+    approximate = e.module(n).approximate if n.op == "call_module" else n.kwargs.get("approximate", "none")
+    return e.b.node("Gelu", [e.arg(n.args[0])], n.name, approximate=approximate)
+
+
+def _softmax(e: Emitter, n: fx.Node) -> str:
+    dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else None)
+    if dim is None:
+        raise e.unsupported(n, "softmax without dim")
+    return e.b.node("Softmax", [e.arg(n.args[0])], n.name, axis=dim)
+
+
+def _matmul(e: Emitter, n: fx.Node) -> str:
+    a, b = (e.tensor(e.arg(v), f"{n.name}.const") for v in n.args[:2])
+    return e.b.node("MatMul", [a, b], n.name)
+
+
+def _rank(n: fx.Node) -> int:
+    meta = n.meta.get("tensor_meta")
+    if meta is None:
+        raise QexportError(f"no shape is known for '{n.name}' (shape propagation did not reach it)")
+    return len(meta.shape)
+
+
+def _transpose(e: Emitter, n: fx.Node) -> str:
+    src = n.args[0]
+    assert isinstance(src, fx.Node)
+    rank = _rank(src)
+    a, b = (d % rank for d in n.args[1:3])
+    perm = list(range(rank))
+    perm[a], perm[b] = perm[b], perm[a]
+    return e.b.node("Transpose", [e.arg(src)], n.name, perm=perm)
+
+
+def _permute(e: Emitter, n: fx.Node) -> str:
+    dims = n.args[1] if len(n.args) == 2 and isinstance(n.args[1], (list, tuple)) else n.args[1:]
+    return e.b.node("Transpose", [e.arg(n.args[0])], n.name, perm=[int(d) for d in dims])
+
+
+def _reshape(e: Emitter, n: fx.Node) -> str:
+    """view / reshape / unflatten: reshape to the propagated output shape, with the batch dimension
+    copied (``0``) where the op keeps it in front, else inferred (``-1``, e.g. ``view(-1, C)``)."""
+    src = n.args[0]
+    assert isinstance(src, fx.Node)
+    out = list(n.meta["tensor_meta"].shape)
+    first = 0 if out and out[0] == src.meta["tensor_meta"].shape[0] else -1
+    return e.b.node("Reshape", [e.arg(src), e.ints(f"{n.name}.shape", [first, *out[1:]])], n.name)
+
+
+def _getattr(e: Emitter, n: fx.Node) -> Any:
+    src, attr = n.args
+    if attr != "shape" or not isinstance(src, fx.Node):
+        raise e.unsupported(n, f"reading .{attr}")
+    shape = list(src.meta["tensor_meta"].shape)
+    return [BATCH, *shape[1:]]  # sizes other than the batch are static in the export
+
+
+def _getitem(e: Emitter, n: fx.Node) -> Any:
+    value, index = e.arg(n.args[0]), e.arg(n.args[1])
+    if isinstance(value, str):
+        raise e.unsupported(n, "indexing a tensor computed from the input")
+    return value[index]
+
+
+def _size(e: Emitter, n: fx.Node) -> Any:
+    shape = _getattr(e, fx.Node(n.graph, "shape_of", "call_function", getattr, (n.args[0], "shape"), {}))
+    return shape if len(n.args) < 2 else shape[n.args[1]]
+
+
 MODULE_HANDLERS: list[tuple[type[nn.Module], Handler]] = [
     (nn.Conv2d, Emitter.conv),
     (nn.Linear, Emitter.linear),
@@ -257,21 +457,56 @@ MODULE_HANDLERS: list[tuple[type[nn.Module], Handler]] = [
     (nn.Dropout, _identity),
     (nn.Identity, _identity),
     (nn.Sigmoid, _unary("Sigmoid")),
+    (nn.LayerNorm, Emitter.layernorm),
+    (nn.Embedding, Emitter.embedding),
+    (nn.GELU, _gelu),
+    (nn.Softmax, lambda e, n: e.b.node("Softmax", [e.arg(n.args[0])], n.name, axis=e.module(n).dim)),
 ]
 FUNCTION_HANDLERS: dict[Any, Handler] = {
     operator.add: _binary("Add"), operator.iadd: _binary("Add"), torch.add: _binary("Add"),
     operator.mul: _binary("Mul"), torch.mul: _binary("Mul"), operator.sub: _binary("Sub"),
     operator.truediv: _binary("Div"), torch.relu: _unary("Relu"), F.relu: _unary("Relu"), F.relu6: _relu6,
     torch.flatten: _flatten, torch.cat: _cat, torch.concat: _cat, torch.mean: _mean, torch.sigmoid: _unary("Sigmoid"),
-    F.dropout: _identity,
+    F.dropout: _identity, torch.matmul: _matmul, operator.matmul: _matmul, torch.softmax: _softmax,
+    F.softmax: _softmax, F.gelu: _gelu, torch.transpose: _transpose, torch.reshape: _reshape, getattr: _getattr,
+    operator.getitem: _getitem, torch.permute: _permute,
 }  # fmt: skip
 METHOD_HANDLERS: dict[str, Handler] = {
     "flatten": _flatten, "relu": _unary("Relu"), "mean": _mean, "add": _binary("Add"), "mul": _binary("Mul"),
-    "contiguous": _identity, "sigmoid": _unary("Sigmoid"),
+    "contiguous": _identity, "sigmoid": _unary("Sigmoid"), "transpose": _transpose, "permute": _permute,
+    "view": _reshape, "reshape": _reshape, "unflatten": _reshape, "softmax": _softmax, "size": _size,
+    "matmul": _matmul,
 }  # fmt: skip
 
 
-def emit_node(e: Emitter, node: fx.Node) -> str:
+def _leaves(value: Any) -> list[Any]:
+    if isinstance(value, (list, tuple)):
+        return [x for v in value for x in _leaves(v)]
+    if isinstance(value, dict):
+        return _leaves(list(value.values()))
+    if isinstance(value, slice):
+        return _leaves([value.start, value.stop, value.step])
+    return [value]
+
+
+def _fold_constant(e: Emitter, node: fx.Node) -> tuple[bool, Any]:
+    """(True, value) when every input of a function / method node is a constant (a parameter,
+    a number, a static size): evaluated here, nothing emitted."""
+    if node.op not in ("call_function", "call_method"):
+        return False, None
+    args, kwargs = e.arg(node.args), {k: e.arg(v) for k, v in node.kwargs.items()}
+    if any(isinstance(v, (str, _Batch)) for v in _leaves([args, kwargs])):
+        return False, None
+    with torch.no_grad():
+        if node.op == "call_function":
+            return True, node.target(*args, **kwargs)
+        return True, getattr(args[0], str(node.target))(*args[1:], **kwargs)
+
+
+def emit_node(e: Emitter, node: fx.Node) -> Any:
+    folded, value = _fold_constant(e, node)
+    if folded:
+        return value
     if node.op == "call_module":
         mod = e.module(node)
         for cls, handler in MODULE_HANDLERS:
@@ -291,36 +526,55 @@ def emit_node(e: Emitter, node: fx.Node) -> str:
     raise e.unsupported(node, f"graph node kind {node.op}")
 
 
-def to_onnx(model: nn.Module, input_shape: list[int], opset: int = 21) -> tuple[onnx.ModelProto, Emitter]:
+def to_onnx(model: nn.Module, input_shape: list[int], input_dtype: str = "float32", opset: int = 21,
+            packed: bool = False) -> tuple[onnx.ModelProto, Emitter]:  # fmt: skip
     """The ONNX model of ``model`` (eval mode) with a dynamic batch dimension."""
     gm = model if isinstance(model, fx.GraphModule) else trace(model)
-    e = Emitter(gm)
+    elem = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64}.get(input_dtype)
+    if elem is None:
+        raise QexportError(f"exporting models with {input_dtype} inputs is not supported: use float32 or int64")
+    # sizes of every tensor (batch 2, so that a kept batch dimension is told apart from a size-1 one)
+    example = torch.zeros([2, *input_shape[1:]], dtype=getattr(torch, input_dtype))
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example)
+    except Exception as exc:  # ShapeProp wraps the model's own error
+        cause = exc.__cause__ or exc
+        if isinstance(cause, QexportError):
+            raise cause from None
+        raise QexportError(
+            f"the model fails on an input of shape {list(example.shape)} ({type(cause).__name__}: {cause}); "
+            "pass the input_shape it takes"
+        ) from None
+    e = Emitter(gm, packed=packed, opset=opset)
     inputs, outputs = [], []
     for node in gm.graph.nodes:
         if node.op == "placeholder":
             if inputs:
                 raise e.unsupported(node, "a second model input")
             e.env[node] = "input"
-            inputs.append(
-                onnx.helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["batch", *input_shape[1:]])
-            )
+            inputs.append(onnx.helper.make_tensor_value_info("input", elem, ["batch", *input_shape[1:]]))
         elif node.op == "output":
             result = node.args[0]
-            if not isinstance(result, fx.Node):
-                raise e.unsupported(node, "a model output that is not one tensor")
+            if not isinstance(result, fx.Node) or not isinstance(e.env[result], str):
+                raise e.unsupported(node, "a model output that is not one tensor computed from the input")
             out = e.b.node("Identity", [e.env[result]], "output")
-            with torch.no_grad():
-                out_shape = list(gm(torch.zeros(input_shape)).shape)
+            out_shape = list(result.meta["tensor_meta"].shape)
             outputs.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, ["batch", *out_shape[1:]]))
         elif node.op == "get_attr":
-            raise e.unsupported(node, "a parameter used directly in forward()")
+            e.env[node] = getattr(gm, str(node.target)) if "." not in str(node.target) else gm.get_parameter(
+                str(node.target))  # fmt: skip
         else:
             e.env[node] = emit_node(e, node)
     graph = onnx.helper.make_graph(e.b.nodes, gm.__class__.__name__, inputs, outputs, e.b.initializers)
+    used = {n.op_type for n in e.b.nodes if n.domain == DOMAIN}
     model_proto = onnx.helper.make_model(
-        graph, opset_imports=[onnx.helper.make_opsetid("", opset)], producer_name="qexport"
+        graph,
+        opset_imports=[onnx.helper.make_opsetid("", opset), onnx.helper.make_opsetid(DOMAIN, VERSION)],
+        producer_name="qexport",
+        functions=functions_for(used),
     )
-    model_proto.ir_version = min(model_proto.ir_version, 10)
+    model_proto.ir_version = min(model_proto.ir_version, 11 if opset >= 25 else 10)
     return model_proto, e
 
 

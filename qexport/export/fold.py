@@ -17,6 +17,6 @@ def find_bn_folds(gm: fx.GraphModule) -> dict[fx.Node, tuple[fx.Node, nn.BatchNo
         if pair is None:
             continue
         conv = gm.get_submodule(str(node.target))
-        if not (isinstance(conv, QuantConv2d) and conv.is_uniform()) or conv.folded_bn is pair[1]:
+        if not (isinstance(conv, QuantConv2d) and conv.is_integer()) or conv.folded_bn is pair[1]:
             folds[node] = pair
     return folds

@@ -92,6 +92,17 @@ class Quantizer(nn.Module):
     def describe(self) -> QuantSpec:
         raise NotImplementedError
 
+    def integer_weight(self, w: Tensor) -> tuple[Tensor, Tensor] | None:
+        """``(codes, scale)`` with ``codes * scale`` equal to the quantized weight in float32 (codes
+        integer, scale per output channel ``[C]``): the form an integer kernel runs.  Uniform
+        quantizers have it; POST (sqrt-2 levels) does not (None)."""
+        if self.kind != "uniform":
+            return None
+        scale = self.describe().scale.reshape(-1)
+        if scale.numel() == 1:
+            scale = scale.expand(w.shape[0]).clone()
+        return self.codes(w), scale
+
     def _spec(
         self, kind: Literal["uniform", "asq", "levels"], scale: Tensor, axis: int | None, **extra: Any
     ) -> QuantSpec:

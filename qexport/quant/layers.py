@@ -32,9 +32,11 @@ class QuantConv2d(_Quantized, nn.Conv2d):
         """Absorb the BatchNorm that follows in eval mode (see fold.py)."""
         object.__setattr__(self, "folded_bn", bn)
 
-    def is_uniform(self) -> bool:
-        """Uniform quantizers with constant scales on both sides: the conv runs as an integer kernel."""
-        return all(q is not None and q.kind == "uniform" for q in (self.act_quant, self.weight_quant))
+    def is_integer(self) -> bool:
+        """A uniform input quantizer with a constant scale and weights with an integer form (uniform or
+        POT): the conv runs as an integer kernel (QLinearConv) with an int32 bias."""
+        a, w = self.act_quant, self.weight_quant
+        return a is not None and a.kind == "uniform" and w is not None and (w.kind == "uniform" or w.method == "pot")
 
     def _deployable_now(self) -> bool:
         """Both quantizers initialised and not collecting calibration statistics."""
@@ -61,13 +63,12 @@ class QuantConv2d(_Quantized, nn.Conv2d):
 
     def _compute_deployed(self) -> DeployedConv:
         assert self.act_quant is not None and self.weight_quant is not None
-        w_spec, a_spec = self.weight_quant.describe(), self.act_quant.describe()
-        codes = self.weight_quant.codes(self.weight.detach()).cpu().numpy().astype("int64")
-        w_scale = w_spec.scale.reshape(-1).cpu().numpy()
-        if w_scale.size == 1:
-            w_scale = w_scale.repeat(self.out_channels)
+        form = self.weight_quant.integer_weight(self.weight.detach())
+        assert form is not None
+        codes, w_scale = (t.cpu().numpy() for t in form)
+        a_spec = self.act_quant.describe()
         bias = None if self.bias is None else self.bias.detach().cpu().numpy()
-        return deployed_conv(codes, w_scale, a_spec.scale.cpu().numpy(), bias, self.folded_bn)
+        return deployed_conv(codes.astype("int64"), w_scale, a_spec.scale.cpu().numpy(), bias, self.folded_bn)
 
     @classmethod
     def wrap(cls, conv: nn.Conv2d, act: Quantizer | None, weight: Quantizer | None) -> QuantConv2d:
@@ -82,7 +83,7 @@ class QuantConv2d(_Quantized, nn.Conv2d):
         return q
 
     def forward(self, x: Tensor) -> Tensor:
-        deploy = not self.training and self.is_uniform() and self._deployable_now()
+        deploy = not self.training and self.is_integer() and self._deployable_now()
         if self.folded_bn is not None:
             self.folded_bn.absorbed = deploy  # the BatchNorm right after passes through only then
         if deploy:

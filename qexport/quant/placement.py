@@ -281,7 +281,7 @@ def _link_batchnorms(gm: fx.GraphModule) -> None:
     for node in gm.graph.nodes:
         pair = batchnorm_after(gm, node)
         conv = gm.get_submodule(str(node.target)) if pair else None
-        if pair and isinstance(conv, QuantConv2d) and conv.is_uniform():
+        if pair and isinstance(conv, QuantConv2d) and conv.is_integer():
             folded = FoldableBatchNorm2d.replace(pair[1])
             _set_submodule(gm, str(pair[0].target), folded)
             conv.fold(folded)

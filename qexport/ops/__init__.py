@@ -1,0 +1,37 @@
+"""qexport's custom ONNX operators (domain ``qexport``, version 1).
+
+One file per operator: its signature (docstring), its ONNX function body written with onnxscript
+(the portable fallback every exported file carries, so it runs in plain onnxruntime and in
+``onnx.reference.ReferenceEvaluator``) and a numpy reference that states the arithmetic exactly.
+A native kernel registered under the same domain and name replaces the function body.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+from . import asq_adapter, asq_quantize, asq_quantize_rows, post_conv, post_matmul, post_weights
+from .domain import DOMAIN, VERSION
+
+# op name -> the function protos a model using it must carry (dependencies first)
+_FUNCTIONS = {
+    "AsqQuantize": [asq_adapter.AsqAdapter, asq_quantize.AsqQuantize],
+    "AsqQuantizeRows": [asq_adapter.AsqAdapter, asq_quantize_rows.AsqQuantizeRows],
+    "PostConv": [post_weights.PostWeights, post_conv.PostConv],
+    "PostMatMul": [post_weights.PostWeights, post_matmul.PostMatMul],
+}
+
+
+def functions_for(op_types: set[str]) -> list[onnx.FunctionProto]:
+    """The function protos (each once, dependencies first) for the qexport ops in ``op_types``."""
+    seen: dict[str, onnx.FunctionProto] = {}
+    for op_type in sorted(op_types):
+        for fn in _FUNCTIONS[op_type]:
+            if fn.name not in seen:
+                seen[fn.name] = fn.to_function_proto()
+    return list(seen.values())
+
+
+OP_TYPES = frozenset(_FUNCTIONS)
+
+__all__ = ["DOMAIN", "OP_TYPES", "VERSION", "functions_for"]

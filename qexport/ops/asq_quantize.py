@@ -1,0 +1,46 @@
+"""``qexport.AsqQuantize``: ASQ activation quantization of a conv input, one step per sample.
+
+Inputs
+  x           float32 [N, C, H, W]
+  step        float32 []             the learned step ``s``
+  zero_point  int8 or uint8 []       always 0; its type is the type of ``codes`` (as in QuantizeLinear)
+  w1, b1, w2, b2                     the adapter (asq_adapter.py)
+Attributes
+  qmin, qmax  int                    the code range
+Outputs
+  y           float32 [N, C, H, W]   ``codes * sample_step``
+  codes       int8/uint8 [N, C, H, W]
+  sample_step float32 [N, 1, 1, 1]   ``step * beta_n``, beta_n = adapter(mean over H, W of x_n)
+
+Codes are ``clip(round_half_even(x / sample_step), qmin, qmax)``: a division by the float32 step,
+as QuantizeLinear does.  The body quantizes with Div/Round/Clip, not QuantizeLinear(axis=0): a
+per-sample DequantizeLinear scale feeding a Conv is fused by onnxruntime into kernels that reject it
+at batch > 1 (research/onnxruntime.md).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import asq_adapter
+from .domain import QX, op, qexport_function
+
+
+@qexport_function
+def AsqQuantize(x, step, zero_point, w1, b1, w2, b2, qmin: int, qmax: int):
+    feats = op.ReduceMean(x, op.Constant(value_ints=[2, 3]), keepdims=0)
+    beta = QX.AsqAdapter(feats, w1, b1, w2, b2)
+    sample_step = op.Mul(step, op.Unsqueeze(beta, op.Constant(value_ints=[2, 3])))
+    lo = op.Cast(op.Constant(value_int=qmin), to=1)
+    hi = op.Cast(op.Constant(value_int=qmax), to=1)
+    codes = op.Clip(op.Round(op.Div(x, sample_step)), lo, hi)
+    return op.Mul(codes, sample_step), op.CastLike(codes, zero_point), sample_step
+
+
+def reference(x: np.ndarray, step: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray,
+              qmin: int, qmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """(y, codes as int64, sample_step) in float32 arithmetic."""
+    beta = asq_adapter.reference(x.mean(axis=(2, 3), dtype=np.float32), w1, b1, w2, b2)
+    sample_step = (np.float32(step) * beta).reshape(-1, 1, 1, 1).astype(np.float32)
+    codes = np.clip(np.round(x / sample_step), qmin, qmax).astype(np.float32)
+    return codes * sample_step, codes.astype(np.int64), sample_step

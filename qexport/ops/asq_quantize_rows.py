@@ -1,0 +1,42 @@
+"""``qexport.AsqQuantizeRows``: ASQ activation quantization of a Linear input, one step per row
+(per sample for ``[N, C]``, per token for ``[N, T, C]``).
+
+Inputs
+  x           float32 [..., C]
+  step        float32 []
+  zero_point  int8 or uint8 []       always 0; the type of ``codes``
+  w1, b1, w2, b2                     the adapter (asq_adapter.py), applied to each row of x
+Attributes
+  qmin, qmax  int
+Outputs
+  y           float32 [..., C]       ``codes * row_step``
+  codes       int8/uint8 [..., C]
+  row_step    float32 [..., 1]       ``step * beta`` of each row
+
+Same arithmetic as AsqQuantize without the pooling.  A per-row scale is beyond QuantizeLinear's
+``axis``, so the body is Div/Round/Clip.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import asq_adapter
+from .domain import QX, op, qexport_function
+
+
+@qexport_function
+def AsqQuantizeRows(x, step, zero_point, w1, b1, w2, b2, qmin: int, qmax: int):
+    row_step = op.Mul(step, QX.AsqAdapter(x, w1, b1, w2, b2))
+    lo = op.Cast(op.Constant(value_int=qmin), to=1)
+    hi = op.Cast(op.Constant(value_int=qmax), to=1)
+    codes = op.Clip(op.Round(op.Div(x, row_step)), lo, hi)
+    return op.Mul(codes, row_step), op.CastLike(codes, zero_point), row_step
+
+
+def reference(x: np.ndarray, step: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray,
+              qmin: int, qmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """(y, codes as int64, row_step) in float32 arithmetic."""
+    row_step = (np.float32(step) * asq_adapter.reference(x, w1, b1, w2, b2)).astype(np.float32)
+    codes = np.clip(np.round(x / row_step), qmin, qmax).astype(np.float32)
+    return codes * row_step, codes.astype(np.int64), row_step
