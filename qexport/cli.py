@@ -18,10 +18,11 @@ from .checkpoint import build, load, read, save
 from .errors import QexportError
 from .quant.layers import QuantConv2d, QuantLinear
 from .quant.placement import calibrate, quantize
-from .summary import format_table, layer_count, quantizer_rows
+from .summary import format_table, layer_count, onnx_summary, quantizer_rows
 
 EPILOG = """examples:
-  qexport models/resnet20_lsq_w4a4.pt --format onnx  export to ONNX, check parity (LSQ / NIPQ CNNs today)
+  qexport models/resnet20_lsq_w4a4.pt --format onnx  export to ONNX and check parity
+  qexport inspect models/resnet20_lsq_w4a4.onnx      per-layer ops, bits, weight storage and size
   qexport check models/resnet20_lsq_w4a4.pt models/resnet20_lsq_w4a4.onnx --data ../shared/data/cifar10-jpeg.tar.gz
   qexport inspect models/resnet20_lsq_w4a4.pt        per-layer methods, bits, scales
   qexport eval models/resnet20_lsq_w4a4.pt           CIFAR-10 test top-1 of the fake-quant model
@@ -33,7 +34,15 @@ EPILOG = """examples:
 def _inspect(args: argparse.Namespace) -> int:
     path = Path(args.model)
     if path.suffix == ".onnx":
-        raise QexportError(f"{path}: inspecting ONNX files is not available yet; inspect the .pt checkpoint")
+        if not path.is_file():
+            raise QexportError(f"{path}: no such ONNX file")
+        try:
+            print(onnx_summary(str(path)))
+        except QexportError:
+            raise
+        except Exception as exc:  # protobuf DecodeError and friends
+            raise QexportError(f"{path}: not a readable ONNX file ({type(exc).__name__})") from None
+        return 0
     payload = read(path, trust=args.trust)
     model = build(payload, path, trust=args.trust)
     arch = payload.get("arch", {})
@@ -108,11 +117,14 @@ def _export(args: argparse.Namespace) -> int:
         raise QexportError(f"--format {args.format!r} is not supported: use --format onnx")
     model = load(args.model, trust=args.trust)
     out = Path(args.output or Path(args.model).with_suffix(".onnx"))
-    export(model, out, opset=args.opset)
+    export(model, out, opset=args.opset, packed=not args.int8_weights)
     layers = [m for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
     methods = sorted({f"{q.method}{q.code_range.bits}" for m in layers for q in (m.weight_quant, m.act_quant) if q})
     size_mb = out.stat().st_size / 1e6
-    print(f"wrote {out}: {size_mb:.2f} MB, {len(layers)} quantized layers ({', '.join(methods) or 'float'})")
+    storage = "int8 weights" if args.int8_weights else "packed weights"
+    print(
+        f"wrote {out}: {size_mb:.2f} MB ({storage}), {len(layers)} quantized layers ({', '.join(methods) or 'float'})"
+    )
     if args.no_check:
         print("parity: not checked (--no-check)")
         return 0
@@ -172,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"qexport {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    s = sub.add_parser("inspect", help="per-layer method, bits and scales of a model.pt")
+    s = sub.add_parser("inspect", help="per-layer method, bits, scales (and storage, size) of a model.pt or .onnx")
     s.add_argument("model")
     s.add_argument("--trust", action="store_true", help="allow code/pickles the file names (trusted files only)")
     s.set_defaults(func=_inspect)
@@ -206,7 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("--format", default="onnx")
     s.add_argument("-o", "--output", help="output path (default: the model path with .onnx)")
-    s.add_argument("--opset", type=int, default=21)
+    s.add_argument("--opset", type=int, default=21, help="21 or newer (25 for int2 weights with --packed)")
+    s.add_argument(
+        "--int8-weights", action="store_true",
+        help="store every uniform weight as int8 (default: int4, or int2 at opset 25, for weights of <=4 / 2 bits; "
+        "onnxruntime widens them at load time and runs the same integer kernels)",
+    )  # fmt: skip
     s.add_argument("--no-check", action="store_true", help="skip the parity check")
     s.add_argument("--samples", type=int, default=256, help="random inputs for the parity check")
     s.add_argument("--quiet", action="store_true")

@@ -31,10 +31,11 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_passes_with_code_spread(calibrated: tuple[Path, Path]) -> None:
     pt, path = calibrated
     report = check(pt, path, samples=24, batch=8)
-    assert report.passed and len(report.runs) == 4
+    assert report.passed and len(report.runs) == 5
     assert {r.name for r in report.runs} == {
         f"onnxruntime {lvl} batch {b}" for lvl in ("disable_all", "enable_all") for b in (1, 8)
-    }
+    } | {"reference evaluator batch 8"}
+    assert [r.samples for r in report.runs] == [24, 24, 24, 24, 16]
     tensors = report.runs[0].tensors
     assert len(tensors) == 49 and all(t.identical >= 0.999 and t.max_step <= 1 for t in tensors)
     assert all(t.entropy_bits > 0.5 for t in tensors)  # not collapsed

@@ -25,14 +25,15 @@ def export(
     *,
     input_shape: list[int] | None = None,
     opset: int = DEFAULT_OPSET,
-    packed: bool = False,
+    packed: bool = True,
 ) -> Path:
     """Write the ONNX model of ``model`` (a quantized or float model, or a model.pt path) to ``out_path``.
 
-    ``packed``: store uniform weights of 4 bits or fewer as int4 (int2 at 2 bits from opset 25), so the
-    file shrinks with the bit-width.  The default is int8 storage: onnxruntime fuses int8 QDQ into its
-    integer kernels but runs int4 QDQ convolutions as float fake-quant (slower than FP32).  POST
-    weights are always stored as 4-bit codes."""
+    ``packed`` (default): uniform weights of 4 bits or fewer are stored as int4 (int2 at 2 bits from
+    opset 25), so the file shrinks with the bit-width, and widened by a Cast that onnxruntime folds
+    at load time: the convs still fuse into its int8 kernels (int4 QDQ itself is never fused, and
+    int2 QDQ is fused into a kernel that rejects it).  ``packed=False`` stores int8.  POST weights
+    are always 4-bit codes."""
     from .. import __version__
 
     if not isinstance(model, nn.Module):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
+import ml_dtypes
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -34,6 +35,14 @@ STORAGE = {
 }
 
 
+_SUB_BYTE = {TensorProto.INT4: ml_dtypes.int4, TensorProto.UINT4: ml_dtypes.uint4, TensorProto.INT2: ml_dtypes.int2}
+
+
+def packed_tensor(name: str, elem: int, values: np.ndarray) -> onnx.TensorProto:
+    """``values`` (integers in range) as a packed sub-byte initializer."""
+    return numpy_helper.from_array(np.ascontiguousarray(values).astype(_SUB_BYTE[elem]), name)
+
+
 class GraphBuilder:
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
@@ -57,9 +66,9 @@ class GraphBuilder:
         return name
 
     def packed_const(self, hint: str, elem: int, values: np.ndarray) -> str:
-        """A sub-byte initializer (int4 / uint4 / int2: onnx packs it in the file)."""
+        """A sub-byte initializer (int4 / uint4 / int2), stored packed (raw bytes, several per byte)."""
         name = self.name(hint)
-        self.initializers.append(helper.make_tensor(name, elem, values.shape, values.ravel().astype(int).tolist()))
+        self.initializers.append(packed_tensor(name, elem, values))
         return name
 
     def node(self, op: str, inputs: list[str], hint: str, outputs: int = 1, domain: str = "", **attrs: object) -> str:
@@ -96,10 +105,11 @@ class GraphBuilder:
             raise ValueError(f"weight codes of {path} do not fit {storage}")
         if storage == "int8":
             w = self.const(f"{path}.weight_codes", codes.astype(np.int8))
-            zp = self.const(f"{path}.weight_zero_point", np.zeros(scale.shape, np.int8))
-        else:
-            w = self.packed_const(f"{path}.weight_codes", elem, codes)
-            zp = self.packed_const(f"{path}.weight_zero_point", elem, np.zeros(scale.shape, np.int64))
+        else:  # packed in the file, widened to int8 by a Cast that onnxruntime folds at load time, so the
+            # conv still fuses into its int8 kernels (it has none for int4 / int2 weights)
+            packed = self.packed_const(f"{path}.weight_codes", elem, codes)
+            w = self.node("Cast", [packed], f"{path}.weight_int8", to=TensorProto.INT8)
+        zp = self.const(f"{path}.weight_zero_point", np.zeros(scale.shape, np.int8))
         s = self.const(f"{path}.weight_scale", scale.astype(np.float32))
         return self.node("DequantizeLinear", [w, s, zp], f"{path}.weight", axis=axis)
 

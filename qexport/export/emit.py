@@ -45,7 +45,7 @@ MAX_EXACT = 2**24  # float32 holds every integer below this: the POST function b
 
 
 class Emitter:
-    def __init__(self, gm: fx.GraphModule, *, packed: bool = False, opset: int = 21) -> None:
+    def __init__(self, gm: fx.GraphModule, *, packed: bool = True, opset: int = 21) -> None:
         self.gm = gm
         self.b = GraphBuilder()
         self.env: dict[fx.Node, Any] = {}
@@ -88,8 +88,8 @@ class Emitter:
         return self.b.const(hint, np.asarray(values, np.int64))
 
     def storage(self, bits: int) -> str:
-        """How uniform weight codes of ``bits`` are stored: int8 (default: ORT's integer kernels
-        read it) or, with ``packed``, the narrowest type this opset has."""
+        """How uniform weight codes of ``bits`` are stored: with ``packed``, the narrowest type this
+        opset has (int4 from 21, int2 from 25), else int8."""
         if self.packed and bits <= 2 and self.opset >= STORAGE["int2"][3]:
             return "int2"
         if self.packed and bits <= 4 and self.opset >= STORAGE["int4"][3]:
@@ -162,7 +162,7 @@ class Emitter:
         alpha = _np(q.describe().scale).astype(np.float64).reshape(-1)
         w_scale = (alpha * np.abs(k) * 2.0 ** -post_weights.shift(bits)).astype(np.float32)
         bias = (0.0 if layer.bias is None else _np(layer.bias).astype(np.float64)) * k + shift
-        w = self.b.packed_const(f"{path}.weight_codes", onnx.TensorProto.UINT4, codes.T.copy() if transpose else codes)
+        w = self.b.packed_const(f"{path}.weight_codes", onnx.TensorProto.UINT4, codes.T if transpose else codes)
         return [
             xq.codes, xq.scale, w, self.b.const(f"{path}.weight_scale", w_scale),
             self.b.const(f"{path}.bias", np.asarray(bias, np.float32).reshape(-1)),
@@ -527,7 +527,7 @@ def emit_node(e: Emitter, node: fx.Node) -> Any:
 
 
 def to_onnx(model: nn.Module, input_shape: list[int], input_dtype: str = "float32", opset: int = 21,
-            packed: bool = False) -> tuple[onnx.ModelProto, Emitter]:  # fmt: skip
+            packed: bool = True) -> tuple[onnx.ModelProto, Emitter]:  # fmt: skip
     """The ONNX model of ``model`` (eval mode) with a dynamic batch dimension."""
     gm = model if isinstance(model, fx.GraphModule) else trace(model)
     elem = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64}.get(input_dtype)

@@ -12,7 +12,7 @@ Output
   y float32 [N, M, H', W'] = (acc_even + acc_odd * 0.70710677) * (x_scale * w_scale) + bias
 
 ``acc_even`` / ``acc_odd`` are the integer convolutions of the codes with ``w_even`` / ``w_odd``.
-The body computes them with float Conv, which is exact because every partial sum is an integer
+The body computes them with one float Conv, which is exact because every partial sum is an integer
 below 2^24 (the exporter checks this bound per layer); a native kernel accumulates in int32.
 """
 
@@ -27,10 +27,29 @@ from .domain import QX, op, qexport_function
 @qexport_function
 def PostConv(x_codes, x_scale, w_codes, w_scale, bias, bits: int, strides: list[int], pads: list[int],
              dilations: list[int], group: int):  # fmt: skip
-    w_even, w_odd = QX.PostWeights(op.Cast(w_codes, to=1), bits=bits)
-    x = op.Cast(x_codes, to=1)
-    acc_even = op.Conv(x, w_even, strides=strides, pads=pads, dilations=dilations, group=group)
-    acc_odd = op.Conv(x, w_odd, strides=strides, pads=pads, dilations=dilations, group=group)
+    w_even, w_odd = QX.PostWeights(op.Cast(w_codes, to=2), bits=bits)
+    # one Conv with both weight sets as output channels (per group: even block, then odd block), so
+    # each activation is read once and no constant Mul sits right after a Conv (onnxruntime would
+    # fold it into the weights, which are then no longer integers)
+    one = op.Constant(value_ints=[1])
+    two = op.Constant(value_ints=[2])
+    groups = op.Reshape(op.Constant(value_int=group), one)
+    dims = op.Shape(w_even)
+    out = op.Slice(dims, op.Constant(value_ints=[0]), one)
+    per_group = op.Div(out, groups)
+    rest = op.Slice(dims, one, op.Constant(value_ints=[4]))
+    blocks = op.Concat(groups, one, per_group, rest, axis=0)
+    w_both = op.Concat(op.Reshape(w_even, blocks), op.Reshape(w_odd, blocks), axis=1)
+    w_both = op.Reshape(w_both, op.Concat(op.Mul(out, two), rest, axis=0))
+    acc_both = op.Conv(op.Cast(x_codes, to=1), w_both, strides=strides, pads=pads, dilations=dilations, group=group)
+    shape = op.Shape(acc_both)
+    batch = op.Slice(shape, op.Constant(value_ints=[0]), one)
+    spatial = op.Slice(shape, two, op.Constant(value_ints=[4]))
+    split = op.Reshape(acc_both, op.Concat(batch, groups, two, per_group, spatial, axis=0))
+    flat = op.Concat(batch, out, spatial, axis=0)
+    axis = op.Constant(value_ints=[2])
+    acc_even = op.Reshape(op.Slice(split, op.Constant(value_ints=[0]), one, axis), flat)
+    acc_odd = op.Reshape(op.Slice(split, one, two, axis), flat)
     acc = op.Add(acc_even, op.Mul(acc_odd, op.Constant(value_float=0.70710677)))
     channel = op.Constant(value_ints=[1, 2])
     return op.Add(op.Mul(acc, op.Mul(x_scale, op.Unsqueeze(w_scale, channel))), op.Unsqueeze(bias, channel))

@@ -22,9 +22,13 @@ from .domain import QX, op, qexport_function
 
 @qexport_function
 def PostMatMul(x_codes, x_scale, w_codes, w_scale, bias, bits: int):
-    w_even, w_odd = QX.PostWeights(op.Cast(w_codes, to=1), bits=bits)
-    x = op.Cast(x_codes, to=1)
-    acc = op.Add(op.MatMul(x, w_even), op.Mul(op.MatMul(x, w_odd), op.Constant(value_float=0.70710677)))
+    w_even, w_odd = QX.PostWeights(op.Cast(w_codes, to=2), bits=bits)
+    # one MatMul over both weight sets side by side: each activation read once, and no constant Mul
+    # right after a MatMul (onnxruntime folds those into the weights)
+    acc_even, acc_odd = op.Split(
+        op.MatMul(op.Cast(x_codes, to=1), op.Concat(w_even, w_odd, axis=1)), axis=-1, num_outputs=2
+    )
+    acc = op.Add(acc_even, op.Mul(acc_odd, op.Constant(value_float=0.70710677)))
     return op.Add(op.Mul(acc, op.Mul(x_scale, w_scale)), bias)
 
 

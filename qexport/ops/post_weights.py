@@ -12,15 +12,18 @@ so ``w_even`` holds ``sign * 2^(E - floor(k/2))`` where k is even and ``w_odd`` 
 odd (at most ``2^E`` = 8 at 4 bits).  Both convolutions / matmuls then accumulate exact integers and
 are combined once: ``acc_even + acc_odd / sqrt2``, times ``2^-E * alpha`` (folded into ``w_scale``).
 
-Input   codes float32 (the uint4 codes cast to float; ORT refuses uint4 inputs to a nested function)
+Input   codes (the uint4 codes cast to another integer or float type: onnxruntime refuses a uint4
+        input to a nested function)
 Attr    bits int (2, 3 or 4)
 Outputs w_even, w_odd float32, same shape, integer values
 """
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import onnx
+import onnx.numpy_helper
 
 from ..errors import QexportError
 from .domain import op, qexport_function
@@ -31,20 +34,23 @@ BITS = (2, 3, 4)
 
 @qexport_function
 def PostWeights(codes, bits: int):
+    # the two integer tables over all 16 codes (cheap), then one gather per weight
     two = op.Constant(value_float=2.0)
     eight = op.Constant(value_float=8.0)
     zero = op.Constant(value_float=0.0)
     one = op.Constant(value_float=1.0)
+    table = op.Range(zero, op.Constant(value_float=16.0), one)
     magnitudes = op.Sub(op.Pow(two, op.Sub(op.Cast(op.Constant(value_int=bits), to=1), one)), one)
     shift = op.Floor(op.Div(op.Sub(magnitudes, one), two))
-    negative = op.GreaterOrEqual(codes, eight)
-    j = op.Where(negative, op.Sub(codes, eight), codes)
+    negative = op.GreaterOrEqual(table, eight)
+    j = op.Where(negative, op.Sub(table, eight), table)
     k = op.Sub(magnitudes, j)
     half = op.Floor(op.Div(k, two))
     magnitude = op.Where(op.Greater(j, zero), op.Pow(two, op.Sub(shift, half)), zero)
     w = op.Where(negative, op.Neg(magnitude), magnitude)
     odd = op.Equal(op.Sub(k, op.Mul(half, two)), one)
-    return op.Where(odd, zero, w), op.Where(odd, w, zero)
+    index = op.Cast(codes, to=6)
+    return op.Gather(op.Where(odd, zero, w), index), op.Gather(op.Where(odd, w, zero), index)
 
 
 def magnitudes(bits: int) -> int:
@@ -68,7 +74,7 @@ def pack(level_codes: np.ndarray, bits: int) -> np.ndarray:
 
 def uint4_initializer(name: str, codes: np.ndarray) -> onnx.TensorProto:
     """A uint4 initializer (two codes per byte in the file)."""
-    return onnx.helper.make_tensor(name, onnx.TensorProto.UINT4, codes.shape, codes.ravel().tolist())
+    return onnx.numpy_helper.from_array(np.ascontiguousarray(codes).astype(ml_dtypes.uint4), name)
 
 
 def reference(codes: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,6 +6,7 @@ usual; either quantizer may be None (that side stays float).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .base import Quantizer
@@ -22,7 +23,23 @@ class _Quantized:
     def quantized_operands(self, x: Tensor) -> tuple[Tensor, Tensor]:
         if self.act_quant is not None:
             x = self.act_quant(x)
-        return x, self.weight_quant(self.weight) if self.weight_quant is not None else self.weight
+        return x, self.quantized_weight()
+
+    def quantized_weight(self) -> Tensor:
+        """The fake-quantized weight; in eval without autograd it is cached until the weight or a
+        quantizer parameter changes (POST's level projection of a large layer is not free)."""
+        q = self.weight_quant
+        if q is None:
+            return self.weight
+        if q.training or torch.is_grad_enabled() or not q.ready:
+            return q(self.weight)
+        tensors = [self.weight, *q.parameters(), *q.buffers()]
+        key = tuple(t._version for t in tensors) + tuple(id(t) for t in tensors)
+        cached = self.__dict__.get("_weight_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, q(self.weight))
+            self.__dict__["_weight_cache"] = cached
+        return cached[1]
 
 
 class QuantConv2d(_Quantized, nn.Conv2d):

@@ -1,0 +1,97 @@
+"""The export matrix: every zoo model x every method x every bit-width the method defines x both
+placements exports, passes onnx.checker (full check) and strict shape inference, and keeps parity
+(DESIGN.md contract 2) on 256 inputs at ORT_DISABLE_ALL and ORT_ENABLE_ALL, batch 1 and 8; the
+small models also in onnx's ReferenceEvaluator.  Calibrated on random inputs (MSE steps), so the
+code-spread figures must show tensors that are neither collapsed nor saturated.
+
+Sizes reduced for CI, and said so: ResNet-18 and MobileNetV2 at 32x32 inputs (their 224 layout is
+unchanged: the global pool absorbs the size); the transformer encoder at 2 layers, d=64, 32 tokens.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+import qexport
+from qexport import zoo
+from qexport.quant.nipq import NipqQuantizer, theta_for_bits
+
+SAMPLES = 256
+MODELS = {  # name -> (constructor kwargs, image side or None, run the reference evaluator)
+    "resnet20": ({}, None, True),
+    "transformer": ({"layers": 2, "dim": 64, "heads": 4, "ff": 128, "seq_len": 32, "vocab_size": 256}, None, True),
+    "resnet18": ({"num_classes": 10}, 32, False),
+    "mobilenetv2": ({"num_classes": 10}, 32, False),
+}
+METHODS = {  # name -> (quantize() arguments, bit-widths)
+    "lsq": ({"weight": "lsq", "act": "lsq"}, (2, 3, 4, 8)),
+    "nipq-mixed": ({"weight": "nipq", "act": "nipq", "learn_bits": True}, (4,)),
+    "asq": ({"weight": "lsq", "act": "asq"}, (2, 3, 4, 8)),
+    "post": ({"weight": "post", "act": "lsq"}, (3, 4)),
+    "pot": ({"weight": "pot", "act": "lsq"}, (3, 4)),
+    "asq+post": ({"weight": "post", "act": "asq"}, (3, 4)),
+}
+CASES = [
+    pytest.param(model, method, bits, placement, id=f"{model}-{method}-{bits}-{placement}")
+    for model in MODELS
+    for method, (_, widths) in METHODS.items()
+    for bits in widths
+    for placement in ("deployable", "paper")
+]
+
+
+def _settle_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Give the random float model the BatchNorm statistics of its own activations (a trained model
+    has them), so that deep layers neither vanish nor explode and calibration sees realistic tensors."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad():
+        for chunk in x.split(32):
+            model(chunk)
+    model.eval()
+
+
+def _mix_bits(model: torch.nn.Module, seed: int) -> None:
+    """NIPQ mixed precision: every learned width set to a random 2..8 and frozen (as after training)."""
+    rng = random.Random(seed)
+    for q in model.modules():
+        if isinstance(q, NipqQuantizer) and q.learns_bits:
+            with torch.no_grad():
+                q.theta.fill_(theta_for_bits(rng.randint(2, 8)))
+            q.finalize()
+
+
+@pytest.mark.parametrize(("name", "method", "bits", "placement"), CASES)
+def test_export_and_parity(tmp_path: Path, name: str, method: str, bits: int, placement: str) -> None:
+    kwargs, side, reference = MODELS[name]
+    args, _ = METHODS[method]
+    float_model = zoo.create(name, **kwargs)
+    calib = zoo.example_input(float_model, 64, size=side, seed=1000)
+    _settle_batchnorm(float_model, calib)
+    model = qexport.quantize(float_model, bits=bits, placement=placement, **args)
+    if method == "nipq-mixed":
+        _mix_bits(model, seed=len(name))
+    qexport.calibrate(model, [calib[:32], calib[32:]])
+    x = torch.cat([zoo.example_input(model, 32, size=side, seed=i) for i in range(SAMPLES // 32)])
+    path = qexport.export(model, tmp_path / "m.onnx", input_shape=[1, *x.shape[1:]])
+
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
+    report = qexport.check(model, path, x, reference_samples=8 if reference else 0)
+    assert report.passed, report.table()
+    assert len(report.runs) == (5 if reference else 4) and all(r.samples >= 8 for r in report.runs)
+    for t in report.runs[0].tensors:  # spread: neither collapsed onto one code nor saturated
+        assert t.entropy_bits > 0.5, f"{t.path}: codes collapsed ({t.entropy_bits:.2f} bits of entropy)"
+        limit = 0.5  # share of codes clipped at an end of the range (one-pass calibration sees the
+        # float network's tensors, so a tensor behind low-bit layers can clip a third of its values)
+        unsigned = t.codes.startswith("[0,")  # after a ReLU, code 0 holds every negative input
+        assert t.high_share < limit and (unsigned or t.low_share < limit), f"{t.path} saturated: {t}"
