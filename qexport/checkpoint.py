@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import struct
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -127,7 +128,7 @@ def read(path: str | os.PathLike[str], *, trust: bool = False) -> dict[str, Any]
             f"{path}: holds Python objects that a safe load refuses (not a qexport checkpoint, or an "
             "arbitrary pickle); load it with trust=True (CLI: --trust) only if you trust where it came from"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, struct.error) as exc:
         first = str(exc).strip().split(". ")[0] if str(exc).strip() else type(exc).__name__
         raise QexportError(
             f"{path}: truncated or corrupt checkpoint ({first[:120]}); re-save or re-download it"

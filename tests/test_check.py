@@ -107,3 +107,23 @@ def test_run_command_and_bad_inputs(
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     assert main(["run", str(tmp_path / "junk.onnx"), "--input", str(tmp_path / "x.npy")]) == 2
     assert main(["run", str(path), "--input", str(tmp_path / "missing.npy")]) == 2
+
+
+def test_inspect_onnx_and_bad_files(
+    calibrated: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, path = calibrated
+    assert main(["inspect", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "22 quantized layers" in out and "layers.0.0.conv1" in out and "lsq3" in out and "int4" in out
+    foreign = onnx.helper.make_model(onnx.helper.make_graph([], "g", [], []))
+    onnx.save(foreign, tmp_path / "foreign.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    for args in (["inspect", str(tmp_path / "foreign.onnx")], ["inspect", str(tmp_path / "junk.onnx")],
+                 ["inspect", str(tmp_path / "none.onnx")], [str(tmp_path / "none.pt"), "--format", "onnx"],
+                 [str(tmp_path / "junk.pt"), "--format", "onnx"]):  # fmt: skip
+        assert main(args) == 2, args
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 5 and all(line.startswith("qexport: error: ") for line in err)
+    assert "not written by qexport" in err[0] and "not a readable ONNX file" in err[1]

@@ -87,13 +87,14 @@ class Emitter:
     def ints(self, hint: str, values: list[int]) -> str:
         return self.b.const(hint, np.asarray(values, np.int64))
 
-    def storage(self, bits: int) -> str:
-        """How uniform weight codes of ``bits`` are stored: with ``packed``, the narrowest type this
-        opset has (int4 from 21, int2 from 25), else int8."""
-        if self.packed and bits <= 2 and self.opset >= STORAGE["int2"][3]:
-            return "int2"
-        if self.packed and bits <= 4 and self.opset >= STORAGE["int4"][3]:
-            return "int4"
+    def storage(self, codes: np.ndarray) -> str:
+        """How integer weight codes are stored: with ``packed``, the narrowest type that holds them
+        in this opset (int4 from 21, int2 from 25), else int8.  (POT's 4-bit codes are up to ±64.)"""
+        lo, hi = (int(codes.min()), int(codes.max())) if codes.size else (0, 0)
+        for kind in ("int2", "int4"):
+            _, qmin, qmax, opset = STORAGE[kind]
+            if self.packed and self.opset >= opset and qmin <= lo and hi <= qmax:
+                return kind
         return "int8"
 
     # -- quantized activations -----------------------------------------------------------------
@@ -192,7 +193,7 @@ class Emitter:
         if isinstance(layer, QuantConv2d) and layer.is_integer():
             dep = layer.deployed()  # the same numbers the eval forward uses
             assert layer.weight_quant is not None
-            storage = self.storage(layer.weight_quant.code_range.bits)
+            storage = self.storage(dep.codes)
             inputs = [x, self.b.dq_weight(dep.codes, dep.weight_scale, 0, path, storage)]
             if dep.bias_codes is not None:
                 inputs.append(self.b.dq_bias(dep.bias_codes, dep.bias_scale, path))
@@ -202,8 +203,8 @@ class Emitter:
             storage = "float32"
             if form is not None:
                 assert isinstance(layer, QuantConv2d) and layer.weight_quant is not None
-                storage = self.storage(layer.weight_quant.code_range.bits)
                 dep = deployed_conv(_np(form[0]).astype(np.int64), _np(form[1]), np.float32(1.0), None, bn)
+                storage = self.storage(dep.codes)
                 inputs = [x, self.b.dq_weight(dep.codes, dep.weight_scale, 0, path, storage)]
             else:
                 w = _np(layer.weight).astype(np.float64) * k.reshape(-1, 1, 1, 1)
@@ -235,8 +236,8 @@ class Emitter:
             return self.integer_matmul(layer, xq, form, path)
         if form is not None:
             assert isinstance(layer, QuantLinear) and layer.weight_quant is not None
-            storage = self.storage(layer.weight_quant.code_range.bits)
             codes, scale = _np(form[0]).astype(np.int64), _np(form[1]).astype(np.float32)
+            storage = self.storage(codes)
             w = self.b.dq_weight(codes.T.copy(), scale, 1, path, storage)  # [in, out], per output column
         else:
             storage = "float32"

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..errors import QexportError
 from .base import Quantizer, QuantSpec, Role
-from .core import CodeRange, clamp_ste, fake_quant, quantize_codes, round_ste, sample_abs
+from .core import CodeRange, clamp_ste, fake_quant, mse_step_search, quantize_codes, round_ste, sample_abs
 
 NOISE_BINS = 256
 BIT_LO, BIT_SPAN = 2.0, 12.0  # official mapping b = 2 + 12 * sigmoid(theta)
@@ -136,8 +136,13 @@ class NipqQuantizer(Quantizer):
     def init_values(self, x: Tensor) -> dict[str, Tensor]:
         # Weights: alpha = max|w| (official).  Activations: the 99.9th percentile of |x| from data
         # (the official code uses constants 6 / 3; data keeps low-bit codes spread over the range).
+        # With init_method "mse" (calibrate()'s default) alpha then moves to the MSE-optimal step times n:
+        # at 2-3 bits a percentile boundary rounds most of a heavy-tailed tensor to zero.
         absx = sample_abs(x)
         alpha = absx.max() if self.role == "weight" else torch.quantile(absx, 0.999)
+        if self.init_method == "mse":
+            r = self.code_range
+            alpha = mse_step_search(x, alpha.clamp(min=1e-3) / r.qmax, r.qmin, r.qmax, None) * r.qmax
         return {"alpha": alpha.clamp(min=1e-3)}
 
     def apply_init(self, values: dict[str, Tensor]) -> None:
