@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import onnx
 
-from . import asq_adapter, asq_quantize, asq_quantize_rows, post_conv, post_matmul, post_weights
+from . import asq_adapter, asq_quantize, asq_quantize_rows, post_conv, post_matmul, post_weights, step_quantize
 from .domain import DOMAIN, VERSION
 
 # op name -> the function protos a model using it must carry (dependencies first)
 _FUNCTIONS = {
-    "AsqQuantize": [asq_adapter.AsqAdapter, asq_quantize.AsqQuantize],
-    "AsqQuantizeRows": [asq_adapter.AsqAdapter, asq_quantize_rows.AsqQuantizeRows],
+    "AsqQuantize": [asq_adapter.AsqAdapter, step_quantize.StepQuantize, asq_quantize.AsqQuantize],
+    "AsqQuantizeRows": [asq_adapter.AsqAdapter, step_quantize.StepQuantize, asq_quantize_rows.AsqQuantizeRows],
     "PostConv": [post_weights.PostWeights, post_conv.PostConv],
     "PostMatMul": [post_weights.PostWeights, post_matmul.PostMatMul],
 }

@@ -12,17 +12,14 @@ Outputs
   codes       int8/uint8 [N, C, H, W]
   sample_step float32 [N, 1, 1, 1]   ``step * beta_n``, beta_n = adapter(mean over H, W of x_n)
 
-Codes are ``clip(round_half_even(x / sample_step), qmin, qmax)``: a division by the float32 step,
-as QuantizeLinear does.  The body quantizes with Div/Round/Clip, not QuantizeLinear(axis=0): a
-per-sample DequantizeLinear scale feeding a Conv is fused by onnxruntime into kernels that reject it
-at batch > 1 (research/onnxruntime.md).
+Codes and y as in step_quantize.py.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import asq_adapter
+from . import asq_adapter, step_quantize
 from .domain import QX, op, qexport_function
 
 
@@ -31,10 +28,8 @@ def AsqQuantize(x, step, zero_point, w1, b1, w2, b2, qmin: int, qmax: int):
     feats = op.ReduceMean(x, op.Constant(value_ints=[2, 3]), keepdims=0)
     beta = QX.AsqAdapter(feats, w1, b1, w2, b2)
     sample_step = op.Mul(step, op.Unsqueeze(beta, op.Constant(value_ints=[2, 3])))
-    lo = op.Cast(op.Constant(value_int=qmin), to=1)
-    hi = op.Cast(op.Constant(value_int=qmax), to=1)
-    codes = op.Clip(op.Round(op.Div(x, sample_step)), lo, hi)
-    return op.Mul(codes, sample_step), op.CastLike(codes, zero_point), sample_step
+    y, codes = QX.StepQuantize(x, sample_step, zero_point, qmin=qmin, qmax=qmax)
+    return y, codes, sample_step
 
 
 def reference(x: np.ndarray, step: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray,
@@ -42,5 +37,4 @@ def reference(x: np.ndarray, step: np.ndarray, w1: np.ndarray, b1: np.ndarray, w
     """(y, codes as int64, sample_step) in float32 arithmetic."""
     beta = asq_adapter.reference(x.mean(axis=(2, 3), dtype=np.float32), w1, b1, w2, b2)
     sample_step = (np.float32(step) * beta).reshape(-1, 1, 1, 1).astype(np.float32)
-    codes = np.clip(np.round(x / sample_step), qmin, qmax).astype(np.float32)
-    return codes * sample_step, codes.astype(np.int64), sample_step
+    return (*step_quantize.reference(x, sample_step, qmin, qmax), sample_step)

@@ -13,30 +13,26 @@ Outputs
   codes       int8/uint8 [..., C]
   row_step    float32 [..., 1]       ``step * beta`` of each row
 
-Same arithmetic as AsqQuantize without the pooling.  A per-row scale is beyond QuantizeLinear's
-``axis``, so the body is Div/Round/Clip.
+Same arithmetic as AsqQuantize without the pooling (codes and y as in step_quantize.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import asq_adapter
+from . import asq_adapter, step_quantize
 from .domain import QX, op, qexport_function
 
 
 @qexport_function
 def AsqQuantizeRows(x, step, zero_point, w1, b1, w2, b2, qmin: int, qmax: int):
     row_step = op.Mul(step, QX.AsqAdapter(x, w1, b1, w2, b2))
-    lo = op.Cast(op.Constant(value_int=qmin), to=1)
-    hi = op.Cast(op.Constant(value_int=qmax), to=1)
-    codes = op.Clip(op.Round(op.Div(x, row_step)), lo, hi)
-    return op.Mul(codes, row_step), op.CastLike(codes, zero_point), row_step
+    y, codes = QX.StepQuantize(x, row_step, zero_point, qmin=qmin, qmax=qmax)
+    return y, codes, row_step
 
 
 def reference(x: np.ndarray, step: np.ndarray, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray,
               qmin: int, qmax: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
     """(y, codes as int64, row_step) in float32 arithmetic."""
     row_step = (np.float32(step) * asq_adapter.reference(x, w1, b1, w2, b2)).astype(np.float32)
-    codes = np.clip(np.round(x / row_step), qmin, qmax).astype(np.float32)
-    return codes * row_step, codes.astype(np.int64), row_step
+    return (*step_quantize.reference(x, row_step, qmin, qmax), row_step)

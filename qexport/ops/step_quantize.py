@@ -1,0 +1,32 @@
+"""``qexport.StepQuantize``: quantize with a runtime step tensor, shared by both ASQ ops.
+
+Inputs  x float32; step float32 broadcastable to x (per sample or per row); zero_point int8 / uint8 []
+        (always 0: its type is the type of ``codes``)
+Attrs   qmin, qmax int
+Outputs y = codes * step (float32), codes (the zero point's type)
+
+``codes = clip(round_half_even(x / step), qmin, qmax)``: a division by the float32 step, as
+QuantizeLinear does.  Div/Round/Clip rather than QuantizeLinear(axis=0): a per-sample
+DequantizeLinear scale feeding a Conv is fused by onnxruntime into kernels that reject it at batch > 1
+(research/onnxruntime.md), and a per-row step is beyond QuantizeLinear's ``axis``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .domain import op, qexport_function
+
+
+@qexport_function
+def StepQuantize(x, step, zero_point, qmin: int, qmax: int):
+    lo = op.Cast(op.Constant(value_int=qmin), to=1)
+    hi = op.Cast(op.Constant(value_int=qmax), to=1)
+    codes = op.Clip(op.Round(op.Div(x, step)), lo, hi)
+    return op.Mul(codes, step), op.CastLike(codes, zero_point)
+
+
+def reference(x: np.ndarray, step: np.ndarray, qmin: int, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """(y, codes as int64) in float32 arithmetic."""
+    codes = np.clip(np.round(x / step), qmin, qmax).astype(np.float32)
+    return codes * step, codes.astype(np.int64)
