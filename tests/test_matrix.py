@@ -19,6 +19,7 @@ import torch
 
 import qexport
 from qexport import zoo
+from qexport.check import CheckReport
 from qexport.quant.nipq import NipqQuantizer, theta_for_bits
 
 SAMPLES = 256
@@ -69,8 +70,8 @@ def _mix_bits(model: torch.nn.Module, seed: int) -> None:
             q.finalize()
 
 
-@pytest.mark.parametrize(("name", "method", "bits", "placement"), CASES)
-def test_export_and_parity(tmp_path: Path, name: str, method: str, bits: int, placement: str) -> None:
+def run_case(name: str, method: str, bits: int, placement: str, out_dir: Path) -> CheckReport:
+    """Quantize, calibrate, export and check one matrix case (also used by tools/parity_table.py)."""
     kwargs, side, reference = MODELS[name]
     args, _ = METHODS[method]
     float_model = zoo.create(name, **kwargs)
@@ -81,12 +82,18 @@ def test_export_and_parity(tmp_path: Path, name: str, method: str, bits: int, pl
         _mix_bits(model, seed=len(name))
     qexport.calibrate(model, [calib[:32], calib[32:]])
     x = torch.cat([zoo.example_input(model, 32, size=side, seed=i) for i in range(SAMPLES // 32)])
-    path = qexport.export(model, tmp_path / "m.onnx", input_shape=[1, *x.shape[1:]])
+    path = qexport.export(model, out_dir / "m.onnx", input_shape=[1, *x.shape[1:]])
 
     proto = onnx.load(path)
     onnx.checker.check_model(proto, full_check=True)
     onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True)
-    report = qexport.check(model, path, x, reference_samples=8 if reference else 0)
+    return qexport.check(model, path, x, reference_samples=8 if reference else 0)
+
+
+@pytest.mark.parametrize(("name", "method", "bits", "placement"), CASES)
+def test_export_and_parity(tmp_path: Path, name: str, method: str, bits: int, placement: str) -> None:
+    report = run_case(name, method, bits, placement, tmp_path)
+    reference = MODELS[name][2]
     assert report.passed, report.table()
     assert len(report.runs) == (5 if reference else 4) and all(r.samples >= 8 for r in report.runs)
     for t in report.runs[0].tensors:  # spread: neither collapsed onto one code nor saturated
