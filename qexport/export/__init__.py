@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import torch
 from torch import nn
 
 from ..checkpoint import load
@@ -22,12 +23,16 @@ MIN_OPSET = 21  # int4 types, LayerNormalization, Gelu (20)
 def export(
     model: nn.Module | str | os.PathLike[str],
     out_path: str | os.PathLike[str],
+    example_inputs: torch.Tensor | None = None,
     *,
     input_shape: list[int] | None = None,
     opset: int = DEFAULT_OPSET,
     packed: bool = True,
 ) -> Path:
     """Write the ONNX model of ``model`` (a quantized or float model, or a model.pt path) to ``out_path``.
+
+    The input's shape (all but the batch dimension, which stays dynamic) comes from ``example_inputs``,
+    else ``input_shape``, else the example stored with the model (zoo models and checkpoints have one).
 
     ``packed`` (default): uniform weights of 4 bits or fewer are stored as int4 (int2 at 2 bits from
     opset 25), so the file shrinks with the bit-width, and widened by a Cast that onnxruntime folds
@@ -43,6 +48,8 @@ def export(
         raise QexportError(f"opset {opset} is too old: qexport exports at opset {MIN_OPSET} or newer")
     example = getattr(model, "qexport_example", None) or {}
     dtype = example.get("dtype", "float32")
+    if example_inputs is not None:
+        input_shape, dtype = [1, *example_inputs.shape[1:]], str(example_inputs.dtype).removeprefix("torch.")
     if input_shape is None:
         if not example:
             raise QexportError("the model has no example input description: pass input_shape=[1, C, H, W]")
