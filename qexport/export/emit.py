@@ -192,7 +192,6 @@ class Emitter:
                                **attrs)  # fmt: skip
         if isinstance(layer, QuantConv2d) and layer.is_integer():
             dep = layer.deployed()  # the same numbers the eval forward uses
-            assert layer.weight_quant is not None
             storage = self.storage(dep.codes)
             inputs = [x, self.b.dq_weight(dep.codes, dep.weight_scale, 0, path, storage)]
             if dep.bias_codes is not None:
@@ -202,7 +201,6 @@ class Emitter:
                 layer.weight_quant is not None else None  # fmt: skip
             storage = "float32"
             if form is not None:
-                assert isinstance(layer, QuantConv2d) and layer.weight_quant is not None
                 dep = deployed_conv(_np(form[0]).astype(np.int64), _np(form[1]), np.float32(1.0), None, bn)
                 storage = self.storage(dep.codes)
                 inputs = [x, self.b.dq_weight(dep.codes, dep.weight_scale, 0, path, storage)]
@@ -235,7 +233,6 @@ class Emitter:
         if form is not None and xq is not None and layer.act_quant is not None and layer.act_quant.kind == "asq":
             return self.integer_matmul(layer, xq, form, path)
         if form is not None:
-            assert isinstance(layer, QuantLinear) and layer.weight_quant is not None
             codes, scale = _np(form[0]).astype(np.int64), _np(form[1]).astype(np.float32)
             storage = self.storage(codes)
             w = self.b.dq_weight(codes.T.copy(), scale, 1, path, storage)  # [in, out], per output column
@@ -424,12 +421,16 @@ def _reshape(e: Emitter, n: fx.Node) -> str:
     return e.b.node("Reshape", [e.arg(src), e.ints(f"{n.name}.shape", [first, *out[1:]])], n.name)
 
 
+def _static_shape(src: fx.Node) -> list[Any]:
+    """The shape of a graph tensor: BATCH, then the sizes (static in the export)."""
+    return [BATCH, *list(src.meta["tensor_meta"].shape)[1:]]
+
+
 def _getattr(e: Emitter, n: fx.Node) -> Any:
     src, attr = n.args
     if attr != "shape" or not isinstance(src, fx.Node):
         raise e.unsupported(n, f"reading .{attr}")
-    shape = list(src.meta["tensor_meta"].shape)
-    return [BATCH, *shape[1:]]  # sizes other than the batch are static in the export
+    return _static_shape(src)
 
 
 def _getitem(e: Emitter, n: fx.Node) -> Any:
@@ -440,7 +441,10 @@ def _getitem(e: Emitter, n: fx.Node) -> Any:
 
 
 def _size(e: Emitter, n: fx.Node) -> Any:
-    shape = _getattr(e, fx.Node(n.graph, "shape_of", "call_function", getattr, (n.args[0], "shape"), {}))
+    src = n.args[0]
+    if not isinstance(src, fx.Node):
+        raise e.unsupported(n, "size() of a constant")
+    shape = _static_shape(src)
     return shape if len(n.args) < 2 else shape[n.args[1]]
 
 

@@ -13,6 +13,12 @@ from .base import Quantizer
 from .fold import DeployedConv, FoldableBatchNorm2d, deployed_conv, deployed_conv_tensors
 
 
+def version_key(tensors: list[Tensor]) -> tuple[int, ...]:
+    """Changes whenever one of ``tensors`` is modified in place (optimizer steps, load_state_dict bump
+    ``_version``) or replaced: the key of the eval-mode caches below."""
+    return tuple(t._version for t in tensors) + tuple(id(t) for t in tensors)
+
+
 class _Quantized:
     """What both layers share: the two quantizers and their application."""
 
@@ -33,8 +39,7 @@ class _Quantized:
             return self.weight
         if q.training or torch.is_grad_enabled() or not q.ready:
             return q(self.weight)
-        tensors = [self.weight, *q.parameters(), *q.buffers()]
-        key = tuple(t._version for t in tensors) + tuple(id(t) for t in tensors)
+        key = version_key([self.weight, *q.parameters(), *q.buffers()])
         cached = self.__dict__.get("_weight_cache")
         if cached is None or cached[0] != key:
             cached = (key, q(self.weight))
@@ -65,7 +70,7 @@ class QuantConv2d(_Quantized, nn.Conv2d):
         tensors = [*self.parameters(), *self.buffers()]
         if self.folded_bn is not None:
             tensors += [*self.folded_bn.parameters(), *self.folded_bn.buffers()]
-        return tuple(t._version for t in tensors) + tuple(id(t) for t in tensors)
+        return version_key(tensors)
 
     def deployed(self) -> DeployedConv:
         """The folded weight codes and scales and the int32 bias the deployed graph holds (cached
