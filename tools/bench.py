@@ -1,0 +1,252 @@
+"""Speed benchmark: qexport's exports against the FP32 ONNX model and onnxruntime's own int8
+quantize_static model of the same network, timed interleaved in one process.
+
+    python tools/bench.py                      # all models, batch 1 and 16, 1 and 2 threads
+    python tools/bench.py resnet20 --batch 1 --threads 1 --budget 1
+
+Writes docs/BENCHMARKS.md and docs/benchmarks.json (``--out``).  Models have random weights
+(speed does not depend on their values), quantizers calibrated on random inputs.  Each table row:
+median ms per batch (min-max), speed-up over FP32 in the same run, achieved GOPS (2 x MACs of
+the float network / time), the kernels onnxruntime chose, and the peak memory of a process
+holding only that session."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import qexport  # noqa: E402
+from qexport import bench, native, zoo  # noqa: E402
+from qexport.quant.nipq import NipqQuantizer, theta_for_bits  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS: dict[str, dict[str, Any]] = {  # name -> zoo kwargs, image side
+    "resnet18": {"kwargs": {"num_classes": 1000}, "side": 224},
+    "resnet20": {"kwargs": {}, "side": 32},
+    "mobilenetv2": {"kwargs": {"num_classes": 1000}, "side": 224},
+    "transformer": {"kwargs": {"seq_len": 128}, "side": None},
+}
+VARIANTS: dict[str, dict[str, Any]] = {  # qexport variant -> quantize() arguments
+    "lsq w8a8": {"weight": "lsq", "act": "lsq", "bits": 8},
+    "lsq w4a4": {"weight": "lsq", "act": "lsq", "bits": 4},
+    "lsq w3a3": {"weight": "lsq", "act": "lsq", "bits": 3},
+    "lsq w2a2": {"weight": "lsq", "act": "lsq", "bits": 2},
+    "nipq w4a4": {"weight": "nipq", "act": "nipq", "bits": 4},
+    "nipq mixed (avg 4)": {"weight": "nipq", "act": "nipq", "bits": 4, "learn_bits": True},
+    "asq w4a4": {"weight": "lsq", "act": "asq", "bits": 4},
+    "post w4a4": {"weight": "post", "act": "lsq", "bits": 4},
+    "asq+post w4a4": {"weight": "post", "act": "asq", "bits": 4},
+    "lsq w4a4 paper": {"weight": "lsq", "act": "lsq", "bits": 4, "placement": "paper"},
+}
+TRANSFORMER_VARIANTS = ("lsq w8a8", "lsq w4a4", "asq w4a4", "post w4a4")
+PAPER_NOTE = (
+    "paper placement: only layer inputs are quantized, so conv outputs and residual adds "
+    "stay float and onnxruntime cannot fuse the convs whose output is not quantized"
+)
+
+
+def _mix_bits(model: torch.nn.Module) -> None:
+    """NIPQ mixed precision as after training: learned widths frozen at 2..6, averaging 4."""
+    widths = [2, 3, 4, 5, 6]
+    rng = random.Random(0)
+    for q in model.modules():
+        if isinstance(q, NipqQuantizer) and q.learns_bits:
+            with torch.no_grad():
+                q.theta.fill_(theta_for_bits(rng.choice(widths)))
+            q.finalize()
+
+
+def build(name: str, cache: Path, variants: list[str]) -> dict[str, Path]:
+    """Export FP32, ORT int8 and the qexport variants of zoo model ``name`` into ``cache``."""
+    spec = MODELS[name]
+    torch.manual_seed(0)
+    model = zoo.create(name, **spec["kwargs"]).eval()
+    calib = zoo.example_input(model, 8, size=spec["side"], seed=1)
+    out: dict[str, Path] = {"fp32": qexport.export(model, cache / f"{name}_fp32.onnx")}
+    out["ort int8 (quantize_static)"] = _ort_int8(out["fp32"], calib.numpy(), cache / f"{name}_ort_int8.onnx")
+    for v in variants:
+        args = dict(VARIANTS[v])
+        q = qexport.quantize(model, **args)
+        if args.get("learn_bits"):
+            _mix_bits(q)
+        qexport.calibrate(q, [calib])
+        out[v] = qexport.export(q, cache / f"{name}_{v.replace(' ', '_').replace('(', '').replace(')', '')}.onnx")
+    return out
+
+
+def _ort_int8(fp32: Path, calib: np.ndarray, out: Path) -> Path:
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            name = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).get_inputs()[0].name
+            self.items = iter([{name: calib[i : i + 1]} for i in range(len(calib))])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.items, None)
+
+    quantize_static(
+        str(fp32),
+        str(out),
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    return out
+
+
+def measure(
+    name: str, paths: dict[str, Path], batches: list[int], threads: list[int], budget: float, memory: bool
+) -> dict[str, Any]:
+    shape, _ = bench.input_shape(paths["fp32"])
+    vocab = bench.vocab_size(paths["fp32"])
+    result: dict[str, Any] = {"model": name, "input": shape, "configs": [], "kernels": {}, "memory": {}}
+    for v, p in paths.items():
+        result["kernels"][v] = bench.optimized_kernels(p)
+    for b in batches:
+        macs = bench.count_macs(paths["fp32"], [b, *shape[1:]])
+        for t in threads:
+            timings = bench.time_interleaved(paths, bench.random_feeds(b, shape, vocab), t, budget_s=budget)
+            base = next(x for x in timings if x.name == "fp32").median_ms
+            rows = [
+                {**x.__dict__, "speedup": base / x.median_ms, "gops": 2 * macs / (x.median_ms * 1e6)} for x in timings
+            ]
+            result["configs"].append({"batch": b, "threads": t, "macs": macs, "rows": rows})
+            print(
+                f"{name} batch {b} threads {t}: "
+                + ", ".join(f"{r['name']} {r['median_ms']:.2f} ms ({r['speedup']:.2f}x)" for r in rows),
+                flush=True,
+            )
+    if memory:
+        for v, p in paths.items():
+            result["memory"][v] = bench.peak_memory_mb(p, 1, max(batches))
+    return result
+
+
+def peak_int8_gops(threads: int = 1) -> float:
+    """This CPU's int8 GEMM rate through onnxruntime's MatMulInteger (u8 x s8, 512x1024x1024), GOPS."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    m, k, n = 512, 1024, 1024
+    w = numpy_helper.from_array(np.random.default_rng(0).integers(-128, 127, (k, n), dtype=np.int8), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [m, k])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [m, n])],
+        [w],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    s = ort.InferenceSession(
+        proto.SerializeToString(), bench.session_options(threads), providers=["CPUExecutionProvider"]
+    )
+    a = np.random.default_rng(1).integers(0, 255, (m, k), dtype=np.uint8)
+    for _ in range(3):
+        s.run(None, {"a": a})
+    best = min(_timed(lambda: s.run(None, {"a": a})) for _ in range(20))
+    del onnx
+    return 2 * m * k * n / best / 1e9
+
+
+def _timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def markdown(results: list[dict[str, Any]], env: dict[str, Any]) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Generated by `python tools/bench.py` (see its docstring); do not edit by hand. "
+        "Times are medians over interleaved runs in one process (min-max in brackets), ms per batch; "
+        "`x` = speed-up over the FP32 ONNX model in the same run; GOPS = 2 x MACs of the float "
+        "network / time. Random weights, quantizers calibrated on random inputs.",
+        "",
+        f"Machine: {env['cpu']}, {env['cores']} cores; onnxruntime {env['onnxruntime']}; native qexport "
+        f"kernels: {env['native']}; int8 peak (MatMulInteger u8 x s8, 1 thread): {env['int8_peak_gops']:.0f} GOPS.",
+        "",
+    ]
+    for r in results:
+        lines += [f"## {r['model']} (input {r['input'][1:]})", ""]
+        head = "| variant | " + " | ".join(f"b{c['batch']} t{c['threads']}" for c in r["configs"])
+        head += " | GOPS b16 t1 | kernels (integer / float) | peak MB (own process) |"
+        lines += [head, "|" + "---|" * (head.count("|") - 1)]
+        names = [x["name"] for x in r["configs"][0]["rows"]]
+        b16 = next((c for c in r["configs"] if c["batch"] == 16 and c["threads"] == 1), None)
+        for n in names:
+            cells = []
+            for c in r["configs"]:
+                x = next(x for x in c["rows"] if x["name"] == n)
+                cells.append(f"{x['median_ms']:.2f} ({x['min_ms']:.2f}-{x['max_ms']:.2f}) **{x['speedup']:.2f}x**")
+            gops = f"{next(x for x in b16['rows'] if x['name'] == n)['gops']:.0f}" if b16 else ""
+            k = r["kernels"][n]
+            mem = r["memory"].get(n)
+            lines.append(
+                f"| {n} | "
+                + " | ".join(cells)
+                + f" | {gops} | {k.text()} | "
+                + (f"{mem['peak_mb']:.0f}" if mem else "")
+                + " |"
+            )
+        lines.append("")
+        if any("paper" in n for n in names):
+            lines += [f"`lsq w4a4 paper`: {PAPER_NOTE}.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--batch", type=int, nargs="+", default=[1, 16])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--budget", type=float, default=4.0, help="seconds of timed rounds per configuration")
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
+    p.add_argument("--out", type=Path, default=ROOT / "docs")
+    args = p.parse_args()
+    args.cache.mkdir(parents=True, exist_ok=True)
+    env = {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "onnxruntime": ort.__version__,
+        "native": str(native.library_path() or "not built"),
+        "int8_peak_gops": peak_int8_gops(1),
+    }
+    try:
+        env["cpu"] = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    results = []
+    for name in args.models:
+        variants = [v for v in args.variants if name != "transformer" or v in TRANSFORMER_VARIANTS]
+        paths = build(name, args.cache, variants)
+        results.append(measure(name, paths, args.batch, args.threads, args.budget, not args.no_memory))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "BENCHMARKS.md").write_text(markdown(results, env))
+    bench.save_json({"env": env, "results": results}, args.out / "benchmarks.json")
+    print(json.dumps(env))
+    print(f"wrote {args.out / 'BENCHMARKS.md'}")
+
+
+if __name__ == "__main__":
+    main()
