@@ -193,7 +193,8 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 s = make_session(path, threads, native=native)
 inp = s.get_inputs()[0]
 shape = [batch if not isinstance(d, int) else d for d in inp.shape]
-x = np.zeros(shape, np.int64) if inp.type == "tensor(int64)" else np.random.default_rng(0).standard_normal(shape, np.float32)
+rng = np.random.default_rng(0)
+x = np.zeros(shape, np.int64) if inp.type == "tensor(int64)" else rng.standard_normal(shape, np.float32)
 for _ in range(3):
     s.run(None, {inp.name: x})
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import qexport  # noqa: E402
-from qexport import bench, native, zoo  # noqa: E402
-from qexport.quant.nipq import NipqQuantizer, theta_for_bits  # noqa: E402
+import qexport
+from qexport import bench, native, zoo
+from qexport.quant.nipq import NipqQuantizer, theta_for_bits
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS: dict[str, dict[str, Any]] = {  # name -> zoo kwargs, image side
