@@ -62,7 +62,9 @@ class GraphBuilder:
 
     def const(self, hint: str, value: np.ndarray) -> str:
         name = self.name(hint)
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        # not np.ascontiguousarray: it turns a scalar into shape [1], and onnxruntime fuses a QDQ Add
+        # into QLinearAdd only when its scales are true scalars
+        self.initializers.append(numpy_helper.from_array(np.asarray(value, order="C"), name))
         return name
 
     def packed_const(self, hint: str, elem: int, values: np.ndarray) -> str:
