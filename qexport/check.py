@@ -29,6 +29,9 @@ from torch import nn
 
 from .checkpoint import load
 from .errors import QexportError
+from .native import available as native_available
+from .native import register as register_native
+from .ops import DOMAIN
 from .progress import Progress
 from .quant.base import Quantizer
 
@@ -153,10 +156,12 @@ def _code_outputs(proto: onnx.ModelProto) -> tuple[dict[str, str], dict[str, str
     return json.loads(meta["codes"]), json.loads(meta.get("steps", "{}"))
 
 
-def _session(proto: onnx.ModelProto, level: str) -> ort.InferenceSession:
+def _session(proto: onnx.ModelProto, level: str, native: bool) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.graph_optimization_level = LEVELS[level]
     so.log_severity_level = 3
+    if native:
+        register_native(so)
     return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
@@ -188,8 +193,8 @@ class _Accumulator:
 Infer = Callable[[np.ndarray], list[np.ndarray]]
 
 
-def _ort_infer(proto: onnx.ModelProto, level: str) -> Infer:
-    sess = _session(proto, level)
+def _ort_infer(proto: onnx.ModelProto, level: str, native: bool = False) -> Infer:
+    sess = _session(proto, level, native)
     return lambda x: sess.run(None, {"input": x})
 
 
@@ -294,14 +299,28 @@ def check(
         dims = ", ".join(str(d.dim_value) for d in expected)
         raise QexportError(f"inputs of shape {list(inputs.shape)} do not fit the model input [batch, {dims}]")
     names = [o.name for o in proto.graph.output]
-    runs = [("disable_all", 1), ("disable_all", batch), ("enable_all", 1), ("enable_all", batch)]
+    runs = [("disable_all", 1, False), ("disable_all", batch, False), ("enable_all", 1, False),
+            ("enable_all", batch, False)]  # fmt: skip
+    if native_available() and any(n.domain == DOMAIN for n in proto.graph.node):
+        runs += [("enable_all", 1, True), ("enable_all", batch, True)]  # the native kernels replace the bodies
     ref_x = inputs[:reference_samples]
     bar = Progress(len(inputs) * len(runs) + len(ref_x), "check", enabled=show_progress)
     try:
         free = _free_running(model, inputs)
         reports = [
-            _run(model, names, _ort_infer(proto, level), codes, steps, inputs, free, f"onnxruntime {level}", b, bar)
-            for level, b in runs
+            _run(
+                model,
+                names,
+                _ort_infer(proto, level, native),
+                codes,
+                steps,
+                inputs,
+                free,
+                f"onnxruntime {level}{' native' if native else ''}",
+                b,
+                bar,
+            )
+            for level, b, native in runs
         ]
         if len(ref_x):
             infer = _reference_infer(proto)

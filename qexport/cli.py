@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 parity failure, 2 bad input (one error line, no traceba
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -166,6 +167,32 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from . import bench, native
+
+    paths = {Path(p).name: p for p in args.models}
+    if args.fp32:
+        paths = {"fp32 " + Path(args.fp32).name: args.fp32, **paths}
+    for p in paths.values():
+        if not os.path.isfile(p):
+            raise QexportError(f"{p}: no such ONNX file")
+    shape, _ = bench.input_shape(next(iter(paths.values())))
+    vocab = bench.vocab_size(next(iter(paths.values())))
+    print(f"native kernels: {native.library_path() or 'not built (function bodies run)'}")
+    for name, p in paths.items():
+        print(f"{name}: {bench.optimized_kernels(p).text()}")
+    for b in args.batch:
+        for t in args.threads:
+            timings = bench.time_interleaved(paths, bench.random_feeds(b, shape, vocab), t, budget_s=args.budget)
+            base = timings[0].median_ms if args.fp32 else None
+            print(f"batch {b}, {t} thread(s):")
+            for x in timings:
+                ratio = f"  {base / x.median_ms:.2f}x vs fp32" if base else ""
+                spread = f"(min {x.min_ms:.3f}, max {x.max_ms:.3f}, {x.runs} runs)"
+                print(f"  {x.name:40s} {x.median_ms:9.3f} ms {spread}{ratio}")
+    return 0
+
+
 def _zoo(args: argparse.Namespace) -> int:
     for name in zoo.names():
         m = zoo.create(name)
@@ -245,6 +272,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", help="write the output array here (.npy)")
     s.add_argument("--threads", type=int, default=0)
     s.set_defaults(func=_run)
+
+    s = sub.add_parser("bench", help="time ONNX models in onnxruntime (interleaved), with ORT's kernel choice")
+    s.add_argument("models", nargs="+", help="ONNX files (same input)")
+    s.add_argument("--fp32", help="the FP32 ONNX model of the same network: speed-ups are against it")
+    s.add_argument("--batch", type=int, nargs="+", default=[1])
+    s.add_argument("--threads", type=int, nargs="+", default=[1])
+    s.add_argument("--budget", type=float, default=3.0, help="seconds of timed runs per configuration")
+    s.set_defaults(func=_bench)
 
     s = sub.add_parser("zoo", help="list the model zoo")
     s.set_defaults(func=_zoo)

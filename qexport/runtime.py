@@ -1,7 +1,6 @@
-"""Running an exported model: an onnxruntime CPU session with qexport's input checks.
-
-(The native custom-op library of the speed issue is not built yet; when it is, this is where it gets
-registered.)"""
+"""Running an exported model: an onnxruntime CPU session with qexport's input checks and, when built,
+the native kernels of the qexport ops (qexport/native.py); without them the ops' ONNX function bodies
+run and a one-line notice says so."""
 
 from __future__ import annotations
 
@@ -12,6 +11,7 @@ import onnx
 import onnxruntime as ort
 
 from .errors import QexportError
+from .native import register
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
 
@@ -31,6 +31,7 @@ class InferenceSession:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
+        self.native = register(options, quiet=not _uses_qexport_ops(path))
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0]
         if len(self.session.get_inputs()) != 1:
@@ -48,3 +49,9 @@ class InferenceSession:
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
             raise QexportError("input contains NaN or infinite values")
         return self.session.run(None, {self.input.name: x})[0]
+
+
+def _uses_qexport_ops(path: str | os.PathLike[str]) -> bool:
+    from .ops import DOMAIN
+
+    return any(n.domain == DOMAIN for n in onnx.load(str(path), load_external_data=False).graph.node)

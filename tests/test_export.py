@@ -166,8 +166,9 @@ def _fused_convs(path: Path) -> tuple[int, int]:
 @pytest.mark.parametrize(("bits", "opset", "limit"), [(4, 21, 0.15), (2, 25, 0.09)])
 def test_packed_weights_shrink_the_file_and_still_fuse(tmp_path: Path, bits: int, opset: int, limit: float) -> None:
     """ResNet-18: 4-bit weights as int4 and 2-bit as int2 (opset 25) against the FP32 ONNX file;
-    the Cast to int8 is folded at load time, so the convs fuse exactly as with int8 storage (all but
-    the stem, whose ReLU -> MaxPool sits before the next quantizer: the speed issue's business)."""
+    the Cast to int8 is folded at load time, so the convs fuse exactly as with int8 storage.  The
+    stem, whose ReLU -> MaxPool feeds two quantizers, is an IntConv (a float conv in its function
+    body, an integer one in the native kernel)."""
     fp32 = export(zoo.create("resnet18").eval(), tmp_path / "fp32.onnx", input_shape=[1, 3, 64, 64])
     model = qexport.quantize(zoo.create("resnet18"), bits=bits)
     qexport.calibrate(model, [zoo.example_input(model, 8, size=64)])

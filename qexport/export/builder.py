@@ -100,17 +100,21 @@ class GraphBuilder:
         self.codes[path] = codes
         return QTensor(self.node("DequantizeLinear", [codes, scale, zp], f"{path}.dq"), codes, scale)
 
-    def dq_weight(self, codes: np.ndarray, scale: np.ndarray, axis: int, path: str, storage: str = "int8") -> str:
-        """Integer weight codes (int8, or packed int4 / int2) behind a per-channel DequantizeLinear."""
+    def weight_codes(self, codes: np.ndarray, path: str, storage: str = "int8") -> str:
+        """Integer weight codes as an int8 tensor: an int8 initializer, or a packed int4 / int2 one
+        widened by a Cast that onnxruntime folds at load time (so convs still fuse into its int8
+        kernels, and native kernels see a constant int8 input)."""
         elem, lo, hi, _ = STORAGE[storage]
         if codes.size and (codes.min() < lo or codes.max() > hi):
             raise ValueError(f"weight codes of {path} do not fit {storage}")
         if storage == "int8":
-            w = self.const(f"{path}.weight_codes", codes.astype(np.int8))
-        else:  # packed in the file, widened to int8 by a Cast that onnxruntime folds at load time, so the
-            # conv still fuses into its int8 kernels (it has none for int4 / int2 weights)
-            packed = self.packed_const(f"{path}.weight_codes", elem, codes)
-            w = self.node("Cast", [packed], f"{path}.weight_int8", to=TensorProto.INT8)
+            return self.const(f"{path}.weight_codes", codes.astype(np.int8))
+        packed = self.packed_const(f"{path}.weight_codes", elem, codes)
+        return self.node("Cast", [packed], f"{path}.weight_int8", to=TensorProto.INT8)
+
+    def dq_weight(self, codes: np.ndarray, scale: np.ndarray, axis: int, path: str, storage: str = "int8") -> str:
+        """Integer weight codes (int8, or packed int4 / int2) behind a per-channel DequantizeLinear."""
+        w = self.weight_codes(codes, path, storage)
         zp = self.const(f"{path}.weight_zero_point", np.zeros(scale.shape, np.int8))
         s = self.const(f"{path}.weight_scale", scale.astype(np.float32))
         return self.node("DequantizeLinear", [w, s, zp], f"{path}.weight", axis=axis)

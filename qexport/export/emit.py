@@ -190,6 +190,10 @@ class Emitter:
             assert layer.weight_quant is not None
             return self.b.node("PostConv", inputs, path, domain=DOMAIN, bits=layer.weight_quant.code_range.bits,
                                **attrs)  # fmt: skip
+        if isinstance(layer, QuantConv2d) and xq is not None and layer.weight_quant is not None:
+            form = layer.weight_quant.integer_weight(layer.weight.detach())
+            if form is not None and (not layer.is_integer() or not self.output_quantized(node)):
+                return self.int_conv(layer, node, xq, form, bn, attrs)
         if isinstance(layer, QuantConv2d) and layer.is_integer():
             dep = layer.deployed()  # the same numbers the eval forward uses
             storage = self.storage(dep.codes)
@@ -214,6 +218,39 @@ class Emitter:
             self.record(path, layer, "Conv", storage if layer.weight_quant is not None else "float32")
         return self.b.node("Conv", inputs, path, kernel_shape=list(layer.kernel_size), **attrs)
 
+    def output_quantized(self, node: fx.Node) -> bool:
+        """Whether a conv's output (after its folded BatchNorm and a ReLU) goes into exactly one uniform
+        quantizer: the QDQ pattern onnxruntime fuses into QLinearConv.  Otherwise it would stay a
+        float conv, and the conv is exported as IntConv instead."""
+        users = list(node.users)
+        while len(users) == 1 and (users[0] in self.folded_bn or _is_relu(self.gm, users[0])):
+            users = list(users[0].users)
+        if len(users) != 1 or users[0].op != "call_module":
+            return False
+        m = self.module(users[0])
+        q = m.act_quant if isinstance(m, (QuantConv2d, QuantLinear)) else m
+        return isinstance(q, Quantizer) and q.describe().kind == "uniform"
+
+    def int_conv(self, layer: QuantConv2d, node: fx.Node, xq: QTensor, form: tuple[torch.Tensor, torch.Tensor],
+                 bn: nn.BatchNorm2d | None, attrs: dict[str, Any]) -> str:  # fmt: skip
+        """IntConv: integer codes times integer weights, one float rescale (ASQ's per-sample step, or
+        a uniform conv whose float output onnxruntime would not fuse)."""
+        path = str(node.target)
+        if layer.is_integer():
+            dep = layer.deployed()  # the eval forward's numbers: int32 bias on the accumulator grid
+            bias = np.zeros(layer.out_channels, np.float32) if dep.bias_codes is None else \
+                dep.bias_codes.astype(np.float32) * dep.bias_scale  # fmt: skip
+        else:
+            dep = deployed_conv(_np(form[0]).astype(np.int64), _np(form[1]), np.float32(1.0), None, bn)
+            k, shift = bn_factors(bn, layer.out_channels)
+            bias = (0.0 if layer.bias is None else _np(layer.bias).astype(np.float64)) * k + shift
+        storage = self.storage(dep.codes)
+        self.record(path, layer, "IntConv", storage)
+        inputs = [xq.codes, xq.scale, self.b.weight_codes(dep.codes, path, storage),
+                  self.b.const(f"{path}.weight_scale", dep.weight_scale.astype(np.float32)),
+                  self.b.const(f"{path}.bias", np.asarray(bias, np.float32).reshape(-1))]  # fmt: skip
+        return self.b.node("IntConv", inputs, path, domain=DOMAIN, **attrs)
+
     def linear(self, node: fx.Node) -> str:
         layer = self.module(node)
         path = str(node.target)
@@ -230,7 +267,7 @@ class Emitter:
         form = None
         if isinstance(layer, QuantLinear) and layer.weight_quant is not None:
             form = layer.weight_quant.integer_weight(layer.weight.detach())
-        if form is not None and xq is not None and layer.act_quant is not None and layer.act_quant.kind == "asq":
+        if form is not None and xq is not None:
             return self.integer_matmul(layer, xq, form, path)
         if form is not None:
             codes, scale = _np(form[0]).astype(np.int64), _np(form[1]).astype(np.float32)
@@ -248,17 +285,26 @@ class Emitter:
 
     def integer_matmul(self, layer: QuantLinear, xq: QTensor, form: tuple[torch.Tensor, torch.Tensor],
                        path: str) -> str:  # fmt: skip
-        """A Linear whose input has a per-row (ASQ) step: MatMulInteger of the codes, then float
-        rescales by ``w_scale`` and ``row_step``.  (A float input times DequantizeLinear weights is what
-        onnxruntime rewrites into MatMulNBits, which requantizes the input and moves codes.)"""
-        self.record(path, layer, "MatMulInteger", "int8")
+        """A Linear with quantized input and integer weights: MatMulInteger of the codes, then float
+        rescales.  With a constant input step (uniform) the one rescale ``w_scale * s_x`` is fused by
+        onnxruntime into MatMulIntegerToFloat (a DequantizeLinear -> MatMul -> Add on 2-D inputs would
+        become a float Gemm instead).  With a per-row (ASQ) step: ``w_scale`` first, the row step after
+        (MatMulIntegerToFloat takes only a scalar input scale: a per-row one gave wrong output).  (A
+        float input times DequantizeLinear weights is what onnxruntime rewrites into MatMulNBits, which
+        requantizes the input and moves codes.)"""
         codes, scale = _np(form[0]).astype(np.int64), _np(form[1]).astype(np.float32)
-        w = self.b.const(f"{path}.weight_codes", codes.T.astype(np.int8).copy())
+        storage = self.storage(codes)
+        self.record(path, layer, "MatMulInteger", storage)
+        w = self.b.weight_codes(codes.T.copy(), path, storage)
         acc = self.b.node("Cast", [self.b.node("MatMulInteger", [xq.codes, w], f"{path}.acc")], f"{path}.acc_f", to=1)
-        # weight scale first, the row step after: onnxruntime fuses MatMulInteger -> Cast -> Mul(scale)
-        # into MatMulIntegerToFloat, whose input scale must be a scalar (a per-row one gives wrong output)
-        y = self.b.node("Mul", [acc, self.b.const(f"{path}.weight_scale", scale)], f"{path}.scaled")
-        y = self.b.node("Mul", [y, xq.scale], f"{path}.matmul")
+        assert layer.act_quant is not None
+        if layer.act_quant.kind == "asq":
+            y = self.b.node("Mul", [acc, self.b.const(f"{path}.weight_scale", scale)], f"{path}.scaled")
+            y = self.b.node("Mul", [y, xq.scale], f"{path}.matmul")
+        else:
+            s_x = np.float32(layer.act_quant.describe().scale.reshape(()).item())
+            y = self.b.node("Mul", [acc, self.b.const(f"{path}.scale", (scale * s_x).astype(np.float32))],
+                            f"{path}.matmul")  # fmt: skip
         if layer.bias is None:
             return y
         return self.b.node("Add", [y, self.b.const(f"{path}.bias", _np(layer.bias).astype(np.float32))], path)
@@ -317,6 +363,14 @@ def _binary(op: str) -> Handler:
         return e.b.node(op, [a, b], n.name)
 
     return emit
+
+
+def _is_relu(gm: fx.GraphModule, n: fx.Node) -> bool:
+    if n.op == "call_module":
+        return isinstance(gm.get_submodule(str(n.target)), nn.ReLU)
+    if n.op == "call_function":
+        return n.target in (torch.relu, F.relu)
+    return n.op == "call_method" and n.target == "relu"
 
 
 def _relu6(e: Emitter, n: fx.Node) -> str:
@@ -577,7 +631,7 @@ def to_onnx(model: nn.Module, input_shape: list[int], input_dtype: str = "float3
         graph,
         opset_imports=[onnx.helper.make_opsetid("", opset), onnx.helper.make_opsetid(DOMAIN, VERSION)],
         producer_name="qexport",
-        functions=functions_for(used),
+        functions=functions_for(used, opset),
     )
     model_proto.ir_version = min(model_proto.ir_version, 11 if opset >= 25 else 10)
     return model_proto, e

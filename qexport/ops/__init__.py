@@ -10,25 +10,43 @@ from __future__ import annotations
 
 import onnx
 
-from . import asq_adapter, asq_quantize, asq_quantize_rows, post_conv, post_matmul, post_weights, step_quantize
+from . import (
+    asq_adapter,
+    asq_quantize,
+    asq_quantize_rows,
+    int_conv,
+    post_conv,
+    post_matmul,
+    post_weights,
+    step_quantize,
+)
 from .domain import DOMAIN, VERSION
 
 # op name -> the function protos a model using it must carry (dependencies first)
 _FUNCTIONS = {
     "AsqQuantize": [asq_adapter.AsqAdapter, step_quantize.StepQuantize, asq_quantize.AsqQuantize],
     "AsqQuantizeRows": [asq_adapter.AsqAdapter, step_quantize.StepQuantize, asq_quantize_rows.AsqQuantizeRows],
+    "IntConv": [int_conv.IntConv],
     "PostConv": [post_weights.PostWeights, post_conv.PostConv],
     "PostMatMul": [post_weights.PostWeights, post_matmul.PostMatMul],
 }
 
 
-def functions_for(op_types: set[str]) -> list[onnx.FunctionProto]:
-    """The function protos (each once, dependencies first) for the qexport ops in ``op_types``."""
+def functions_for(op_types: set[str], opset: int = 21) -> list[onnx.FunctionProto]:
+    """The function protos (each once, dependencies first) for the qexport ops in ``op_types``.
+
+    The bodies are written against standard opset 21; a model importing a newer opset gets them
+    importing that one (onnx requires a function's opset to match the model's; every op the bodies
+    use means the same from 21 to 25 for the types they use)."""
     seen: dict[str, onnx.FunctionProto] = {}
     for op_type in sorted(op_types):
         for fn in _FUNCTIONS[op_type]:
             if fn.name not in seen:
-                seen[fn.name] = fn.to_function_proto()
+                proto = fn.to_function_proto()
+                for imp in proto.opset_import:
+                    if imp.domain == "":
+                        imp.version = opset
+                seen[fn.name] = proto
     return list(seen.values())
 
 

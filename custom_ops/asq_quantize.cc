@@ -1,0 +1,113 @@
+// qexport.AsqQuantize native kernel (signature and semantics: qexport/ops/asq_quantize.py): per sample,
+// the adapter on the channel means gives the step, then x / step is rounded half to even and clipped.
+#include <cmath>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "ops.h"
+
+namespace qx {
+
+namespace {
+
+template <typename T>
+inline void quantize_run(const float* x, float step, float lo, float hi, float* y, T* codes, size_t count) {
+  for (size_t i = 0; i < count; ++i) {
+    float q = std::nearbyint(x[i] / step);  // division, as QuantizeLinear and the body: not x * (1 / step)
+    q = q < lo ? lo : (q > hi ? hi : q);
+    y[i] = q * step;
+    codes[i] = T(q);
+  }
+}
+
+template <typename T>
+__attribute__((target("avx512f"))) void quantize_avx512(const float* x, float s, float lo, float hi, float* y, T* c,
+                                                      size_t n) {
+  quantize_run(x, s, lo, hi, y, c, n);
+}
+
+template <typename T>
+__attribute__((target("avx2"))) void quantize_avx2(const float* x, float s, float lo, float hi, float* y, T* c, size_t n) {
+  quantize_run(x, s, lo, hi, y, c, n);
+}
+
+template <typename T>
+void quantize(Isa isa, const float* x, float s, float lo, float hi, float* y, T* c, size_t n) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (isa == Isa::Avx512Vnni) return quantize_avx512(x, s, lo, hi, y, c, n);
+  if (isa == Isa::Avx2) return quantize_avx2(x, s, lo, hi, y, c, n);
+#endif
+  quantize_run(x, s, lo, hi, y, c, n);
+}
+
+}  // namespace
+
+AsqQuantizeKernel::AsqQuantizeKernel(const OrtKernelInfo* info) : node(node_name(info)) {
+  qmin = attr_int(info, "qmin", 1);
+  qmax = attr_int(info, "qmax", 0);
+  if (qmin >= qmax || qmin < -128 || qmax > 255)
+    fail("attributes qmin=" + std::to_string(qmin) + ", qmax=" + std::to_string(qmax) + " are not an 8-bit code range");
+}
+
+void AsqQuantizeKernel::compute(OrtKernelContext* context) {
+  const Isa isa = active_isa();
+  const Tensor x = input(context, 0, "input x");
+  const Tensor step = input(context, 1, "input step");
+  const Tensor zero = input(context, 2, "input zero_point");
+  const Tensor w1 = input(context, 3, "input w1"), b1 = input(context, 4, "input b1");
+  const Tensor w2 = input(context, 5, "input w2"), b2 = input(context, 6, "input b2");
+  expect_type(x, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "input x");
+  expect_rank(x, 4, "input x");
+  for (const Tensor* t : {&step, &w1, &b1, &w2, &b2}) expect_type(*t, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "adapter / step input");
+  const bool is_signed = zero.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
+  if (!is_signed && zero.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8) fail("input zero_point must be int8 or uint8");
+  if (zero.count != 1 || (is_signed ? zero.as<int8_t>()[0] : zero.as<uint8_t>()[0]) != 0) fail("input zero_point must be a scalar 0");
+  if (is_signed ? (qmin < -128 || qmax > 127) : (qmin < 0 || qmax > 255)) fail("code range qmin..qmax does not fit the codes' type");
+  const int64_t n = x.shape[0], c = x.shape[1], hw = x.shape[2] * x.shape[3];
+  if (step.count != 1 || !(step.as<float>()[0] > 0.0f) || std::isinf(step.as<float>()[0])) fail("input step must be one positive finite number");
+  if (w1.shape.size() != 2 || w1.shape[0] != c) fail("input w1 must be [C=" + std::to_string(c) + ", hidden], got " + shape_text(w1.shape));
+  const int64_t hidden = w1.shape[1];
+  if (b1.count != hidden || w2.count != hidden || b2.count != 1 || (w2.shape.size() == 2 && w2.shape[1] != 1))
+    fail("adapter shapes do not match: w1 " + shape_text(w1.shape) + ", b1 " + shape_text(b1.shape) + ", w2 " +
+         shape_text(w2.shape) + ", b2 " + shape_text(b2.shape));
+  if (hw == 0) fail("input x has no pixels " + shape_text(x.shape));
+
+  float* y = static_cast<float*>(output(context, 0, x.shape));
+  void* codes = output(context, 1, x.shape);
+  float* sample_step = static_cast<float*>(output(context, 2, {n, 1, 1, 1}));
+  const float* xs = x.as<float>();
+  std::vector<float> feats(size_t(n * c));
+  parallel_for(context, size_t(n * c), [&](size_t i) {
+    double sum = 0;
+    for (int64_t p = 0; p < hw; ++p) sum += xs[int64_t(i) * hw + p];
+    feats[i] = float(sum / double(hw));
+  });
+  for (float f : feats)
+    if (!std::isfinite(f)) fail("input x contains NaN or infinite values");
+  const float* pw1 = w1.as<float>();
+  const float* pb1 = b1.as<float>();
+  const float* pw2 = w2.as<float>();
+  for (int64_t s = 0; s < n; ++s) {
+    float z = b2.as<float>()[0];
+    for (int64_t h = 0; h < hidden; ++h) {
+      float a = 0.0f;
+      for (int64_t k = 0; k < c; ++k) a += feats[size_t(s * c + k)] * pw1[k * hidden + h];
+      a += pb1[h];
+      z += (a > 0.0f ? a : 0.0f) * pw2[h];
+    }
+    const float beta = z > 1e-8f ? z : 1e-8f;
+    sample_step[s] = step.as<float>()[0] * beta;
+  }
+  const float lo = float(qmin), hi = float(qmax);
+  parallel_for(context, size_t(n * c), [&](size_t i) {
+    const float s = sample_step[int64_t(i) / c];
+    const size_t at = i * size_t(hw);
+    if (is_signed)
+      quantize(isa, xs + at, s, lo, hi, y + at, static_cast<int8_t*>(codes) + at, size_t(hw));
+    else
+      quantize(isa, xs + at, s, lo, hi, y + at, static_cast<uint8_t*>(codes) + at, size_t(hw));
+  });
+}
+
+}  // namespace qx

@@ -1,0 +1,67 @@
+// Shared plumbing of the qexport native kernels: the OrtApi handle, input validation that throws a
+// one-line error (turned into an ORT error status by op.h), attribute readers, ParallelFor.
+#pragma once
+
+#include <onnxruntime_c_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace qx {
+
+extern const OrtApi* api;
+
+struct Error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+[[noreturn]] inline void fail(const std::string& message) { throw Error(message); }
+
+// Throw the message of a failed ORT call.
+void check(OrtStatus* status);
+
+std::string shape_text(const std::vector<int64_t>& shape);
+const char* type_name(ONNXTensorElementDataType type);
+
+struct Tensor {
+  const void* data = nullptr;
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  std::vector<int64_t> shape;
+  int64_t count = 0;  // number of elements
+  template <typename T>
+  const T* as() const { return static_cast<const T*>(data); }
+};
+
+// Describe an OrtValue (validated: a dense CPU tensor with non-negative dimensions).
+Tensor describe(const OrtValue* value, const std::string& what);
+// Input ``index`` of the running node; ``what`` names it in errors ("PostConv input x_codes").
+Tensor input(OrtKernelContext* context, size_t index, const std::string& what);
+// Output ``index`` allocated with ``shape``; returns its data pointer.
+void* output(OrtKernelContext* context, size_t index, const std::vector<int64_t>& shape);
+
+void expect_type(const Tensor& t, ONNXTensorElementDataType type, const std::string& what);
+void expect_rank(const Tensor& t, size_t rank, const std::string& what);
+
+int64_t attr_int(const OrtKernelInfo* info, const char* name, int64_t fallback);
+std::vector<int64_t> attr_ints(const OrtKernelInfo* info, const char* name, std::vector<int64_t> fallback);
+std::string node_name(const OrtKernelInfo* info);
+
+// Run fn(0..total-1) on ORT's intra-op thread pool.
+template <typename F>
+void parallel_for(OrtKernelContext* context, size_t total, F&& fn) {
+  if (total == 0) return;
+  if (total == 1) {
+    fn(size_t{0});
+    return;
+  }
+  struct Call {
+    F* fn;
+    static void run(void* self, size_t i) { (*static_cast<Call*>(self)->fn)(i); }
+  } call{&fn};
+  check(api->KernelContext_ParallelFor(context, &Call::run, total, 0, &call));
+}
+
+}  // namespace qx

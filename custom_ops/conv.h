@@ -1,0 +1,57 @@
+// Integer 2-D convolution engine shared by PostConv and IntConv: activation codes (int8 / uint8, zero
+// point 0) times int8 weights, int32 accumulation, a float epilogue per op.
+//
+// The input is copied once to a padded NHWC uint8 image (codes + offset, offset 128 for int8 codes;
+// borders hold the offset, i.e. code 0), channels of each group padded to a multiple of 4.  K is
+// ordered (kernel row, kernel column, channel), so 4 consecutive k are 4 channels of one input pixel:
+// one 4-byte load broadcast against 32 weight lanes, with no im2col buffer at all.  The offset is
+// taken back out with the weight lane sums.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "common.h"
+#include "gemm.h"
+
+namespace qx {
+
+struct ConvAttrs {
+  int64_t group = 1;
+  std::vector<int64_t> strides, pads, dilations;  // [sh, sw], [top, left, bottom, right], [dh, dw]
+  void read(const OrtKernelInfo* info);            // validated
+};
+
+struct ConvShape {
+  int64_t n, c, h, w, m, cg, kh, kw, ho, wo;
+  // x [N, C, H, W] and a weight of [M, C / group, kh, kw]: output size, validated
+  static ConvShape of(const Tensor& x, const std::vector<int64_t>& w_shape, const ConvAttrs& attrs, const std::string& op);
+};
+
+// Weights of one conv packed for conv_tile: per group, output lanes (what a kernel accumulates:
+// one per output channel, or two for POST's even and odd sums) padded to a multiple of 32, in
+// blocks [k4][32 lanes][4] with k in (kh, kw, channel) order and zero padding; and each lane's sum
+// (to take the activation offset back out).
+struct PackedWeights {
+  int64_t groups = 0, lanes = 0, k4 = 0;  // lanes per group, padded
+  std::vector<int8_t> data;
+  std::vector<int32_t> sums;
+  const void* source = nullptr;  // the constant initializer this was packed from (nullptr: per run)
+  // value(g, lane, channel_in_group, i, j) for lanes 0..real_lanes-1 of each group
+  void pack(const ConvShape& s, int64_t group, int64_t real_lanes,
+            const std::function<int8_t(int64_t g, int64_t lane, int64_t c, int64_t i, int64_t j)>& value);
+};
+
+// Epilogue: acc holds kTilePixels x kTileLanes exact integer sums (offset removed): output pixels
+// [p0, p0 + count) of sample n, lanes [lane0, lane0 + 32) of group g.
+using ConvEpilogue = std::function<void(int64_t n, int64_t g, int64_t lane0, int64_t p0, int64_t count, const int32_t* acc)>;
+
+void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& attrs, const Tensor& x,
+              const PackedWeights& w, const ConvEpilogue& epilogue);
+
+// Per-sample activation step: [] / [1] (one for all) or [N] / [N, 1, 1, 1] (one per sample).
+std::vector<float> sample_scales(const Tensor& scale, int64_t n, const std::string& what);
+
+}  // namespace qx

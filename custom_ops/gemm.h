@@ -1,0 +1,21 @@
+// The integer tile at the heart of the conv kernels (an implicit GEMM on an NHWC uint8 image):
+//   c[p][l] = sum_q sum_j act[p][4q + j] * w[q][l][j]   for 8 output pixels p and 32 weight lanes l,
+// act[p][4q .. 4q + 3] = the 4 bytes at pixel[p] + k_offset[q] (4 channels of one input pixel);
+// w: int8 weights packed [k4][32 lanes][4] (what vpdpbusd reads); c: int32 [8][32].
+// Exact integer arithmetic on every path (AVX-512 VNNI, AVX2, scalar).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "isa.h"
+
+namespace qx {
+
+constexpr size_t kTilePixels = 8;
+constexpr size_t kTileLanes = 32;
+constexpr size_t kLaneStep = kTileLanes * 4;  // bytes of w per 4 values of k
+
+void conv_tile(Isa isa, const uint8_t* const* pixel, const int32_t* k_offset, const int8_t* w, size_t k4, int32_t* c);
+
+}  // namespace qx

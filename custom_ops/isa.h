@@ -1,0 +1,14 @@
+// Run-time choice of the kernel path from the CPU's features (never a global -march: a library
+// built for AVX-512 would die with SIGILL on older CPUs).  QEXPORT_ISA=scalar|avx2|avx512vnni forces
+// a path; forcing one this CPU lacks is an error, not a crash.
+#pragma once
+
+namespace qx {
+
+enum class Isa { Scalar, Avx2, Avx512Vnni };
+
+// The path in use (throws qx::Error when QEXPORT_ISA names an unknown or unsupported path).
+Isa active_isa();
+const char* isa_name(Isa isa);
+
+}  // namespace qx

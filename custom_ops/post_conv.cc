@@ -1,0 +1,96 @@
+// qexport.PostConv native kernel (signature and semantics: qexport/ops/post_conv.py).  Weight rows are
+// interleaved per output channel (even, odd), so one tile holds both accumulations of two channels:
+// each activation panel is read once for both.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "conv.h"
+#include "ops.h"
+
+namespace qx {
+
+namespace {
+
+constexpr float kSqrtHalf = 0.70710677f;  // float32(1 / sqrt 2), the body's constant
+
+// Decoded POST 4-bit code -> (even, odd) integer weights; false when the code is outside the range.
+bool post_weight(int code, int64_t bits, int8_t* even, int8_t* odd) {
+  const int magnitudes = (1 << (bits - 1)) - 1, e = (magnitudes - 1) / 2;
+  const int j = code & 7;
+  if (j > magnitudes) return false;
+  const int k = magnitudes - j;
+  int w = j > 0 ? 1 << std::max(e - k / 2, 0) : 0;
+  if (code & 8) w = -w;
+  *even = int8_t(k % 2 == 0 ? w : 0);
+  *odd = int8_t(k % 2 == 1 ? w : 0);
+  return true;
+}
+
+int uint4_at(const uint8_t* packed, int64_t i) { return (packed[i / 2] >> (4 * (i % 2))) & 15; }
+
+}  // namespace
+
+PostConvKernel::PostConvKernel(const OrtKernelInfo* info) : node(node_name(info)), constant_weights(is_constant_input(info, 2)) {
+  attrs.read(info);
+  bits = attr_int(info, "bits", -1);
+  if (bits < 2 || bits > 4) fail("attribute bits=" + std::to_string(bits) + " must be 2, 3 or 4");
+}
+
+void PostConvKernel::compute(OrtKernelContext* context) {
+  const Isa isa = active_isa();
+  const Tensor x = input(context, 0, "input x_codes");
+  const Tensor x_scale = input(context, 1, "input x_scale");
+  const Tensor w = input(context, 2, "input w_codes");
+  const Tensor w_scale = input(context, 3, "input w_scale");
+  const Tensor bias = input(context, 4, "input bias");
+  if (x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 && x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8)
+    fail(std::string("input x_codes must be int8 or uint8, got ") + type_name(x.type));
+  expect_type(w, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT4, "input w_codes");
+  const ConvShape s = ConvShape::of(x, w.shape, attrs, "PostConv");
+  expect_type(w_scale, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "input w_scale");
+  expect_type(bias, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "input bias");
+  if (w_scale.count != s.m || bias.count != s.m)
+    fail("w_scale and bias must hold one value per output channel (" + std::to_string(s.m) + "), got " +
+         shape_text(w_scale.shape) + " and " + shape_text(bias.shape));
+  const std::vector<float> xs = sample_scales(x_scale, s.n, "input x_scale");
+  const int64_t mg = s.m / attrs.group, pixels = s.ho * s.wo;
+  if (packed.source != w.data || packed.groups != attrs.group || packed.k4 != s.kh * s.kw * ((s.cg + 3) / 4)) {
+    const uint8_t* codes = w.as<uint8_t>();
+    for (int64_t i = 0; i < w.count; ++i) {
+      int8_t even, odd;
+      if (!post_weight(uint4_at(codes, i), bits, &even, &odd))
+        fail("w_codes holds code " + std::to_string(uint4_at(codes, i)) + ", outside the " + std::to_string(bits) +
+             "-bit POST range");
+    }
+    const int64_t per_out = s.cg * s.kh * s.kw;
+    // lanes of each 32-lane block: 0-15 the even sums of 16 channels, 16-31 their odd sums
+    const int64_t half = int64_t(kTileLanes) / 2, lanes = (mg + half - 1) / half * int64_t(kTileLanes);
+    packed.pack(s, attrs.group, lanes, [&](int64_t g, int64_t lane, int64_t c, int64_t i, int64_t j) -> int8_t {
+      const int64_t local = lane / int64_t(kTileLanes) * half + lane % half;
+      if (local >= mg) return 0;
+      int8_t even, odd;
+      post_weight(uint4_at(codes, (g * mg + local) * per_out + (c * s.kh + i) * s.kw + j), bits, &even, &odd);
+      return lane % int64_t(kTileLanes) < half ? even : odd;
+    });
+    packed.source = constant_weights ? w.data : nullptr;
+  }
+  float* y = static_cast<float*>(output(context, 0, {s.n, s.m, s.ho, s.wo}));
+  const float* ws = w_scale.as<float>();
+  const float* b = bias.as<float>();
+  run_conv(context, isa, s, attrs, x, packed, [&](int64_t n, int64_t g, int64_t lane0, int64_t p0, int64_t count, const int32_t* acc) {
+    const int64_t half = int64_t(kTileLanes) / 2;
+    for (int64_t l = 0; l < half && lane0 / 2 + l < mg; ++l) {
+      const int64_t m = g * mg + lane0 / 2 + l;
+      const float scale = xs[size_t(n)] * ws[m];
+      float* out = y + (n * s.m + m) * pixels + p0;
+      for (int64_t p = 0; p < count; ++p) {
+        const int32_t* at = acc + p * int64_t(kTileLanes);
+        const float sum = float(at[l]) + float(at[l + half]) * kSqrtHalf;  // built with -ffp-contract=off: as the body
+        out[p] = sum * scale + b[m];
+      }
+    }
+  });
+}
+
+}  // namespace qx

@@ -1,0 +1,46 @@
+// Entry point: RegisterCustomOps adds the qexport domain's native kernels to a session's options.
+// Built against the ORT C API headers only (ORT_API_MANUAL_INIT style: the OrtApi comes from the
+// OrtApiBase handed in), so the library loads in any onnxruntime at least as new as its headers.
+#include <memory>
+#include <mutex>
+
+#include "op.h"
+#include "ops.h"
+
+namespace qx {
+
+bool is_constant_input(const OrtKernelInfo* info, size_t index) {
+  int constant = 0;
+  const OrtValue* value = nullptr;
+  OrtStatus* status = api->KernelInfoGetConstantInput_tensor(info, index, &constant, &value);
+  if (status) {
+    api->ReleaseStatus(status);
+    return false;
+  }
+  return constant != 0;
+}
+
+}  // namespace qx
+
+using qx::Op;
+constexpr auto kAny = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+constexpr auto kFloat = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOptions* options,
+                                                                                const OrtApiBase* base) {
+  const OrtApi* api = base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) return nullptr;  // an onnxruntime older than these headers: nothing registered
+  qx::api = api;
+  // ops live as long as the process: sessions keep pointers to them
+  static Op<qx::PostConvKernel> post_conv("PostConv", {kAny, kFloat, kAny, kFloat, kFloat}, {kFloat});
+  static Op<qx::IntConvKernel> int_conv("IntConv", {kAny, kFloat, kAny, kFloat, kFloat}, {kFloat});
+  static Op<qx::AsqQuantizeKernel> asq("AsqQuantize", {kFloat, kFloat, kAny, kFloat, kFloat, kFloat, kFloat},
+                                       {kFloat, kAny, kFloat});
+  OrtCustomOpDomain* domain = nullptr;
+  if (OrtStatus* s = api->CreateCustomOpDomain("qexport", &domain)) return s;
+  for (OrtCustomOp* op : {static_cast<OrtCustomOp*>(&post_conv), static_cast<OrtCustomOp*>(&int_conv),
+                          static_cast<OrtCustomOp*>(&asq)}) {
+    if (OrtStatus* s = api->CustomOpDomain_Add(domain, op)) return s;
+  }
+  return api->AddCustomOpDomain(options, domain);
+}

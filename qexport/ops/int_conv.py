@@ -1,0 +1,42 @@
+"""``qexport.IntConv``: 2-D convolution of integer activation codes with integer weights, for a conv
+whose input step onnxruntime's QLinearConv cannot take (ASQ: one step per sample) or whose output
+feeds no single quantizer (a ResNet stem: ReLU -> MaxPool -> two quantizers), which QDQ leaves float.
+
+Inputs
+  x_codes  int8/uint8 [N, C, H, W]  activation codes (zero point 0)
+  x_scale  float32 [] or [N, 1, 1, 1] their step (per sample for ASQ)
+  w_codes  int8 [M, C/group, kh, kw] weight codes (BatchNorm sign folded in)
+  w_scale  float32 [M]              per output channel (BatchNorm folded in)
+  bias     float32 [M]
+Attributes
+  strides, pads, dilations, group: as in Conv
+Output
+  y float32 [N, M, H', W'] = acc * (x_scale * w_scale) + bias, acc = the integer convolution
+
+The body computes ``acc`` with a float Conv of the codes (exact while every partial sum stays below
+2^24, which 2- to 4-bit layers do; 8-bit ones round like any float conv); the native kernel
+accumulates in int32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .domain import op, qexport_function
+from .post_conv import conv_int
+
+
+@qexport_function
+def IntConv(x_codes, x_scale, w_codes, w_scale, bias, strides: list[int], pads: list[int], dilations: list[int],
+            group: int):  # fmt: skip
+    acc = op.Conv(op.Cast(x_codes, to=1), op.Cast(w_codes, to=1), strides=strides, pads=pads, dilations=dilations,
+                  group=group)  # fmt: skip
+    channel = op.Constant(value_ints=[1, 2])
+    return op.Add(op.Mul(acc, op.Mul(x_scale, op.Unsqueeze(w_scale, channel))), op.Unsqueeze(bias, channel))
+
+
+def reference(x_codes: np.ndarray, x_scale: np.ndarray, w_codes: np.ndarray, w_scale: np.ndarray, bias: np.ndarray,
+              strides: list[int], pads: list[int], dilations: list[int], group: int) -> np.ndarray:  # fmt: skip
+    acc = conv_int(x_codes, w_codes, strides, pads, dilations, group).astype(np.float32)
+    scale = np.asarray(x_scale, np.float32) * w_scale.astype(np.float32).reshape(-1, 1, 1)
+    return (acc * scale + bias.astype(np.float32).reshape(-1, 1, 1)).astype(np.float32)

@@ -1,0 +1,227 @@
+"""The native kernels (custom_ops/): on every instruction-set path this CPU has (QEXPORT_ISA forces
+each), they compute exactly what the ops' numpy references (and so the function bodies) compute, and
+a malformed node gets an onnxruntime error naming what is wrong, never a crash.
+
+CI builds the library and sets QEXPORT_REQUIRE_NATIVE=1, so a failed build fails here; elsewhere
+these tests are skipped when the library was not built (see README: set-up)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+import qexport
+from qexport import native, zoo
+from qexport.ops import DOMAIN, asq_quantize, int_conv, post_conv, post_weights
+from qexport.quant.asq import AsqQuantizer
+from tests.test_ops import _asq_params, _model
+
+if os.environ.get("QEXPORT_REQUIRE_NATIVE") == "1":
+    assert native.available(), "QEXPORT_REQUIRE_NATIVE=1 but the native library was not built"
+pytestmark = pytest.mark.skipif(not native.available(), reason="native library not built (README: set-up)")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return set()
+
+
+FLAGS = _cpu_flags()
+ISAS = ["scalar"] + (["avx2"] if "avx2" in FLAGS else []) + (
+    ["avx512vnni"] if {"avx512f", "avx512bw", "avx512_vnni"} <= FLAGS else [])  # fmt: skip
+
+
+@pytest.fixture(params=ISAS)
+def isa(request: pytest.FixtureRequest) -> Iterator[str]:
+    os.environ["QEXPORT_ISA"] = request.param
+    yield request.param
+    os.environ.pop("QEXPORT_ISA", None)
+
+
+def _native_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], threads: int = 2) -> list[np.ndarray]:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 4
+    assert native.register(so)
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def _conv_model(op: str, x: np.ndarray, x_scale: np.ndarray, w: onnx.TensorProto, w_scale: np.ndarray,
+                bias: np.ndarray, out_shape: list[int], **attrs: object) -> tuple[onnx.ModelProto, dict]:  # fmt: skip
+    inits = [w, numpy_helper.from_array(w_scale, "ws"), numpy_helper.from_array(bias, "b")]
+    x_type = TensorProto.INT8 if x.dtype == np.int8 else TensorProto.UINT8
+    inputs = [helper.make_tensor_value_info("x", x_type, ["N", *x.shape[1:]])]
+    feeds: dict[str, np.ndarray] = {"x": x}
+    if np.ndim(x_scale):
+        inputs.append(helper.make_tensor_value_info("xs", TensorProto.FLOAT, ["N", 1, 1, 1]))
+        feeds["xs"] = x_scale
+    else:
+        inits.append(numpy_helper.from_array(np.asarray(x_scale, np.float32), "xs"))
+    node = helper.make_node(op, ["x", "xs", "w", "ws", "b"], ["y"], domain=DOMAIN, **attrs)
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *out_shape[1:]])
+    return _model(node, inputs, [out], inits), feeds
+
+
+# (group, stride, dilation, pads, signed, per-sample, in channels, out channels, side)
+CONV_CASES = [
+    (1, 1, 1, [1, 1, 1, 1], False, False, 8, 8, 9),
+    (2, 2, 1, [1, 1, 1, 1], True, True, 8, 6, 9),
+    (8, 1, 2, [2, 2, 2, 2], False, False, 8, 8, 9),  # depthwise, dilated
+    (1, 1, 1, [0, 1, 2, 0], True, True, 13, 37, 11),  # channels not a multiple of 4 or 32, asymmetric pads
+    (1, 2, 1, [3, 3, 3, 3], False, False, 3, 70, 23),  # a 7x7 stride-2 stem
+]
+
+
+@pytest.mark.parametrize(("group", "stride", "dilation", "pads", "signed", "per_sample", "cin", "cout", "side"),
+                         CONV_CASES)  # fmt: skip
+def test_post_conv_native_is_exact(isa: str, group: int, stride: int, dilation: int, pads: list[int], signed: bool,
+                                   per_sample: bool, cin: int, cout: int, side: int) -> None:  # fmt: skip
+    rng = np.random.default_rng(cin + cout)
+    k = 7 if side > 20 else 3
+    codes = post_weights.pack(rng.integers(-7, 8, size=(cout, cin // group, k, k)), 4)
+    x = rng.integers(-8, 8, (3, cin, side, side)).astype(np.int8) if signed else \
+        rng.integers(0, 16, (3, cin, side, side)).astype(np.uint8)  # fmt: skip
+    x_scale = (rng.random((3, 1, 1, 1)) + 0.5).astype(np.float32) if per_sample else np.float32(0.37)
+    w_scale, bias = (rng.random(cout) + 0.1).astype(np.float32), rng.standard_normal(cout).astype(np.float32)
+    attrs = {"strides": [stride] * 2, "pads": pads, "dilations": [dilation] * 2, "group": group}
+    ref = post_conv.reference(x, x_scale, codes, w_scale, bias, 4, **attrs)
+    model, feeds = _conv_model("PostConv", x, x_scale, post_weights.uint4_initializer("w", codes), w_scale, bias,
+                               list(ref.shape), bits=4, **attrs)  # fmt: skip
+    for threads in (1, 2):
+        (y,) = _native_run(model, feeds, threads)
+        np.testing.assert_array_equal(y, ref)  # same integers, same float combine: bit for bit
+
+
+@pytest.mark.parametrize(("group", "stride", "dilation", "pads", "signed", "per_sample", "cin", "cout", "side"),
+                         CONV_CASES)  # fmt: skip
+def test_int_conv_native_is_exact(isa: str, group: int, stride: int, dilation: int, pads: list[int], signed: bool,
+                                  per_sample: bool, cin: int, cout: int, side: int) -> None:  # fmt: skip
+    rng = np.random.default_rng(cin * cout)
+    k = 7 if side > 20 else 3
+    w = rng.integers(-128, 128, size=(cout, cin // group, k, k)).astype(np.int8)  # the full int8 range
+    x = rng.integers(-128, 128, (3, cin, side, side)).astype(np.int8) if signed else \
+        rng.integers(0, 256, (3, cin, side, side)).astype(np.uint8)  # fmt: skip
+    x_scale = (rng.random((3, 1, 1, 1)) + 0.5).astype(np.float32) if per_sample else np.float32(0.01)
+    w_scale, bias = (rng.random(cout) + 0.1).astype(np.float32), rng.standard_normal(cout).astype(np.float32)
+    attrs = {"strides": [stride] * 2, "pads": pads, "dilations": [dilation] * 2, "group": group}
+    ref = int_conv.reference(x, x_scale, w, w_scale, bias, **attrs)
+    model, feeds = _conv_model("IntConv", x, x_scale, numpy_helper.from_array(w, "w"), w_scale, bias, list(ref.shape),
+                               **attrs)  # fmt: skip
+    (y,) = _native_run(model, feeds)
+    np.testing.assert_array_equal(y, ref)
+
+
+@pytest.mark.parametrize(("bits", "signed"), [(4, False), (2, True), (8, False)])
+def test_asq_quantize_native_matches_reference(isa: str, bits: int, signed: bool) -> None:
+    torch.manual_seed(bits)
+    q = AsqQuantizer(bits, signed, 16, pool=True).eval()
+    with torch.no_grad():
+        q.adapter.fc2.weight.normal_(0, 0.3)
+    x = torch.randn(5, 16, 6, 7) * 2
+    q.initialize_from(x)
+    r = q.code_range
+    params = [np.asarray(q.step.detach().numpy(), np.float32), *_asq_params(q)]
+    zp_type, zp = (TensorProto.INT8, np.int8(0)) if signed else (TensorProto.UINT8, np.uint8(0))
+    names = ["step", "zero_point", "w1", "b1", "w2", "b2"]
+    inits = [
+        numpy_helper.from_array(np.asarray(v), n) for n, v in zip(names, [params[0], zp, *params[1:]], strict=True)
+    ]
+    node = helper.make_node("AsqQuantize", ["x", *names], ["y", "codes", "s"], domain=DOMAIN, qmin=r.qmin, qmax=r.qmax)
+    dyn = ["N", 16, 6, 7]
+    model = _model(node, [helper.make_tensor_value_info("x", TensorProto.FLOAT, dyn)],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, dyn),
+                    helper.make_tensor_value_info("codes", zp_type, dyn),
+                    helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 1, 1, 1])], inits)  # fmt: skip
+    y_ref, codes_ref, step_ref = asq_quantize.reference(x.numpy(), *params, r.qmin, r.qmax)
+    y, codes, step = _native_run(model, {"x": x.numpy()})
+    assert codes.dtype == (np.int8 if signed else np.uint8)
+    # the channel means are summed in another order than numpy's: the step may differ in its last bit
+    np.testing.assert_allclose(step, step_ref, rtol=1e-6)
+    np.testing.assert_array_equal(codes.astype(np.int64), codes_ref)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-6)
+
+
+def _post_conv_case() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    codes = post_weights.pack(np.full((4, 4, 3, 3), 7), 4)
+    x = np.ones((2, 4, 5, 5), np.uint8)
+    ones, zeros = np.ones(4, np.float32), np.zeros(4, np.float32)
+    w = post_weights.uint4_initializer("w", codes)
+    attrs = {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1}
+    return _conv_model("PostConv", x, np.float32(0.5), w, ones, zeros, [2, 4, 5, 5], bits=4, **attrs)
+
+
+def _edit(model: onnx.ModelProto, **attrs: object) -> onnx.ModelProto:
+    node = model.graph.node[0]
+    for name, value in attrs.items():
+        for a in list(node.attribute):
+            if a.name == name:
+                node.attribute.remove(a)
+        node.attribute.append(helper.make_attribute(name, value))
+    return model
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("bits", "bits=5 must be 2, 3 or 4"),
+        ("group", "does not match input channels"),
+        ("pads", "strides / pads / dilations must have"),
+        ("float_x", "x_codes must be int8 or uint8"),
+        ("rank", "x_codes must be \\[N, C, H, W\\]"),
+        ("scale_len", "one value per output channel"),
+        ("code", "outside the 2-bit POST range"),
+        ("nan_step", "not a positive finite number"),
+        ("isa", "is not a kernel path"),
+    ],
+)
+def test_malformed_nodes_get_an_error_not_a_crash(change: str, message: str) -> None:
+    model, feeds = _post_conv_case()
+    if change == "bits":
+        model = _edit(model, bits=5)
+    elif change == "group":
+        model = _edit(model, group=3)
+    elif change == "pads":
+        model = _edit(model, pads=[1, 1])
+    elif change == "code":  # code 7 (magnitude index 7) exists at 4 bits, not at 2
+        model = _edit(model, bits=2)
+    elif change == "float_x":
+        model.graph.input[0].type.tensor_type.elem_type = TensorProto.FLOAT
+        feeds = {"x": feeds["x"].astype(np.float32)}
+    elif change == "rank":
+        model.graph.input[0].type.tensor_type.shape.dim.pop()
+        feeds = {"x": feeds["x"][..., 0]}
+    elif change == "scale_len":
+        init = next(t for t in model.graph.initializer if t.name == "ws")
+        init.CopyFrom(numpy_helper.from_array(np.ones(3, np.float32), "ws"))
+    elif change == "nan_step":
+        init = next(t for t in model.graph.initializer if t.name == "xs")
+        init.CopyFrom(numpy_helper.from_array(np.float32(np.nan), "xs"))
+    elif change == "isa":
+        os.environ["QEXPORT_ISA"] = "sse9"
+    try:
+        with pytest.raises(Exception, match=message):
+            _native_run(model, feeds)
+    finally:
+        os.environ.pop("QEXPORT_ISA", None)
+
+
+def test_qexport_session_registers_the_library(tmp_path: Path) -> None:
+    model = qexport.quantize(zoo.create("resnet20"), weight="post", act="asq", bits=4)
+    qexport.calibrate(model, [zoo.example_input(model, 8)])
+    path = qexport.export(model, tmp_path / "m.onnx")
+    session = qexport.InferenceSession(path)
+    assert session.native
+    x = zoo.example_input(model, 2).numpy()
+    plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    np.testing.assert_allclose(session.run(x), plain, rtol=1e-4, atol=1e-4)
