@@ -25,6 +25,8 @@ def _include() -> Path | None:
 
 include = _include()
 extensions = []
+for stale in (ROOT / "qexport").glob("_qexport_ops*"):  # a failed build must not leave an old library in use
+    stale.unlink()
 if include is None:
     print("qexport: onnxruntime headers not found (run tools/fetch_ort_headers.sh or set QEXPORT_ORT_INCLUDE): "
           "building without the native kernels", file=sys.stderr)

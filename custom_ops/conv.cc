@@ -79,7 +79,7 @@ std::vector<float> sample_scales(const Tensor& scale, int64_t n, const std::stri
 }
 
 void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& a, const Tensor& x,
-              const PackedWeights& w, const ConvEpilogue& epilogue) {
+              const PackedWeights& w, const ConvOutput& output) {
   const bool is_signed = x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
   const uint8_t offset = is_signed ? 128 : 0;
   const int64_t cg4 = (s.cg + 3) / 4 * 4, groups = a.group;
@@ -95,15 +95,18 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
   std::vector<int64_t> channel_at(size_t(s.c));  // input channel -> byte within an NHWC pixel
   for (int64_t c = 0; c < s.c; ++c) channel_at[size_t(c)] = c / s.cg * cg4 + c % s.cg;
   const uint8_t* src = static_cast<const uint8_t*>(x.data);
-  const int64_t plane = s.h * s.w;
   parallel_for(context, size_t(s.n * s.h), [&](size_t nh) {
-    const int64_t n = int64_t(nh) / s.h, h = int64_t(nh) % s.h;
-    uint8_t* row = nhwc + n * image_bytes + ((h + pt) * wp + pl) * pixel_bytes;
-    const uint8_t* in = src + n * s.c * plane + h * s.w;
+    // locals and restrict: byte stores may alias anything, which otherwise reloads every captured value
+    const int64_t n = int64_t(nh) / s.h, h = int64_t(nh) % s.h, channels = s.c, width = s.w, plane = s.h * s.w;
+    const int64_t stride = pixel_bytes;
+    const uint8_t add = offset;
+    const int64_t* __restrict at = channel_at.data();
+    uint8_t* __restrict row = nhwc + n * image_bytes + ((h + pt) * wp + pl) * stride;
+    const uint8_t* __restrict in = src + n * channels * plane + h * width;
     // pixel by pixel: contiguous writes; the C input rows being read stay in L1 across the pixels
-    for (int64_t x0 = 0; x0 < s.w; ++x0) {
-      uint8_t* out = row + x0 * pixel_bytes;
-      for (int64_t c = 0; c < s.c; ++c) out[channel_at[size_t(c)]] = uint8_t(in[c * plane + x0] + offset);
+    for (int64_t x0 = 0; x0 < width; ++x0) {
+      uint8_t* __restrict out = row + x0 * stride;
+      for (int64_t c = 0; c < channels; ++c) out[at[c]] = uint8_t(in[c * plane + x0] + add);
     }
   });
   // byte offset of each k quad (kernel row, column, channel quad) from a pixel's window origin
@@ -124,7 +127,9 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
     const uint8_t* image = nhwc + n * image_bytes + g * cg4;
     const int8_t* weights = w.data.data() + (g * w.lanes + block * int64_t(kTileLanes)) * w.k4 * 4;
     const int32_t* sums = w.sums.data() + g * w.lanes + block * int64_t(kTileLanes);
-    alignas(64) int32_t acc[kTilePixels * kTileLanes];
+    TileOutput out;
+    output(n, g, block * int64_t(kTileLanes), out);
+    for (size_t l = 0; l < kTileLanes; ++l) out.correction[l] = int32_t(offset) * sums[l];
     for (int64_t p0 = first; p0 < std::min(pixels, first + chunk); p0 += tile) {
       const int64_t count = std::min(tile, pixels - p0);
       const uint8_t* pixel[kTilePixels];
@@ -132,11 +137,7 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
         const int64_t q = p < count ? p0 + p : p0;  // past the end: a real pixel again, never written
         pixel[p] = image + (q / s.wo * a.strides[0] * wp + q % s.wo * a.strides[1]) * pixel_bytes;
       }
-      conv_tile(isa, pixel, k_offset.data(), weights, size_t(w.k4), acc);
-      if (offset)
-        for (size_t p = 0; p < kTilePixels; ++p)
-          for (size_t l = 0; l < kTileLanes; ++l) acc[p * kTileLanes + l] -= int32_t(offset) * sums[l];
-      epilogue(n, g, block * int64_t(kTileLanes), p0, count, acc);
+      conv_tile(isa, pixel, k_offset.data(), weights, size_t(w.k4), out, size_t(p0), size_t(count));
     }
   });
 }

@@ -44,12 +44,12 @@ struct PackedWeights {
             const std::function<int8_t(int64_t g, int64_t lane, int64_t c, int64_t i, int64_t j)>& value);
 };
 
-// Epilogue: acc holds kTilePixels x kTileLanes exact integer sums (offset removed): output pixels
-// [p0, p0 + count) of sample n, lanes [lane0, lane0 + 32) of group g.
-using ConvEpilogue = std::function<void(int64_t n, int64_t g, int64_t lane0, int64_t p0, int64_t count, const int32_t* acc)>;
+// Fills the row pointers (at pixel 0), scales and biases of lanes [lane0, lane0 + 32) of group g for
+// sample n; run_conv adds the offset corrections and runs every pixel tile into it.
+using ConvOutput = std::function<void(int64_t n, int64_t g, int64_t lane0, TileOutput& out)>;
 
 void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& attrs, const Tensor& x,
-              const PackedWeights& w, const ConvEpilogue& epilogue);
+              const PackedWeights& w, const ConvOutput& output);
 
 // Per-sample activation step: [] / [1] (one for all) or [N] / [N, 1, 1, 1] (one per sample).
 std::vector<float> sample_scales(const Tensor& scale, int64_t n, const std::string& what);

@@ -39,12 +39,12 @@ void IntConvKernel::compute(OrtKernelContext* context) {
   const float* ws = w_scale.as<float>();
   const float* b = bias.as<float>();
   const int64_t pixels = s.ho * s.wo;
-  run_conv(context, isa, s, attrs, x, packed, [&](int64_t n, int64_t g, int64_t lane0, int64_t p0, int64_t count, const int32_t* acc) {
+  run_conv(context, isa, s, attrs, x, packed, [&](int64_t n, int64_t g, int64_t lane0, TileOutput& out) {
     for (int64_t l = 0; l < int64_t(kTileLanes) && lane0 + l < mg; ++l) {
       const int64_t m = g * mg + lane0 + l;
-      const float scale = xs[size_t(n)] * ws[m];
-      float* out = y + (n * s.m + m) * pixels + p0;
-      for (int64_t p = 0; p < count; ++p) out[p] = float(acc[p * int64_t(kTileLanes) + l]) * scale + b[m];
+      out.row[l] = y + (n * s.m + m) * pixels;
+      out.scale[l] = xs[size_t(n)] * ws[m];
+      out.bias[l] = b[m];
     }
   });
 }

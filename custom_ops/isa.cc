@@ -15,7 +15,7 @@ bool supported(Isa isa) {
   switch (isa) {
     case Isa::Avx512Vnni:
       return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vnni");
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
     case Isa::Avx2:
       return __builtin_cpu_supports("avx2");
     case Isa::Scalar:

@@ -12,8 +12,6 @@ namespace qx {
 
 namespace {
 
-constexpr float kSqrtHalf = 0.70710677f;  // float32(1 / sqrt 2), the body's constant
-
 // Decoded POST 4-bit code -> (even, odd) integer weights; false when the code is outside the range.
 bool post_weight(int code, int64_t bits, int8_t* even, int8_t* odd) {
   const int magnitudes = (1 << (bits - 1)) - 1, e = (magnitudes - 1) / 2;
@@ -78,17 +76,14 @@ void PostConvKernel::compute(OrtKernelContext* context) {
   float* y = static_cast<float*>(output(context, 0, {s.n, s.m, s.ho, s.wo}));
   const float* ws = w_scale.as<float>();
   const float* b = bias.as<float>();
-  run_conv(context, isa, s, attrs, x, packed, [&](int64_t n, int64_t g, int64_t lane0, int64_t p0, int64_t count, const int32_t* acc) {
+  run_conv(context, isa, s, attrs, x, packed, [&](int64_t n, int64_t g, int64_t lane0, TileOutput& out) {
+    out.post_pairs = true;  // lanes 0-15: even sums of 16 channels, 16-31: their odd sums
     const int64_t half = int64_t(kTileLanes) / 2;
     for (int64_t l = 0; l < half && lane0 / 2 + l < mg; ++l) {
       const int64_t m = g * mg + lane0 / 2 + l;
-      const float scale = xs[size_t(n)] * ws[m];
-      float* out = y + (n * s.m + m) * pixels + p0;
-      for (int64_t p = 0; p < count; ++p) {
-        const int32_t* at = acc + p * int64_t(kTileLanes);
-        const float sum = float(at[l]) + float(at[l + half]) * kSqrtHalf;  // built with -ffp-contract=off: as the body
-        out[p] = sum * scale + b[m];
-      }
+      out.row[l] = y + (n * s.m + m) * pixels;
+      out.scale[l] = xs[size_t(n)] * ws[m];
+      out.bias[l] = b[m];
     }
   });
 }
