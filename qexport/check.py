@@ -148,12 +148,13 @@ class CheckReport:
         return "\n".join([*lines, format_table(rows, header), f"parity: {verdict} on {self.samples} samples"])
 
 
-def _code_outputs(proto: onnx.ModelProto) -> tuple[dict[str, str], dict[str, str]]:
-    """(quantizer path -> code tensor, ASQ quantizer path -> per-sample step tensor) from the metadata."""
+def _code_outputs(proto: onnx.ModelProto) -> tuple[dict[str, str], dict[str, str], dict[str, int]]:
+    """(quantizer path -> code tensor, ASQ quantizer path -> per-sample step tensor, quantizer path ->
+    zero point its stored codes carry) from the metadata."""
     meta = {p.key: p.value for p in proto.metadata_props}
     if "codes" not in meta:
         raise QexportError("this ONNX file was not written by qexport (no code-tensor map in its metadata)")
-    return json.loads(meta["codes"]), json.loads(meta.get("steps", "{}"))
+    return json.loads(meta["codes"]), json.loads(meta.get("steps", "{}")), json.loads(meta.get("code_offsets", "{}"))
 
 
 def _session(proto: onnx.ModelProto, level: str, native: bool) -> ort.InferenceSession:
@@ -216,7 +217,8 @@ def _free_running(model: nn.Module, x: torch.Tensor) -> np.ndarray:
 
 
 def _run(model: nn.Module, names: list[str], infer: Infer, codes: dict[str, str], steps: dict[str, str],
-         x: torch.Tensor, free: np.ndarray, name: str, batch: int, bar: Progress) -> RunReport:  # fmt: skip
+         offsets: dict[str, int], x: torch.Tensor, free: np.ndarray, name: str, batch: int,
+         bar: Progress) -> RunReport:  # fmt: skip
     accs = {path: _Accumulator(model.get_submodule(path)) for path in codes}
     agree, forced_agree, max_diff = 0, 0, 0.0
     for start in range(0, len(x), CHUNK):
@@ -237,7 +239,7 @@ def _run(model: nn.Module, names: list[str], infer: Infer, codes: dict[str, str]
 
         def force(q: Quantizer, inputs: tuple, _out: torch.Tensor, path: str, chunk: int = len(xc)) -> torch.Tensor:
             batched = inputs[0].dim() > 0 and inputs[0].shape[0] == chunk
-            theirs = gather(codes[path], batched).astype(np.int64)
+            theirs = gather(codes[path], batched).astype(np.int64) - offsets.get(path, 0)
             accs[path].add(q.codes(inputs[0]).numpy().astype(np.int64), theirs)
             # the runtime's own step: ASQ's per-sample step as the graph computed it
             step = torch.from_numpy(gather(steps[path], batched)) if path in steps else q.describe().scale
@@ -282,7 +284,7 @@ def check(
         proto = onnx.load(str(onnx_path))
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise QexportError(f"{onnx_path}: not a readable ONNX file ({type(exc).__name__})") from None
-    codes, steps = _code_outputs(proto)
+    codes, steps, offsets = _code_outputs(proto)
     for path in codes:
         try:
             model.get_submodule(path)
@@ -307,26 +309,15 @@ def check(
     bar = Progress(len(inputs) * len(runs) + len(ref_x), "check", enabled=show_progress)
     try:
         free = _free_running(model, inputs)
-        reports = [
-            _run(
-                model,
-                names,
-                _ort_infer(proto, level, native),
-                codes,
-                steps,
-                inputs,
-                free,
-                f"onnxruntime {level}{' native' if native else ''}",
-                b,
-                bar,
-            )
-            for level, b, native in runs
-        ]
+        reports = []
+        for level, b, native in runs:
+            label = f"onnxruntime {level}{' native' if native else ''}"
+            args = (codes, steps, offsets, inputs, free, label, b, bar)
+            reports.append(_run(model, names, _ort_infer(proto, level, native), *args))
         if len(ref_x):
             infer = _reference_infer(proto)
-            reports.append(
-                _run(model, names, infer, codes, steps, ref_x, free[: len(ref_x)], "reference evaluator", batch, bar)
-            )
+            args = (codes, steps, offsets, ref_x, free[: len(ref_x)], "reference evaluator", batch, bar)
+            reports.append(_run(model, names, infer, *args))
     finally:
         bar.close()
     return CheckReport(str(onnx_path), len(inputs), reports)

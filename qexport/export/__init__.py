@@ -61,6 +61,7 @@ def export(
         "layers": json.dumps(emitter.layers),
         "codes": json.dumps(emitter.b.codes),
         "steps": json.dumps(emitter.b.steps),
+        "code_offsets": json.dumps(emitter.b.code_offsets),
     }
     onnx.helper.set_model_props(proto, meta)
     onnx.checker.check_model(proto, full_check=True)

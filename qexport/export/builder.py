@@ -50,6 +50,7 @@ class GraphBuilder:
         self._used: set[str] = set()
         self.codes: dict[str, str] = {}  # quantizer path -> name of its integer code tensor
         self.steps: dict[str, str] = {}  # ASQ quantizer path -> name of its per-sample step tensor
+        self.code_offsets: dict[str, int] = {}  # quantizer path -> zero point its stored codes carry
 
     def name(self, hint: str) -> str:
         base = _clean(hint)
@@ -85,17 +86,34 @@ class GraphBuilder:
         return outs
 
     # -- quantize / dequantize -----------------------------------------------------------------
-    def qdq(self, x: str, spec: QuantSpec, path: str) -> QTensor:
+    def qdq(self, x: str, spec: QuantSpec, path: str, upper: float | None = None, offset: bool = True) -> QTensor:
         """QuantizeLinear -> (code-range Clip below 8 bits) -> DequantizeLinear for a uniform
-        activation quantizer with a constant per-tensor scale; records the code tensor."""
-        scale = self.const(f"{path}.scale", spec.scale.numpy().astype(np.float32).reshape(()))
-        zp = self.const(f"{path}.zero_point", np.zeros((), np.int8 if spec.signed else np.uint8))
+        activation quantizer with a constant per-tensor scale; records the code tensor.
+
+        ``upper``: ``x`` is ``relu(v)`` standing for ``min(relu(v), upper)`` (a ReLU6): quantizing is
+        monotone, so the clip is applied exactly to the codes instead, ``min(codes, Q(upper))``, and the
+        ReLU before QuantizeLinear folds into onnxruntime's QLinearConv (a float Clip would not).
+
+        ``offset``: a signed code range narrower than int8 is stored as uint8 with zero point 128 (the
+        same numbers, codes + 128): onnxruntime fuses a QDQ pattern with a uint8 Clip into its integer
+        kernels, but not one with an int8 Clip.  Off where the codes feed a qexport op or
+        MatMulInteger directly, which take codes with zero point 0."""
+        step = spec.scale.numpy().astype(np.float32).reshape(())
+        scale = self.const(f"{path}.scale", step)
+        code_lo, code_hi = spec.qmin, spec.qmax
+        if upper is not None:  # Q(upper) as QuantizeLinear computes it: float32 division, half to even
+            code_lo, code_hi = max(code_lo, 0), min(code_hi, int(np.round(np.float32(upper) / step)))
+        shift = 128 if offset and spec.signed and (code_lo, code_hi) != (-128, 127) else 0
+        dtype = np.int8 if spec.signed and not shift else np.uint8
+        zp = self.const(f"{path}.zero_point", np.array(shift, dtype))
         codes = self.node("QuantizeLinear", [x, scale, zp], f"{path}.q")
-        lo, hi = (-128, 127) if spec.signed else (0, 255)
-        if (spec.qmin, spec.qmax) != (lo, hi):  # the container is 8-bit: limit to the code range
-            dtype = np.int8 if spec.signed else np.uint8
-            qmin = self.const(f"{path}.qmin", np.array(spec.qmin, dtype))
-            qmax = self.const(f"{path}.qmax", np.array(spec.qmax, dtype))
+        lo, hi = (-128, 127) if dtype == np.int8 else (0, 255)
+        code_lo, code_hi = code_lo + shift, code_hi + shift
+        if shift:
+            self.code_offsets[path] = shift
+        if (code_lo, code_hi) != (lo, hi):  # the container is 8-bit: limit to the code range
+            qmin = self.const(f"{path}.qmin", np.array(code_lo, dtype))
+            qmax = self.const(f"{path}.qmax", np.array(code_hi, dtype))
             codes = self.node("Clip", [codes, qmin, qmax], f"{path}.codes")
         self.codes[path] = codes
         return QTensor(self.node("DequantizeLinear", [codes, scale, zp], f"{path}.dq"), codes, scale)

@@ -51,6 +51,7 @@ class Emitter:
         self.env: dict[fx.Node, Any] = {}
         self.folds = find_bn_folds(gm)  # conv node -> (BatchNorm node, module) it absorbs
         self.folded_bn = {bn_node for bn_node, _ in self.folds.values()}
+        self.relu6: set[str] = set()  # tensors that are relu(v) standing for relu6(v): their quantizers clip
         self.layers: list[dict[str, Any]] = []
         self.packed = packed
         self.opset = opset
@@ -98,11 +99,12 @@ class Emitter:
         return "int8"
 
     # -- quantized activations -----------------------------------------------------------------
-    def activation(self, q: Quantizer, x: str, path: str) -> QTensor:
-        """The quantized tensor of activation quantizer ``q`` applied to ``x``."""
+    def activation(self, q: Quantizer, x: str, path: str, codes_used: bool = False) -> QTensor:
+        """The quantized tensor of activation quantizer ``q`` applied to ``x``; ``codes_used``: its
+        codes feed a qexport op or MatMulInteger (zero point 0), not only DequantizeLinear."""
         spec = q.describe()
         if spec.kind == "uniform":
-            return self.b.qdq(x, spec, path)
+            return self.b.qdq(x, spec, path, upper=6.0 if x in self.relu6 else None, offset=not codes_used)
         if spec.kind != "asq":
             raise QexportError(f"'{path}' quantizes an activation with {spec.method.upper()} weight levels")
         adapter = spec.adapter
@@ -126,8 +128,10 @@ class Emitter:
         self.b.codes[path], self.b.steps[path] = codes, step
         return QTensor(value, codes, step)
 
-    def layer_input(self, layer: QuantConv2d | QuantLinear, x: str, path: str) -> QTensor | None:
-        return None if layer.act_quant is None else self.activation(layer.act_quant, x, f"{path}.act_quant")
+    def layer_input(self, layer: QuantConv2d | QuantLinear, x: str, path: str, codes_used: bool) -> QTensor | None:
+        if layer.act_quant is None:
+            return None
+        return self.activation(layer.act_quant, x, f"{path}.act_quant", codes_used)
 
     def record(self, path: str, layer: nn.Module, kind: str, storage: str) -> None:
         entry: dict[str, Any] = {"path": path, "type": kind, "weight_storage": storage}
@@ -181,7 +185,14 @@ class Emitter:
         ph, pw = layer.padding
         attrs: dict[str, Any] = {"strides": list(layer.stride), "pads": [ph, pw, ph, pw],
                                  "dilations": list(layer.dilation), "group": layer.groups}  # fmt: skip
-        xq = self.layer_input(layer, x, path) if isinstance(layer, QuantConv2d) else None
+        form = None
+        if isinstance(layer, QuantConv2d) and layer.weight_quant is not None:
+            form = layer.weight_quant.integer_weight(layer.weight.detach())
+        # IntConv: integer weights, but an input step QLinearConv cannot take (ASQ) or an output it
+        # would leave float
+        int_conv = form is not None and (not layer.is_integer() or not self.output_quantized(node))
+        codes_used = isinstance(layer, QuantConv2d) and (self.is_post(layer) or int_conv)
+        xq = self.layer_input(layer, x, path, codes_used) if isinstance(layer, QuantConv2d) else None
         x = xq.value if xq is not None else x
         k, shift = bn_factors(bn, layer.out_channels)
         if isinstance(layer, QuantConv2d) and self.is_post(layer):
@@ -190,10 +201,9 @@ class Emitter:
             assert layer.weight_quant is not None
             return self.b.node("PostConv", inputs, path, domain=DOMAIN, bits=layer.weight_quant.code_range.bits,
                                **attrs)  # fmt: skip
-        if isinstance(layer, QuantConv2d) and xq is not None and layer.weight_quant is not None:
-            form = layer.weight_quant.integer_weight(layer.weight.detach())
-            if form is not None and (not layer.is_integer() or not self.output_quantized(node)):
-                return self.int_conv(layer, node, xq, form, bn, attrs)
+        if int_conv and xq is not None and form is not None:
+            assert isinstance(layer, QuantConv2d)
+            return self.int_conv(layer, node, xq, form, bn, attrs)
         if isinstance(layer, QuantConv2d) and layer.is_integer():
             dep = layer.deployed()  # the same numbers the eval forward uses
             storage = self.storage(dep.codes)
@@ -223,11 +233,16 @@ class Emitter:
         quantizer: the QDQ pattern onnxruntime fuses into QLinearConv.  Otherwise it would stay a
         float conv, and the conv is exported as IntConv instead."""
         users = list(node.users)
-        while len(users) == 1 and (users[0] in self.folded_bn or _is_relu(self.gm, users[0])):
+        while len(users) == 1 and (users[0] in self.folded_bn or _relu_kind(self.gm, users[0])):
             users = list(users[0].users)
-        if len(users) != 1 or users[0].op != "call_module":
+        return len(users) == 1 and self.uniform_quantizer_input(users[0])
+
+    def uniform_quantizer_input(self, user: fx.Node) -> bool:
+        """Whether ``user`` takes its input through a uniform activation quantizer (a glue quantizer,
+        or a quantized layer's input quantizer)."""
+        if user.op != "call_module":
             return False
-        m = self.module(users[0])
+        m = self.module(user)
         q = m.act_quant if isinstance(m, (QuantConv2d, QuantLinear)) else m
         return isinstance(q, Quantizer) and q.describe().kind == "uniform"
 
@@ -256,7 +271,15 @@ class Emitter:
         path = str(node.target)
         assert isinstance(layer, nn.Linear)
         x = self.arg(node.args[0])
-        xq = self.layer_input(layer, x, path) if isinstance(layer, QuantLinear) else None
+        form = None
+        if isinstance(layer, QuantLinear) and layer.weight_quant is not None:
+            form = layer.weight_quant.integer_weight(layer.weight.detach())
+        asq = isinstance(layer, QuantLinear) and layer.act_quant is not None and layer.act_quant.kind == "asq"
+        # MatMulInteger for a per-row step, and for a 2-D input (DequantizeLinear -> MatMul plus the bias
+        # becomes a float Gemm there; from 3-D on, onnxruntime fuses it into MatMulIntegerToFloat)
+        integer = isinstance(layer, QuantLinear) and form is not None and (asq or _rank(node.args[0]) == 2)
+        codes_used = isinstance(layer, QuantLinear) and (self.is_post(layer) or integer)
+        xq = self.layer_input(layer, x, path, codes_used) if isinstance(layer, QuantLinear) else None
         x = xq.value if xq is not None else x
         if isinstance(layer, QuantLinear) and self.is_post(layer):
             self.record(path, layer, "PostMatMul", "uint4 POST codes")
@@ -264,10 +287,8 @@ class Emitter:
             inputs = self.post_operands(layer, xq, path, ones, zeros, transpose=True)
             assert layer.weight_quant is not None
             return self.b.node("PostMatMul", inputs, path, domain=DOMAIN, bits=layer.weight_quant.code_range.bits)
-        form = None
-        if isinstance(layer, QuantLinear) and layer.weight_quant is not None:
-            form = layer.weight_quant.integer_weight(layer.weight.detach())
-        if form is not None and xq is not None:
+        if integer and xq is not None and form is not None:
+            assert isinstance(layer, QuantLinear)
             return self.integer_matmul(layer, xq, form, path)
         if form is not None:
             codes, scale = _np(form[0]).astype(np.int64), _np(form[1]).astype(np.float32)
@@ -365,15 +386,22 @@ def _binary(op: str) -> Handler:
     return emit
 
 
-def _is_relu(gm: fx.GraphModule, n: fx.Node) -> bool:
+def _relu_kind(gm: fx.GraphModule, n: fx.Node) -> str | None:
+    """'relu' or 'relu6' for the ReLU forms the tracer leaves, else None."""
     if n.op == "call_module":
-        return isinstance(gm.get_submodule(str(n.target)), nn.ReLU)
+        m = gm.get_submodule(str(n.target))
+        return "relu6" if isinstance(m, nn.ReLU6) else "relu" if isinstance(m, nn.ReLU) else None
     if n.op == "call_function":
-        return n.target in (torch.relu, F.relu)
-    return n.op == "call_method" and n.target == "relu"
+        return "relu" if n.target in (torch.relu, F.relu) else "relu6" if n.target is F.relu6 else None
+    return "relu" if n.op == "call_method" and n.target == "relu" else None
 
 
 def _relu6(e: Emitter, n: fx.Node) -> str:
+    if n.users and all(e.uniform_quantizer_input(u) for u in n.users):
+        # every user quantizes it: a ReLU here, the 6 applied to the codes (builder.qdq's ``upper``)
+        out = e.b.node("Relu", [e.arg(n.args[0])], n.name)
+        e.relu6.add(out)
+        return out
     lo = e.b.const(f"{n.name}.min", np.asarray(0.0, np.float32))
     hi = e.b.const(f"{n.name}.max", np.asarray(6.0, np.float32))
     return e.b.node("Clip", [e.arg(n.args[0]), lo, hi], n.name)
