@@ -1,0 +1,64 @@
+"""The integer graph of the uniform quantizers (LSQ, NIPQ fixed and mixed, 2 to 8 bits, `deployable`
+placement), read from onnxruntime's own optimised graph: every conv runs as QLinearConv (or, where its
+output feeds no single quantizer, as the native IntConv), every linear layer as an integer matmul,
+and every residual add of the ResNets as QLinearAdd.  Correctness of the graph's shape, so a test;
+the speed it buys is measured in tools/bench.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+
+import qexport
+from qexport import bench, native, zoo
+from qexport.ops import DOMAIN
+from tests.test_matrix import _mix_bits, _settle_batchnorm
+
+MODELS = {  # name -> (zoo kwargs, image side, residual adds)
+    "resnet20": ({}, None, 9),
+    "resnet18": ({"num_classes": 10}, 32, 8),
+    "transformer": ({"layers": 2, "dim": 64, "heads": 4, "ff": 128, "seq_len": 32, "vocab_size": 256}, None, 0),
+}
+VARIANTS = {
+    "lsq-2": {"weight": "lsq", "act": "lsq", "bits": 2},
+    "lsq-3": {"weight": "lsq", "act": "lsq", "bits": 3},
+    "lsq-4": {"weight": "lsq", "act": "lsq", "bits": 4},
+    "lsq-8": {"weight": "lsq", "act": "lsq", "bits": 8},
+    "nipq-4": {"weight": "nipq", "act": "nipq", "bits": 4},
+    "nipq-mixed": {"weight": "nipq", "act": "nipq", "bits": 4, "learn_bits": True},
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("name", list(MODELS))
+def test_uniform_variants_run_as_integer_kernels(tmp_path: Path, name: str, variant: str) -> None:
+    kwargs, side, adds = MODELS[name]
+    model = zoo.create(name, **kwargs)
+    x = zoo.example_input(model, 16, size=side, seed=3)
+    _settle_batchnorm(model, x)
+    q = qexport.quantize(model, **VARIANTS[variant])
+    if variant == "nipq-mixed":
+        _mix_bits(q, seed=7)
+    qexport.calibrate(q, [x])
+    path = qexport.export(q, tmp_path / "m.onnx", input_shape=[1, *x.shape[1:]])
+    exported = onnx.load(path).graph.node
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in q.modules())
+    linears = sum(isinstance(m, torch.nn.Linear) for m in q.modules())
+    int_convs = sum(n.op_type == "IntConv" and n.domain == DOMAIN for n in exported)
+
+    k = bench.optimized_kernels(path, native=native.available())
+    ops = k.ops
+    assert k.integer_conv + k.float_conv == convs
+    if native.available():
+        assert k.float_conv == 0, ops  # IntConv runs in the native kernel
+    else:
+        assert k.float_conv == int_convs, ops  # only IntConv function bodies (a float Conv) stay float
+    assert ops.get("QLinearConv", 0) == convs - int_convs
+    # linear layers: MatMulIntegerToFloat (3-D input) or MatMulInteger (2-D), never a float Gemm / MatMul
+    assert k.float_matmul == 0 and k.integer_matmul >= linears, ops
+    assert ops.get("MatMulNBits", 0) == 0
+    if adds:  # every residual add of the ResNets
+        assert ops.get("QLinearAdd", 0) == adds and k.float_add == 0, ops
