@@ -77,6 +77,7 @@ Tensor input(OrtKernelContext* context, size_t index, const std::string& what) {
 void* output(OrtKernelContext* context, size_t index, const std::vector<int64_t>& shape) {
   OrtValue* value = nullptr;
   check(api->KernelContext_GetOutput(context, index, shape.data(), shape.size(), &value));
+  if (value == nullptr) return nullptr;
   void* data = nullptr;
   check(api->GetTensorMutableData(value, &data));
   return data;

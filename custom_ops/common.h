@@ -39,7 +39,8 @@ struct Tensor {
 Tensor describe(const OrtValue* value, const std::string& what);
 // Input ``index`` of the running node; ``what`` names it in errors ("PostConv input x_codes").
 Tensor input(OrtKernelContext* context, size_t index, const std::string& what);
-// Output ``index`` allocated with ``shape``; returns its data pointer.
+// Output ``index`` allocated with ``shape``; returns its data pointer (nullptr for an optional output
+// the node leaves out).
 void* output(OrtKernelContext* context, size_t index, const std::vector<int64_t>& shape);
 
 void expect_type(const Tensor& t, ONNXTensorElementDataType type, const std::string& what);

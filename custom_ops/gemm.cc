@@ -25,7 +25,8 @@ void finish(const int32_t* c, const TileOutput& out, size_t p0, size_t count) {
       const int32_t* at = c + p * kTileLanes;
       float sum = float(at[l] - out.correction[l]);
       if (out.post_pairs) sum = sum + float(at[l + lanes] - out.correction[l + lanes]) * kSqrtHalf;
-      out.row[l][p0 + p] = sum * out.scale[l] + out.bias[l];
+      const float y = sum * out.scale[l] + out.bias[l];
+      out.row[l][p0 + p] = out.relu && !(y > 0.0f) ? 0.0f : y;
     }
   }
 }
@@ -83,7 +84,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_vnni(
       } else {
         sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(h ? hi[p] : lo[p], h ? corr_hi : corr_lo));
       }
-      _mm512_store_ps(y[p], _mm512_add_ps(_mm512_mul_ps(sum, scale), bias));
+      const __m512 v = _mm512_add_ps(_mm512_mul_ps(sum, scale), bias);
+      _mm512_store_ps(y[p], out.relu ? _mm512_max_ps(v, _mm512_setzero_ps()) : v);
     }
     // 8 x 16 -> 16 x 8: two 8 x 8 transposes of ymm halves
     for (int part = 0; part < 2; ++part) {

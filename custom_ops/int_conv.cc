@@ -7,6 +7,8 @@ namespace qx {
 
 IntConvKernel::IntConvKernel(const OrtKernelInfo* info) : node(node_name(info)), constant_weights(is_constant_input(info, 2)) {
   attrs.read(info);
+  relu = attr_int(info, "relu", 0);
+  if (relu != 0 && relu != 1) fail("attribute relu=" + std::to_string(relu) + " must be 0 or 1");
 }
 
 void IntConvKernel::compute(OrtKernelContext* context) {
@@ -40,6 +42,7 @@ void IntConvKernel::compute(OrtKernelContext* context) {
   const float* b = bias.as<float>();
   const int64_t pixels = s.ho * s.wo;
   run_conv(context, isa, s, attrs, x, packed, [&](int64_t n, int64_t g, int64_t lane0, TileOutput& out) {
+    out.relu = relu != 0;
     for (int64_t l = 0; l < int64_t(kTileLanes) && lane0 + l < mg; ++l) {
       const int64_t m = g * mg + lane0 + l;
       out.row[l] = y + (n * s.m + m) * pixels;

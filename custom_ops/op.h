@@ -18,9 +18,11 @@ struct Op : OrtCustomOp {
   const char* name;
   std::vector<ONNXTensorElementDataType> inputs;   // UNDEFINED: any type (checked by the kernel)
   std::vector<ONNXTensorElementDataType> outputs;
+  unsigned optional_outputs;  // bit i: output i may be left out of the node (an empty name)
 
-  Op(const char* op_name, std::vector<ONNXTensorElementDataType> in, std::vector<ONNXTensorElementDataType> out)
-      : OrtCustomOp{}, name(op_name), inputs(std::move(in)), outputs(std::move(out)) {
+  Op(const char* op_name, std::vector<ONNXTensorElementDataType> in, std::vector<ONNXTensorElementDataType> out,
+     unsigned optional = 0)
+      : OrtCustomOp{}, name(op_name), inputs(std::move(in)), outputs(std::move(out)), optional_outputs(optional) {
     version = ORT_API_VERSION;
     GetName = [](const OrtCustomOp* op) { return static_cast<const Op*>(op)->name; };
     GetExecutionProviderType = [](const OrtCustomOp*) -> const char* { return "CPUExecutionProvider"; };
@@ -29,7 +31,9 @@ struct Op : OrtCustomOp {
     GetOutputType = [](const OrtCustomOp* op, size_t i) { return static_cast<const Op*>(op)->outputs[i]; };
     GetOutputTypeCount = [](const OrtCustomOp* op) { return static_cast<const Op*>(op)->outputs.size(); };
     GetInputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
-    GetOutputCharacteristic = [](const OrtCustomOp*, size_t) { return INPUT_OUTPUT_REQUIRED; };
+    GetOutputCharacteristic = [](const OrtCustomOp* op, size_t i) {
+      return (static_cast<const Op*>(op)->optional_outputs >> i) & 1u ? INPUT_OUTPUT_OPTIONAL : INPUT_OUTPUT_REQUIRED;
+    };
     GetInputMemoryType = [](const OrtCustomOp*, size_t) { return OrtMemTypeDefault; };
     GetVariadicInputMinArity = [](const OrtCustomOp*) { return 1; };
     GetVariadicInputHomogeneity = [](const OrtCustomOp*) { return 0; };

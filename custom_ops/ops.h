@@ -29,6 +29,7 @@ struct IntConvKernel {
   std::string node;
   bool constant_weights;
   ConvAttrs attrs;
+  int64_t relu = 0;
   PackedWeights packed;
 };
 

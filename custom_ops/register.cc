@@ -35,7 +35,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
   static Op<qx::PostConvKernel> post_conv("PostConv", {kAny, kFloat, kAny, kFloat, kFloat}, {kFloat});
   static Op<qx::IntConvKernel> int_conv("IntConv", {kAny, kFloat, kAny, kFloat, kFloat}, {kFloat});
   static Op<qx::AsqQuantizeKernel> asq("AsqQuantize", {kFloat, kFloat, kAny, kFloat, kFloat, kFloat, kFloat},
-                                       {kFloat, kAny, kFloat});
+                                       {kFloat, kAny, kFloat}, 1u);  // y is optional
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* s = api->CreateCustomOpDomain("qexport", &domain)) return s;
   for (OrtCustomOp* op : {static_cast<OrtCustomOp*>(&post_conv), static_cast<OrtCustomOp*>(&int_conv),

@@ -114,7 +114,7 @@ def test_int_conv_native_is_exact(isa: str, group: int, stride: int, dilation: i
         rng.integers(0, 256, (3, cin, side, side)).astype(np.uint8)  # fmt: skip
     x_scale = (rng.random((3, 1, 1, 1)) + 0.5).astype(np.float32) if per_sample else np.float32(0.01)
     w_scale, bias = (rng.random(cout) + 0.1).astype(np.float32), rng.standard_normal(cout).astype(np.float32)
-    attrs = {"strides": [stride] * 2, "pads": pads, "dilations": [dilation] * 2, "group": group}
+    attrs = {"strides": [stride] * 2, "pads": pads, "dilations": [dilation] * 2, "group": group, "relu": int(signed)}
     ref = int_conv.reference(x, x_scale, w, w_scale, bias, **attrs)
     model, feeds = _conv_model("IntConv", x, x_scale, numpy_helper.from_array(w, "w"), w_scale, bias, list(ref.shape),
                                **attrs)  # fmt: skip

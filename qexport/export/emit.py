@@ -52,6 +52,7 @@ class Emitter:
         self.folds = find_bn_folds(gm)  # conv node -> (BatchNorm node, module) it absorbs
         self.folded_bn = {bn_node for bn_node, _ in self.folds.values()}
         self.relu6: set[str] = set()  # tensors that are relu(v) standing for relu6(v): their quantizers clip
+        self.fused_relu: set[fx.Node] = set()  # ReLU nodes an IntConv applies
         self.layers: list[dict[str, Any]] = []
         self.packed = packed
         self.opset = opset
@@ -125,6 +126,8 @@ class Emitter:
         value, codes, step = self.b.node_outputs(
             op, [x, *params], path, 3, domain=DOMAIN, qmin=spec.qmin, qmax=spec.qmax
         )
+        if codes_used:  # nothing reads the dequantized value: leave the optional output out
+            self.b.nodes[-1].output[0] = value = ""
         self.b.codes[path], self.b.steps[path] = codes, step
         return QTensor(value, codes, step)
 
@@ -261,10 +264,22 @@ class Emitter:
             bias = (0.0 if layer.bias is None else _np(layer.bias).astype(np.float64)) * k + shift
         storage = self.storage(dep.codes)
         self.record(path, layer, "IntConv", storage)
+        relu = self.relu_after(node)
+        if relu is not None:
+            self.fused_relu.add(relu)
         inputs = [xq.codes, xq.scale, self.b.weight_codes(dep.codes, path, storage),
                   self.b.const(f"{path}.weight_scale", dep.weight_scale.astype(np.float32)),
                   self.b.const(f"{path}.bias", np.asarray(bias, np.float32).reshape(-1))]  # fmt: skip
-        return self.b.node("IntConv", inputs, path, domain=DOMAIN, **attrs)
+        return self.b.node("IntConv", inputs, path, domain=DOMAIN, relu=int(relu is not None), **attrs)
+
+    def relu_after(self, node: fx.Node) -> fx.Node | None:
+        """The ReLU that alone consumes a conv's output (after its folded BatchNorm), if any."""
+        users = list(node.users)
+        while len(users) == 1 and users[0] in self.folded_bn:
+            users = list(users[0].users)
+        if len(users) == 1 and _relu_kind(self.gm, users[0]) == "relu":
+            return users[0]
+        return None
 
     def linear(self, node: fx.Node) -> str:
         layer = self.module(node)
@@ -394,6 +409,12 @@ def _relu_kind(gm: fx.GraphModule, n: fx.Node) -> str | None:
     if n.op == "call_function":
         return "relu" if n.target in (torch.relu, F.relu) else "relu6" if n.target is F.relu6 else None
     return "relu" if n.op == "call_method" and n.target == "relu" else None
+
+
+def _relu(e: Emitter, n: fx.Node) -> str:
+    if n in e.fused_relu:  # applied by the IntConv before it
+        return e.arg(n.args[0])
+    return e.b.node("Relu", [e.arg(n.args[0])], n.name)
 
 
 def _relu6(e: Emitter, n: fx.Node) -> str:
@@ -535,7 +556,7 @@ MODULE_HANDLERS: list[tuple[type[nn.Module], Handler]] = [
     (nn.Linear, Emitter.linear),
     (Quantizer, Emitter.glue),
     (nn.BatchNorm2d, Emitter.batchnorm),
-    (nn.ReLU, _unary("Relu")),
+    (nn.ReLU, _relu),
     (nn.ReLU6, _relu6),
     (nn.MaxPool2d, _pool),
     (nn.AvgPool2d, _pool),
@@ -552,14 +573,14 @@ MODULE_HANDLERS: list[tuple[type[nn.Module], Handler]] = [
 FUNCTION_HANDLERS: dict[Any, Handler] = {
     operator.add: _binary("Add"), operator.iadd: _binary("Add"), torch.add: _binary("Add"),
     operator.mul: _binary("Mul"), torch.mul: _binary("Mul"), operator.sub: _binary("Sub"),
-    operator.truediv: _binary("Div"), torch.relu: _unary("Relu"), F.relu: _unary("Relu"), F.relu6: _relu6,
+    operator.truediv: _binary("Div"), torch.relu: _relu, F.relu: _relu, F.relu6: _relu6,
     torch.flatten: _flatten, torch.cat: _cat, torch.concat: _cat, torch.mean: _mean, torch.sigmoid: _unary("Sigmoid"),
     F.dropout: _identity, torch.matmul: _matmul, operator.matmul: _matmul, torch.softmax: _softmax,
     F.softmax: _softmax, F.gelu: _gelu, torch.transpose: _transpose, torch.reshape: _reshape, getattr: _getattr,
     operator.getitem: _getitem, torch.permute: _permute,
 }  # fmt: skip
 METHOD_HANDLERS: dict[str, Handler] = {
-    "flatten": _flatten, "relu": _unary("Relu"), "mean": _mean, "add": _binary("Add"), "mul": _binary("Mul"),
+    "flatten": _flatten, "relu": _relu, "mean": _mean, "add": _binary("Add"), "mul": _binary("Mul"),
     "contiguous": _identity, "sigmoid": _unary("Sigmoid"), "transpose": _transpose, "permute": _permute,
     "view": _reshape, "reshape": _reshape, "unflatten": _reshape, "softmax": _softmax, "size": _size,
     "matmul": _matmul,

@@ -8,7 +8,8 @@ Inputs
 Attributes
   qmin, qmax  int                    the code range
 Outputs
-  y           float32 [N, C, H, W]   ``codes * sample_step``
+  y           float32 [N, C, H, W]   ``codes * sample_step`` (optional: the exporter leaves it out where
+                                     the consumer takes the codes)
   codes       int8/uint8 [N, C, H, W]
   sample_step float32 [N, 1, 1, 1]   ``step * beta_n``, beta_n = adapter(mean over H, W of x_n)
 

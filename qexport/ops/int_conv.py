@@ -10,8 +10,10 @@ Inputs
   bias     float32 [M]
 Attributes
   strides, pads, dilations, group: as in Conv
+  relu     0 or 1: apply the ReLU that follows the conv (saves a pass over the float output)
 Output
-  y float32 [N, M, H', W'] = acc * (x_scale * w_scale) + bias, acc = the integer convolution
+  y float32 [N, M, H', W'] = acc * (x_scale * w_scale) + bias (then max(y, 0) with relu=1),
+  acc = the integer convolution
 
 The body computes ``acc`` with a float Conv of the codes (exact while every partial sum stays below
 2^24, which 2- to 4-bit layers do; 8-bit ones round like any float conv); the native kernel
@@ -28,15 +30,20 @@ from .post_conv import conv_int
 
 @qexport_function
 def IntConv(x_codes, x_scale, w_codes, w_scale, bias, strides: list[int], pads: list[int], dilations: list[int],
-            group: int):  # fmt: skip
+            group: int, relu: int):  # fmt: skip
     acc = op.Conv(op.Cast(x_codes, to=1), op.Cast(w_codes, to=1), strides=strides, pads=pads, dilations=dilations,
                   group=group)  # fmt: skip
     channel = op.Constant(value_ints=[1, 2])
-    return op.Add(op.Mul(acc, op.Mul(x_scale, op.Unsqueeze(w_scale, channel))), op.Unsqueeze(bias, channel))
+    y = op.Add(op.Mul(acc, op.Mul(x_scale, op.Unsqueeze(w_scale, channel))), op.Unsqueeze(bias, channel))
+    floor = op.Where(op.Cast(op.Constant(value_int=relu), to=9), op.Constant(value_float=0.0),
+                     op.Constant(value_float=float("-inf")))  # fmt: skip
+    return op.Max(y, floor)
 
 
 def reference(x_codes: np.ndarray, x_scale: np.ndarray, w_codes: np.ndarray, w_scale: np.ndarray, bias: np.ndarray,
-              strides: list[int], pads: list[int], dilations: list[int], group: int) -> np.ndarray:  # fmt: skip
+              strides: list[int], pads: list[int], dilations: list[int], group: int,
+              relu: int = 0) -> np.ndarray:  # fmt: skip
     acc = conv_int(x_codes, w_codes, strides, pads, dilations, group).astype(np.float32)
     scale = np.asarray(x_scale, np.float32) * w_scale.astype(np.float32).reshape(-1, 1, 1)
-    return (acc * scale + bias.astype(np.float32).reshape(-1, 1, 1)).astype(np.float32)
+    y = (acc * scale + bias.astype(np.float32).reshape(-1, 1, 1)).astype(np.float32)
+    return np.maximum(y, np.float32(0)) if relu else y
