@@ -185,30 +185,42 @@ def time_interleaved(
 
 
 _MEMORY_PROBE = """
-import json, resource, sys
+import json, sys
 import numpy as np
-from qexport.bench import make_session
-path, threads, batch, native = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-s = make_session(path, threads, native=native)
+import onnxruntime as ort
+
+def hwm_kb():  # VmHWM: this process's peak RSS (ru_maxrss would carry the parent's over fork + exec)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM"))
+
+path, threads, batch, library = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+before = hwm_kb()
+options = ort.SessionOptions()
+options.intra_op_num_threads = threads
+options.inter_op_num_threads = 1
+if library:
+    options.register_custom_ops_library(library)
+s = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 inp = s.get_inputs()[0]
 shape = [batch if not isinstance(d, int) else d for d in inp.shape]
 rng = np.random.default_rng(0)
 x = np.zeros(shape, np.int64) if inp.type == "tensor(int64)" else rng.standard_normal(shape, np.float32)
 for _ in range(3):
     s.run(None, {inp.name: x})
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+after = hwm_kb()
 print(json.dumps({"peak_mb": after / 1024, "session_mb": (after - before) / 1024}))
 """
 
 
 def peak_memory_mb(path: str | os.PathLike[str], threads: int, batch: int, native: bool = True) -> dict[str, float]:
-    """Peak resident memory of a fresh process that loads ``path`` and runs it 3 times: the whole
-    process (``peak_mb``) and the growth over the process before the session (``session_mb``)."""
-    root = str(Path(__file__).resolve().parent.parent)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    cmd = [sys.executable, "-c", _MEMORY_PROBE, str(path), str(threads), str(batch), "1" if native else "0"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    """Peak resident memory of a fresh process (python, numpy and onnxruntime only) that loads
+    ``path`` and runs it 3 times: the whole process (``peak_mb``) and its growth from loading and
+    running the session (``session_mb``)."""
+    from .native import library_path
+
+    library = str(library_path() or "") if native else ""
+    cmd = [sys.executable, "-c", _MEMORY_PROBE, str(path), str(threads), str(batch), library]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise QexportError(f"memory probe of {path} failed: {out.stderr.strip().splitlines()[-1:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])

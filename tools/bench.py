@@ -186,7 +186,7 @@ def markdown(results: list[dict[str, Any]], env: dict[str, Any]) -> str:
     for r in results:
         lines += [f"## {r['model']} (input {r['input'][1:]})", ""]
         head = "| variant | " + " | ".join(f"b{c['batch']} t{c['threads']}" for c in r["configs"])
-        head += " | GOPS b16 t1 | kernels (integer / float) | peak MB (own process) |"
+        head += " | GOPS b16 t1 | kernels (integer / float) | session MB (peak RSS growth, b16 t1) |"
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         names = [x["name"] for x in r["configs"][0]["rows"]]
         b16 = next((c for c in r["configs"] if c["batch"] == 16 and c["threads"] == 1), None)
