@@ -68,6 +68,9 @@ def session_options(threads: int, level: str = "all", optimized_path: str | None
     }[level]
     if optimized_path:
         options.optimized_model_filepath = optimized_path
+    # idle pool threads must not spin: with several sessions timed in turn in one process, the spinning
+    # threads of the others would steal the cores from the one running
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

@@ -213,7 +213,7 @@ def markdown(results: list[dict[str, Any]], env: dict[str, Any]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("models", nargs="*", default=[], help=f"of {list(MODELS)} (default: all)")
     p.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -222,6 +222,10 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
     p.add_argument("--out", type=Path, default=ROOT / "docs")
     args = p.parse_args()
+    args.models = args.models or list(MODELS)
+    unknown = [m for m in args.models if m not in MODELS]
+    if unknown:
+        p.error(f"unknown models {unknown}: choose from {list(MODELS)}")
     args.cache.mkdir(parents=True, exist_ok=True)
     env = {
         "cpu": platform.processor() or platform.machine(),
