@@ -47,3 +47,19 @@ def test_quantize_inspect_eval(
     assert "on 20 images" in capsys.readouterr().out
     assert main(["quantize", "resnet20", "--bits", "9", "-o", str(tmp_path / "x.pt")]) == 2
     assert "bits=9" in capsys.readouterr().err
+
+
+def test_bench_times_models_and_names_their_kernels(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import qexport
+    from qexport import zoo
+
+    fp32 = qexport.export(zoo.create("resnet20").eval(), tmp_path / "fp32.onnx")
+    q = qexport.quantize(zoo.create("resnet20"), bits=4)
+    qexport.calibrate(q, [zoo.example_input(q, 8)])
+    quantized = qexport.export(q, tmp_path / "q.onnx")
+    assert main(["bench", str(quantized), "--fp32", str(fp32), "--budget", "0.2", "--threads", "1", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "fp32.onnx: conv 0 int / 21 float" in out  # ORT's optimised graph, read back
+    assert "q.onnx: conv 21 int / 0 float" in out or "q.onnx: conv 20 int / 1 float" in out  # stem: IntConv
+    assert out.count("x vs fp32") == 4 and "1 thread(s)" in out and "2 thread(s)" in out
+    assert main(["bench", str(tmp_path / "missing.onnx")]) == 2

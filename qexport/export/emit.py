@@ -634,6 +634,17 @@ def emit_node(e: Emitter, node: fx.Node) -> Any:
     raise e.unsupported(node, f"graph node kind {node.op}")
 
 
+def _live_nodes(nodes: list[onnx.NodeProto], keep: set[str]) -> list[onnx.NodeProto]:
+    """``nodes`` without those whose outputs nothing reads (such as the DequantizeLinear of an input
+    quantizer whose layer takes the codes): onnxruntime would still compute them, every run."""
+    live, needed = [], set(keep)
+    for node in reversed(nodes):
+        if any(o and o in needed for o in node.output):
+            live.append(node)
+            needed.update(i for i in node.input if i)
+    return live[::-1]
+
+
 def to_onnx(model: nn.Module, input_shape: list[int], input_dtype: str = "float32", opset: int = 21,
             packed: bool = True) -> tuple[onnx.ModelProto, Emitter]:  # fmt: skip
     """The ONNX model of ``model`` (eval mode) with a dynamic batch dimension."""
@@ -674,8 +685,12 @@ def to_onnx(model: nn.Module, input_shape: list[int], input_dtype: str = "float3
                 str(node.target))  # fmt: skip
         else:
             e.env[node] = emit_node(e, node)
-    graph = onnx.helper.make_graph(e.b.nodes, gm.__class__.__name__, inputs, outputs, e.b.initializers)
-    used = {n.op_type for n in e.b.nodes if n.domain == DOMAIN}
+    keep = {o.name for o in outputs} | set(e.b.codes.values()) | set(e.b.steps.values())
+    nodes = _live_nodes(e.b.nodes, keep)
+    used_inputs = {i for n in nodes for i in n.input}
+    initializers = [t for t in e.b.initializers if t.name in used_inputs]
+    graph = onnx.helper.make_graph(nodes, gm.__class__.__name__, inputs, outputs, initializers)
+    used = {n.op_type for n in nodes if n.domain == DOMAIN}
     model_proto = onnx.helper.make_model(
         graph,
         opset_imports=[onnx.helper.make_opsetid("", opset), onnx.helper.make_opsetid(DOMAIN, VERSION)],
