@@ -195,8 +195,8 @@ def targets(results: list[dict[str, Any]], env: dict[str, Any]) -> list[str]:
                 rows.append(
                     (
                         f"ResNet-18 {v}",
-                        f">= 3.2x and within 5% of ORT int8 ({ort:.2f}x): {goal:.2f}x",
-                        f"{x:.2f}x",
+                        f">= 3.2x and within 5% of ORT int8 ({ort:.3f}x): {goal:.3f}x",
+                        f"{x:.3f}x",
                         x >= goal,
                     )
                 )
@@ -207,7 +207,7 @@ def targets(results: list[dict[str, Any]], env: dict[str, Any]) -> list[str]:
                 (
                     "ResNet-18 asq w4a4",
                     ">= 2.7x and <= 1.2x the LSQ time",
-                    f"{asq['speedup']:.2f}x, {asq['median_ms'] / lsq['median_ms']:.2f}x LSQ",
+                    f"{asq['speedup']:.3f}x, {asq['median_ms'] / lsq['median_ms']:.2f}x LSQ",
                     asq["speedup"] >= 2.7 and asq["median_ms"] <= 1.2 * lsq["median_ms"],
                 )
             )
