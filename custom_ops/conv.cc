@@ -78,6 +78,31 @@ std::vector<float> sample_scales(const Tensor& scale, int64_t n, const std::stri
   return out;
 }
 
+ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTensorElementDataType w_type,
+                       const std::string& op) {
+  ConvInputs in;
+  in.x = input(context, 0, "input x_codes");
+  const Tensor x_scale = input(context, 1, "input x_scale");
+  in.w = input(context, 2, "input w_codes");
+  in.w_scale = input(context, 3, "input w_scale");
+  in.bias = input(context, 4, "input bias");
+  if (in.x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 && in.x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8)
+    fail(std::string("input x_codes must be int8 or uint8, got ") + type_name(in.x.type));
+  expect_type(in.w, w_type, "input w_codes");
+  in.s = ConvShape::of(in.x, in.w.shape, attrs, op);
+  expect_type(in.w_scale, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "input w_scale");
+  expect_type(in.bias, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "input bias");
+  if (in.w_scale.count != in.s.m || in.bias.count != in.s.m)
+    fail("w_scale and bias must hold one value per output channel (" + std::to_string(in.s.m) + "), got " +
+         shape_text(in.w_scale.shape) + " and " + shape_text(in.bias.shape));
+  in.xs = sample_scales(x_scale, in.s.n, "input x_scale");
+  return in;
+}
+
+bool ConvInputs::stale(const PackedWeights& packed, int64_t group) const {
+  return packed.source != w.data || packed.groups != group || packed.k4 != s.kh * s.kw * ((s.cg + 3) / 4);
+}
+
 void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& a, const Tensor& x,
               const PackedWeights& w, const ConvOutput& output) {
   const bool is_signed = x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;

@@ -51,6 +51,17 @@ using ConvOutput = std::function<void(int64_t n, int64_t g, int64_t lane0, TileO
 void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& attrs, const Tensor& x,
               const PackedWeights& w, const ConvOutput& output);
 
+// The five inputs of every qexport conv op (x_codes, x_scale, w_codes, w_scale, bias), validated.
+struct ConvInputs {
+  Tensor x, w, w_scale, bias;
+  ConvShape s;
+  std::vector<float> xs;  // the activation step of each sample
+  // whether ``packed`` does not hold this weight (yet): pack it
+  bool stale(const PackedWeights& packed, int64_t group) const;
+};
+ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTensorElementDataType w_type,
+                       const std::string& op);
+
 // Per-sample activation step: [] / [1] (one for all) or [N] / [N, 1, 1, 1] (one per sample).
 std::vector<float> sample_scales(const Tensor& scale, int64_t n, const std::string& what);
 

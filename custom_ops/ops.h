@@ -11,26 +11,30 @@ namespace qx {
 // Whether input ``index`` of the node is a constant initializer (its packing can then be cached).
 bool is_constant_input(const OrtKernelInfo* info, size_t index);
 
-struct PostConvKernel {
-  static constexpr const char* kName = "PostConv";
-  explicit PostConvKernel(const OrtKernelInfo* info);
-  void compute(OrtKernelContext* context);
+// What both conv kernels keep: the node's name, its conv attributes and the packed weights (packed
+// once when the weight is a constant initializer).
+struct ConvKernel {
+  explicit ConvKernel(const OrtKernelInfo* info) : node(node_name(info)), constant_weights(is_constant_input(info, 2)) {
+    attrs.read(info);
+  }
   std::string node;
   bool constant_weights;
   ConvAttrs attrs;
-  int64_t bits = 4;
   PackedWeights packed;
 };
 
-struct IntConvKernel {
+struct PostConvKernel : ConvKernel {
+  static constexpr const char* kName = "PostConv";
+  explicit PostConvKernel(const OrtKernelInfo* info);
+  void compute(OrtKernelContext* context);
+  int64_t bits = 4;
+};
+
+struct IntConvKernel : ConvKernel {
   static constexpr const char* kName = "IntConv";
   explicit IntConvKernel(const OrtKernelInfo* info);
   void compute(OrtKernelContext* context);
-  std::string node;
-  bool constant_weights;
-  ConvAttrs attrs;
   int64_t relu = 0;
-  PackedWeights packed;
 };
 
 struct AsqQuantizeKernel {

@@ -29,31 +29,19 @@ int uint4_at(const uint8_t* packed, int64_t i) { return (packed[i / 2] >> (4 * (
 
 }  // namespace
 
-PostConvKernel::PostConvKernel(const OrtKernelInfo* info) : node(node_name(info)), constant_weights(is_constant_input(info, 2)) {
-  attrs.read(info);
+PostConvKernel::PostConvKernel(const OrtKernelInfo* info) : ConvKernel(info) {
   bits = attr_int(info, "bits", -1);
   if (bits < 2 || bits > 4) fail("attribute bits=" + std::to_string(bits) + " must be 2, 3 or 4");
 }
 
 void PostConvKernel::compute(OrtKernelContext* context) {
   const Isa isa = active_isa();
-  const Tensor x = input(context, 0, "input x_codes");
-  const Tensor x_scale = input(context, 1, "input x_scale");
-  const Tensor w = input(context, 2, "input w_codes");
-  const Tensor w_scale = input(context, 3, "input w_scale");
-  const Tensor bias = input(context, 4, "input bias");
-  if (x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 && x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8)
-    fail(std::string("input x_codes must be int8 or uint8, got ") + type_name(x.type));
-  expect_type(w, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT4, "input w_codes");
-  const ConvShape s = ConvShape::of(x, w.shape, attrs, "PostConv");
-  expect_type(w_scale, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "input w_scale");
-  expect_type(bias, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "input bias");
-  if (w_scale.count != s.m || bias.count != s.m)
-    fail("w_scale and bias must hold one value per output channel (" + std::to_string(s.m) + "), got " +
-         shape_text(w_scale.shape) + " and " + shape_text(bias.shape));
-  const std::vector<float> xs = sample_scales(x_scale, s.n, "input x_scale");
+  const ConvInputs in = conv_inputs(context, attrs, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT4, "PostConv");
+  const ConvShape& s = in.s;
+  const Tensor& w = in.w;
+  const std::vector<float>& xs = in.xs;
   const int64_t mg = s.m / attrs.group, pixels = s.ho * s.wo;
-  if (packed.source != w.data || packed.groups != attrs.group || packed.k4 != s.kh * s.kw * ((s.cg + 3) / 4)) {
+  if (in.stale(packed, attrs.group)) {
     const uint8_t* codes = w.as<uint8_t>();
     for (int64_t i = 0; i < w.count; ++i) {
       int8_t even, odd;
@@ -74,9 +62,9 @@ void PostConvKernel::compute(OrtKernelContext* context) {
     packed.source = constant_weights ? w.data : nullptr;
   }
   float* y = static_cast<float*>(output(context, 0, {s.n, s.m, s.ho, s.wo}));
-  const float* ws = w_scale.as<float>();
-  const float* b = bias.as<float>();
-  run_conv(context, isa, s, attrs, x, packed, [&](int64_t n, int64_t g, int64_t lane0, TileOutput& out) {
+  const float* ws = in.w_scale.as<float>();
+  const float* b = in.bias.as<float>();
+  run_conv(context, isa, s, attrs, in.x, packed, [&](int64_t n, int64_t g, int64_t lane0, TileOutput& out) {
     out.post_pairs = true;  // lanes 0-15: even sums of 16 channels, 16-31: their odd sums
     const int64_t half = int64_t(kTileLanes) / 2;
     for (int64_t l = 0; l < half && lane0 / 2 + l < mg; ++l) {
