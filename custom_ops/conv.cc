@@ -38,12 +38,20 @@ ConvShape ConvShape::of(const Tensor& x, const std::vector<int64_t>& ws, const C
   return s;
 }
 
-void PackedWeights::pack(const ConvShape& s, int64_t group, int64_t real_lanes,
+KLayout KLayout::of(const ConvShape& s, const ConvAttrs& a) {
+  KLayout k;
+  k.span = a.group == 1 && a.dilations[1] == 1 && s.cg % 4 != 0;
+  k.cg4 = k.span ? s.cg : (s.cg + 3) / 4 * 4;
+  k.row_quads = k.span ? (s.kw * s.cg + 3) / 4 : k.cg4 / 4;
+  k.k4 = k.span ? s.kh * k.row_quads : s.kh * s.kw * k.row_quads;
+  return k;
+}
+
+void PackedWeights::pack(const ConvShape& s, const KLayout& layout, int64_t group, int64_t real_lanes,
                          const std::function<int8_t(int64_t, int64_t, int64_t, int64_t, int64_t)>& value) {
   groups = group;
   lanes = (real_lanes + int64_t(kTileLanes) - 1) / int64_t(kTileLanes) * int64_t(kTileLanes);
-  const int64_t cg4 = (s.cg + 3) / 4 * 4;
-  k4 = s.kh * s.kw * cg4 / 4;
+  k4 = layout.k4;
   data.assign(size_t(groups * lanes * k4 * 4), 0);
   sums.assign(size_t(groups * lanes), 0);
   for (int64_t g = 0; g < groups; ++g)
@@ -54,7 +62,7 @@ void PackedWeights::pack(const ConvShape& s, int64_t group, int64_t real_lanes,
       for (int64_t i = 0; i < s.kh; ++i)
         for (int64_t j = 0; j < s.kw; ++j)
           for (int64_t c = 0; c < s.cg; ++c) {
-            const int64_t k = (i * s.kw + j) * cg4 + c;
+            const int64_t k = layout.index(s, i, j, c);
             const int8_t v = value(g, lane, c, i, j);
             block[k / 4 * int64_t(kLaneStep) + l * 4 + k % 4] = v;
             sum += v;
@@ -99,15 +107,16 @@ ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTe
   return in;
 }
 
-bool ConvInputs::stale(const PackedWeights& packed, int64_t group) const {
-  return packed.source != w.data || packed.groups != group || packed.k4 != s.kh * s.kw * ((s.cg + 3) / 4);
+bool ConvInputs::stale(const PackedWeights& packed, const ConvAttrs& attrs) const {
+  return packed.source != w.data || packed.groups != attrs.group || packed.k4 != KLayout::of(s, attrs).k4;
 }
 
 void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& a, const Tensor& x,
               const PackedWeights& w, const ConvOutput& output) {
   const bool is_signed = x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
   const uint8_t offset = is_signed ? 128 : 0;
-  const int64_t cg4 = (s.cg + 3) / 4 * 4, groups = a.group;
+  const KLayout layout = KLayout::of(s, a);
+  const int64_t cg4 = layout.cg4, groups = a.group;
   const int64_t pt = a.pads[0], pl = a.pads[1];
   const int64_t hp = s.h + pt + a.pads[2], wp = s.w + pl + a.pads[3];
   const int64_t pixel_bytes = groups * cg4, image_bytes = hp * wp * pixel_bytes;
@@ -115,7 +124,7 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
   // reused across runs (a fresh multi-MB buffer per run costs page faults); the lambdas below run on
   // other threads, so they use the pointer, never the thread_local itself
   thread_local std::vector<uint8_t> scratch;
-  scratch.assign(size_t(s.n * image_bytes), offset);
+  scratch.assign(size_t(s.n * image_bytes + 4), offset);  // + 4: a span layout's last quad reads past the end
   uint8_t* const nhwc = scratch.data();
   std::vector<int64_t> channel_at(size_t(s.c));  // input channel -> byte within an NHWC pixel
   for (int64_t c = 0; c < s.c; ++c) channel_at[size_t(c)] = c / s.cg * cg4 + c % s.cg;
@@ -134,14 +143,18 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
       for (int64_t c = 0; c < channels; ++c) out[at[c]] = uint8_t(in[c * plane + x0] + add);
     }
   });
-  // byte offset of each k quad (kernel row, column, channel quad) from a pixel's window origin
-  const int64_t quads = cg4 / 4;
-  std::vector<int32_t> k_offset(size_t(s.kh * s.kw * quads));
-  for (int64_t i = 0; i < s.kh; ++i)
-    for (int64_t j = 0; j < s.kw; ++j)
-      for (int64_t c4 = 0; c4 < quads; ++c4)
-        k_offset[size_t((i * s.kw + j) * quads + c4)] =
-            int32_t((i * a.dilations[0] * wp + j * a.dilations[1]) * pixel_bytes + 4 * c4);
+  // byte offset of each k quad from a pixel's window origin
+  std::vector<int32_t> k_offset(size_t(layout.k4));
+  for (int64_t i = 0, q = 0; i < s.kh; ++i) {
+    const int64_t row = i * a.dilations[0] * wp * pixel_bytes;
+    if (layout.span) {
+      for (int64_t r = 0; r < layout.row_quads; ++r) k_offset[size_t(q++)] = int32_t(row + 4 * r);
+    } else {
+      for (int64_t j = 0; j < s.kw; ++j)
+        for (int64_t c4 = 0; c4 < layout.row_quads; ++c4)
+          k_offset[size_t(q++)] = int32_t(row + j * a.dilations[1] * pixel_bytes + 4 * c4);
+    }
+  }
   const int64_t pixels = s.ho * s.wo, tile = int64_t(kTilePixels), chunk = 8 * tile;
   const int64_t chunks = (pixels + chunk - 1) / chunk, blocks = w.lanes / int64_t(kTileLanes);
   const size_t tasks = size_t(s.n * groups * blocks * chunks);

@@ -30,6 +30,22 @@ struct ConvShape {
   static ConvShape of(const Tensor& x, const std::vector<int64_t>& w_shape, const ConvAttrs& attrs, const std::string& op);
 };
 
+// How K = (kernel row, kernel column, channel) is cut into the tile's 4-byte groups ("quads").
+// Usually each quad is 4 channels of one input pixel, a group's channels padded to a multiple of 4.
+// With one group, no column dilation and channels not a multiple of 4 (a 3-channel image stem), a
+// kernel row's kw * C bytes are contiguous in the NHWC image and are cut into quads directly: 6 quads
+// per 7x7 row of 3 channels instead of 7.
+struct KLayout {
+  bool span = false;
+  int64_t cg4 = 0;        // bytes of one group in an NHWC pixel
+  int64_t row_quads = 0;  // quads per kernel row (span) or per kernel position
+  int64_t k4 = 0;         // quads in all
+  static KLayout of(const ConvShape& s, const ConvAttrs& a);
+  int64_t index(const ConvShape& s, int64_t i, int64_t j, int64_t c) const {
+    return span ? i * row_quads * 4 + j * s.cg + c : (i * s.kw + j) * cg4 + c;
+  }
+};
+
 // Weights of one conv packed for conv_tile: per group, output lanes (what a kernel accumulates:
 // one per output channel, or two for POST's even and odd sums) padded to a multiple of 32, in
 // blocks [k4][32 lanes][4] with k in (kh, kw, channel) order and zero padding; and each lane's sum
@@ -40,7 +56,7 @@ struct PackedWeights {
   std::vector<int32_t> sums;
   const void* source = nullptr;  // the constant initializer this was packed from (nullptr: per run)
   // value(g, lane, channel_in_group, i, j) for lanes 0..real_lanes-1 of each group
-  void pack(const ConvShape& s, int64_t group, int64_t real_lanes,
+  void pack(const ConvShape& s, const KLayout& layout, int64_t group, int64_t real_lanes,
             const std::function<int8_t(int64_t g, int64_t lane, int64_t c, int64_t i, int64_t j)>& value);
 };
 
@@ -57,7 +73,7 @@ struct ConvInputs {
   ConvShape s;
   std::vector<float> xs;  // the activation step of each sample
   // whether ``packed`` does not hold this weight (yet): pack it
-  bool stale(const PackedWeights& packed, int64_t group) const;
+  bool stale(const PackedWeights& packed, const ConvAttrs& attrs) const;
 };
 ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTensorElementDataType w_type,
                        const std::string& op);

@@ -17,10 +17,10 @@ void IntConvKernel::compute(OrtKernelContext* context) {
   const Tensor& w = in.w;
   const std::vector<float>& xs = in.xs;
   const int64_t mg = s.m / attrs.group;
-  if (in.stale(packed, attrs.group)) {
+  if (in.stale(packed, attrs)) {
     const int8_t* codes = w.as<int8_t>();
     const int64_t per_out = s.cg * s.kh * s.kw;
-    packed.pack(s, attrs.group, mg, [&](int64_t g, int64_t lane, int64_t c, int64_t i, int64_t j) {
+    packed.pack(s, KLayout::of(s, attrs), attrs.group, mg, [&](int64_t g, int64_t lane, int64_t c, int64_t i, int64_t j) {
       return codes[(g * mg + lane) * per_out + (c * s.kh + i) * s.kw + j];
     });
     packed.source = constant_weights ? w.data : nullptr;

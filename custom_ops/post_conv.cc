@@ -41,7 +41,7 @@ void PostConvKernel::compute(OrtKernelContext* context) {
   const Tensor& w = in.w;
   const std::vector<float>& xs = in.xs;
   const int64_t mg = s.m / attrs.group, pixels = s.ho * s.wo;
-  if (in.stale(packed, attrs.group)) {
+  if (in.stale(packed, attrs)) {
     const uint8_t* codes = w.as<uint8_t>();
     for (int64_t i = 0; i < w.count; ++i) {
       int8_t even, odd;
@@ -52,7 +52,7 @@ void PostConvKernel::compute(OrtKernelContext* context) {
     const int64_t per_out = s.cg * s.kh * s.kw;
     // lanes of each 32-lane block: 0-15 the even sums of 16 channels, 16-31 their odd sums
     const int64_t half = int64_t(kTileLanes) / 2, lanes = (mg + half - 1) / half * int64_t(kTileLanes);
-    packed.pack(s, attrs.group, lanes, [&](int64_t g, int64_t lane, int64_t c, int64_t i, int64_t j) -> int8_t {
+    packed.pack(s, KLayout::of(s, attrs), attrs.group, lanes, [&](int64_t g, int64_t lane, int64_t c, int64_t i, int64_t j) -> int8_t {
       const int64_t local = lane / int64_t(kTileLanes) * half + lane % half;
       if (local >= mg) return 0;
       int8_t even, odd;

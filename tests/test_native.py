@@ -79,7 +79,8 @@ CONV_CASES = [
     (2, 2, 1, [1, 1, 1, 1], True, True, 8, 6, 9),
     (8, 1, 2, [2, 2, 2, 2], False, False, 8, 8, 9),  # depthwise, dilated
     (1, 1, 1, [0, 1, 2, 0], True, True, 13, 37, 11),  # channels not a multiple of 4 or 32, asymmetric pads
-    (1, 2, 1, [3, 3, 3, 3], False, False, 3, 70, 23),  # a 7x7 stride-2 stem
+    (1, 2, 1, [3, 3, 3, 3], False, False, 3, 70, 23),  # a 7x7 stride-2 stem (kernel rows cut into quads)
+    (1, 1, 2, [2, 2, 2, 2], False, True, 6, 9, 10),  # dilated, channels padded to 4 per pixel
 ]
 
 
