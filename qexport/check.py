@@ -11,8 +11,8 @@ a one-step difference at a tie, which the contract allows, legitimately flips sa
 logits are that close (seen on random-weight and 3-bit models; lowest 94.5%: a random 8-bit ASQ
 MobileNetV2 through the native IntConv, whose exact int32 sums sit further from PyTorch's float32 conv
 than the float function body does, every tensor >= 99.999% identical and 100% teacher-forced), while a
-real error disagrees on most samples.  Each run is one runtime configuration (onnxruntime optimisation level x batch, or onnx's
-ReferenceEvaluator).
+real error disagrees on most samples.  Each run is one runtime configuration (onnxruntime optimisation
+level x batch, with or without the native kernels, or onnx's ReferenceEvaluator).
 """
 
 from __future__ import annotations
