@@ -33,7 +33,7 @@ from .checkpoint import load
 from .errors import QexportError
 from .native import available as native_available
 from .native import register as register_native
-from .ops import DOMAIN
+from .ops import uses_qexport_ops
 from .progress import Progress
 from .quant.base import Quantizer
 
@@ -305,7 +305,7 @@ def check(
     names = [o.name for o in proto.graph.output]
     runs = [("disable_all", 1, False), ("disable_all", batch, False), ("enable_all", 1, False),
             ("enable_all", batch, False)]  # fmt: skip
-    if native_available() and any(n.domain == DOMAIN for n in proto.graph.node):
+    if native_available() and uses_qexport_ops(proto):
         runs += [("enable_all", 1, True), ("enable_all", batch, True)]  # the native kernels replace the bodies
     ref_x = inputs[:reference_samples]
     bar = Progress(len(inputs) * len(runs) + len(ref_x), "check", enabled=show_progress)

@@ -12,6 +12,7 @@ import onnxruntime as ort
 
 from .errors import QexportError
 from .native import register
+from .ops import uses_qexport_ops
 
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(int64)": np.int64}
 
@@ -23,7 +24,8 @@ class InferenceSession:
         if not os.path.isfile(path):
             raise QexportError(f"{path}: no such ONNX file")
         try:
-            onnx.checker.check_model(str(path))
+            proto = onnx.load(str(path), load_external_data=False)
+            onnx.checker.check_model(proto)
         except Exception as exc:  # ValidationError, DecodeError ...
             first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             raise QexportError(f"{path}: not a valid ONNX model ({first})") from None
@@ -31,7 +33,7 @@ class InferenceSession:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
-        self.native = register(options, quiet=not _uses_qexport_ops(path))
+        self.native = register(options, quiet=not uses_qexport_ops(proto))
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0]
         if len(self.session.get_inputs()) != 1:
@@ -49,9 +51,3 @@ class InferenceSession:
         if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
             raise QexportError("input contains NaN or infinite values")
         return self.session.run(None, {self.input.name: x})[0]
-
-
-def _uses_qexport_ops(path: str | os.PathLike[str]) -> bool:
-    from .ops import DOMAIN
-
-    return any(n.domain == DOMAIN for n in onnx.load(str(path), load_external_data=False).graph.node)

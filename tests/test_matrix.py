@@ -20,7 +20,7 @@ import torch
 import qexport
 from qexport import native, zoo
 from qexport.check import CheckReport
-from qexport.ops import DOMAIN
+from qexport.ops import uses_qexport_ops
 from qexport.quant.nipq import NipqQuantizer, theta_for_bits
 
 SAMPLES = 256
@@ -71,10 +71,6 @@ def _mix_bits(model: torch.nn.Module, seed: int) -> None:
             q.finalize()
 
 
-def _uses_qexport_ops(path: Path) -> bool:
-    return any(n.domain == DOMAIN for n in onnx.load(path).graph.node)
-
-
 def run_case(name: str, method: str, bits: int, placement: str, out_dir: Path) -> CheckReport:
     """Quantize, calibrate, export and check one matrix case (also used by tools/parity_table.py)."""
     kwargs, side, reference = MODELS[name]
@@ -100,7 +96,8 @@ def test_export_and_parity(tmp_path: Path, name: str, method: str, bits: int, pl
     report = run_case(name, method, bits, placement, tmp_path)
     reference = MODELS[name][2]
     assert report.passed, report.table()
-    runs = 4 + (1 if reference else 0) + (2 if native.available() and _uses_qexport_ops(tmp_path / "m.onnx") else 0)
+    native_runs = native.available() and uses_qexport_ops(onnx.load(tmp_path / "m.onnx"))
+    runs = 4 + (1 if reference else 0) + (2 if native_runs else 0)
     assert len(report.runs) == runs and all(r.samples >= 8 for r in report.runs)
     for t in report.runs[0].tensors:  # spread: neither collapsed onto one code nor saturated
         assert t.entropy_bits > 0.5, f"{t.path}: codes collapsed ({t.entropy_bits:.2f} bits of entropy)"

@@ -145,9 +145,14 @@ class Emitter:
         self.layers.append(entry)
 
     @staticmethod
-    def is_post(layer: QuantConv2d | QuantLinear) -> bool:
-        """Weights on sqrt-2 levels: the layer becomes a qexport PostConv / PostMatMul."""
-        return layer.weight_quant is not None and layer.weight_quant.integer_weight(layer.weight) is None
+    def weight_form(layer: nn.Module) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, bool]:
+        """(integer weight codes and scale, or None; whether the weights are on sqrt-2 levels, which
+        have no integer form and make the layer a qexport PostConv / PostMatMul)."""
+        q = getattr(layer, "weight_quant", None)
+        if not isinstance(layer, (QuantConv2d, QuantLinear)) or q is None:
+            return None, False
+        form = q.integer_weight(layer.weight.detach())
+        return form, form is None
 
     def post_operands(self, layer: QuantConv2d | QuantLinear, xq: QTensor | None, path: str, k: np.ndarray,
                       shift: np.ndarray, transpose: bool) -> list[str]:  # fmt: skip
@@ -188,17 +193,15 @@ class Emitter:
         ph, pw = layer.padding
         attrs: dict[str, Any] = {"strides": list(layer.stride), "pads": [ph, pw, ph, pw],
                                  "dilations": list(layer.dilation), "group": layer.groups}  # fmt: skip
-        form = None
-        if isinstance(layer, QuantConv2d) and layer.weight_quant is not None:
-            form = layer.weight_quant.integer_weight(layer.weight.detach())
+        form, post = self.weight_form(layer)
         # IntConv: integer weights, but an input step QLinearConv cannot take (ASQ) or an output it
         # would leave float
         int_conv = form is not None and (not layer.is_integer() or not self.output_quantized(node))
-        codes_used = isinstance(layer, QuantConv2d) and (self.is_post(layer) or int_conv)
-        xq = self.layer_input(layer, x, path, codes_used) if isinstance(layer, QuantConv2d) else None
+        xq = self.layer_input(layer, x, path, post or int_conv) if isinstance(layer, QuantConv2d) else None
         x = xq.value if xq is not None else x
         k, shift = bn_factors(bn, layer.out_channels)
-        if isinstance(layer, QuantConv2d) and self.is_post(layer):
+        if post:
+            assert isinstance(layer, QuantConv2d)
             self.record(path, layer, "PostConv", "uint4 POST codes")
             inputs = self.post_operands(layer, xq, path, k, shift, transpose=False)
             assert layer.weight_quant is not None
@@ -213,9 +216,7 @@ class Emitter:
             inputs = [x, self.b.dq_weight(dep.codes, dep.weight_scale, 0, path, storage)]
             if dep.bias_codes is not None:
                 inputs.append(self.b.dq_bias(dep.bias_codes, dep.bias_scale, path))
-        else:  # float weights, or integer weights with a float / per-sample input: float bias, BN folded
-            form = layer.weight_quant.integer_weight(layer.weight.detach()) if isinstance(layer, QuantConv2d) and \
-                layer.weight_quant is not None else None  # fmt: skip
+        else:  # float weights, or integer weights with a float input: float bias, BN folded
             storage = "float32"
             if form is not None:
                 dep = deployed_conv(_np(form[0]).astype(np.int64), _np(form[1]), np.float32(1.0), None, bn)
@@ -235,10 +236,18 @@ class Emitter:
         """Whether a conv's output (after its folded BatchNorm and a ReLU) goes into exactly one uniform
         quantizer: the QDQ pattern onnxruntime fuses into QLinearConv.  Otherwise it would stay a
         float conv, and the conv is exported as IntConv instead."""
-        users = list(node.users)
-        while len(users) == 1 and (users[0] in self.folded_bn or _relu_kind(self.gm, users[0])):
-            users = list(users[0].users)
+        users = self.users_after(node, through_relu=True)
         return len(users) == 1 and self.uniform_quantizer_input(users[0])
+
+    def users_after(self, node: fx.Node, through_relu: bool = False) -> list[fx.Node]:
+        """The users of a conv's output past its folded BatchNorm (and, ``through_relu``, a ReLU /
+        ReLU6), as long as each step has one user."""
+        users = list(node.users)
+        while len(users) == 1 and (
+            users[0] in self.folded_bn or (through_relu and _relu_kind(self.gm, users[0]) is not None)
+        ):
+            users = list(users[0].users)
+        return users
 
     def uniform_quantizer_input(self, user: fx.Node) -> bool:
         """Whether ``user`` takes its input through a uniform activation quantizer (a glue quantizer,
@@ -274,9 +283,7 @@ class Emitter:
 
     def relu_after(self, node: fx.Node) -> fx.Node | None:
         """The ReLU that alone consumes a conv's output (after its folded BatchNorm), if any."""
-        users = list(node.users)
-        while len(users) == 1 and users[0] in self.folded_bn:
-            users = list(users[0].users)
+        users = self.users_after(node)
         if len(users) == 1 and _relu_kind(self.gm, users[0]) == "relu":
             return users[0]
         return None
@@ -286,17 +293,15 @@ class Emitter:
         path = str(node.target)
         assert isinstance(layer, nn.Linear)
         x = self.arg(node.args[0])
-        form = None
-        if isinstance(layer, QuantLinear) and layer.weight_quant is not None:
-            form = layer.weight_quant.integer_weight(layer.weight.detach())
+        form, post = self.weight_form(layer)
         asq = isinstance(layer, QuantLinear) and layer.act_quant is not None and layer.act_quant.kind == "asq"
         # MatMulInteger for a per-row step, and for a 2-D input (DequantizeLinear -> MatMul plus the bias
         # becomes a float Gemm there; from 3-D on, onnxruntime fuses it into MatMulIntegerToFloat)
-        integer = isinstance(layer, QuantLinear) and form is not None and (asq or _rank(node.args[0]) == 2)
-        codes_used = isinstance(layer, QuantLinear) and (self.is_post(layer) or integer)
-        xq = self.layer_input(layer, x, path, codes_used) if isinstance(layer, QuantLinear) else None
+        integer = form is not None and (asq or _rank(node.args[0]) == 2)
+        xq = self.layer_input(layer, x, path, post or integer) if isinstance(layer, QuantLinear) else None
         x = xq.value if xq is not None else x
-        if isinstance(layer, QuantLinear) and self.is_post(layer):
+        if post:
+            assert isinstance(layer, QuantLinear)
             self.record(path, layer, "PostMatMul", "uint4 POST codes")
             ones, zeros = np.ones(layer.out_features), np.zeros(layer.out_features)
             inputs = self.post_operands(layer, xq, path, ones, zeros, transpose=True)

@@ -50,6 +50,11 @@ def functions_for(op_types: set[str], opset: int = 21) -> list[onnx.FunctionProt
     return list(seen.values())
 
 
+def uses_qexport_ops(model: onnx.ModelProto) -> bool:
+    """Whether ``model``'s graph has a node in the qexport domain (what the native kernels replace)."""
+    return any(n.domain == DOMAIN for n in model.graph.node)
+
+
 OP_TYPES = frozenset(_FUNCTIONS)
 
-__all__ = ["DOMAIN", "OP_TYPES", "VERSION", "functions_for"]
+__all__ = ["DOMAIN", "OP_TYPES", "VERSION", "functions_for", "uses_qexport_ops"]
