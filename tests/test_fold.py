@@ -61,6 +61,38 @@ def test_eval_is_the_deployed_conv_and_training_is_not() -> None:
     assert y.shape == deployed.shape and not torch.allclose(y, deployed, atol=step)  # batch statistics
 
 
+def test_full_range_codes_fold_negative_gammas_exactly() -> None:
+    """2-bit LSQ weights use -2..1; a channel with a negative BatchNorm gamma folds to -1..2."""
+    model = zoo.create("resnet20")
+    _trained_bn(model)
+    gm = qexport.quantize(model, bits=2)
+    qexport.calibrate(gm, [torch.randn(4, 3, 32, 32)])
+    conv: QuantConv2d = gm.get_submodule("layers.2.0.conv1")
+    codes = conv.weight_quant.codes(conv.weight.detach()).numpy()
+    assert codes.min() == -2 and codes.max() == 1
+    dep = conv.deployed()
+    k, _ = bn_factors(conv.folded_bn, codes.shape[0])
+    assert (k < 0).any() and (k > 0).any()
+    assert np.array_equal(dep.codes[k < 0], -codes[k < 0]) and np.array_equal(dep.codes[k > 0], codes[k > 0])
+    assert dep.codes[k < 0].max() == 2
+    gm.eval()
+    inp = torch.randn(2, 32, 16, 16).relu()
+    with torch.no_grad():
+        deployed = conv.folded_bn(conv(inp))
+        plain = nn.BatchNorm2d.forward(conv.folded_bn, conv._conv_forward(*conv.quantized_operands(inp), None))
+    step = float(conv.act_quant.step) * dep.weight_scale.max()
+    assert torch.allclose(deployed, plain, atol=step)  # the fold is exact up to the int32 bias rounding
+
+
+def test_checkpoints_without_weight_range_keep_narrow_codes() -> None:
+    from qexport.quant.config import QuantConfig
+
+    old = QuantConfig().to_dict()
+    del old["weight_range"]
+    assert QuantConfig.from_dict(old).weight_range == "narrow"
+    assert QuantConfig.from_dict(QuantConfig().to_dict()).weight_range == "full"
+
+
 def test_deployed_conv_math() -> None:
     codes = np.array([[[[3]]], [[[-2]]]])
     bn = nn.BatchNorm2d(2).eval()

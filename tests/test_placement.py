@@ -62,7 +62,13 @@ def test_signedness_first_last_and_bits() -> None:
     conv1 = gm.get_submodule("layers.1.0.conv1")
     assert conv1.act_quant.code_range.bits == 3 and not conv1.act_quant.code_range.signed
     w = conv1.weight_quant.code_range
-    assert (w.qmin, w.qmax) == (-3, 3)  # narrow symmetric weight codes
+    assert (w.qmin, w.qmax) == (-4, 3)  # the LSQ paper's full signed range
+    assert (stem.weight_quant.code_range.qmin, stem.weight_quant.code_range.qmax) == (-127, 127)  # 8-bit: narrow
+    narrow = qexport.quantize(zoo.create("resnet20"), bits=2, weight_range="narrow")
+    w = narrow.get_submodule("layers.1.0.conv1").weight_quant.code_range
+    assert (w.qmin, w.qmax) == (-1, 1)  # ternary
+    with pytest.raises(qexport.QexportError, match="weight_range"):
+        qexport.quantize(zoo.create("resnet20"), weight_range="wide")
 
 
 def test_overrides_and_skips() -> None:

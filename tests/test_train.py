@@ -140,6 +140,14 @@ def test_ddp_two_cpu_ranks_stay_identical(tiny_cifar: Path, tmp_path: Path) -> N
     ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # each rank calibrated on its own shard: the steps agree before DDP's first broadcast only
+    # because calibration averages its statistics over the ranks
+    c0 = torch.load(out / "rank0_calibrated.pt", weights_only=True)
+    c1 = torch.load(out / "rank1_calibrated.pt", weights_only=True)
+    act_steps = [k for k in c0 if k.endswith("act_quant.step")]
+    assert act_steps
+    for k in act_steps:
+        assert torch.equal(c0[k], c1[k]), f"calibration differs between ranks at {k}"
     s0 = torch.load(out / "rank0.pt", weights_only=True)
     s1 = torch.load(out / "rank1.pt", weights_only=True)
     assert s0.keys() == s1.keys()
@@ -147,3 +155,33 @@ def test_ddp_two_cpu_ranks_stay_identical(tiny_cifar: Path, tmp_path: Path) -> N
     assert quant_keys
     for k in s0:
         assert torch.equal(s0[k], s1[k]), f"ranks differ at {k}"
+
+
+def test_model_card_measures_checkpoint_and_its_onnx_export(
+    tiny_cifar: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import model_card
+
+    small = ["--batch-size", "16", "--max-steps", "2", "--no-progress", "--calib-batches", "1", "--epochs", "1"]
+    assert train.main(["--method", "fp32", "--lr", "0.05", "--out", str(tmp_path / "fp32"), *small]) == 0
+    init = str(tmp_path / "fp32" / "model.pt")
+    assert train.main(["--method", "asq+post", "--init", init, "--out", str(tmp_path / "q"), *small]) == 0
+    models = tmp_path / "models"
+    models.mkdir()
+    for name in ("fp32", "q"):
+        (models / f"{name}.pt").write_bytes((tmp_path / name / "model.pt").read_bytes())
+    assert model_card.main(["--eval", "--models", str(models), "--data", str(tiny_cifar)]) == 0
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ") for line in capsys.readouterr().out.splitlines()}
+    header = rows["checkpoint"]
+    for name in ("fp32.pt", "q.pt"):
+        row = dict(zip(header, rows[name], strict=True))
+        fake = float(row["fake-quant top-1 (CPU)"])
+        assert 0.0 <= fake <= 100.0
+        # 30 test images: the export agrees with the fake-quant model on every one
+        onnx_cols = [i for i, h in enumerate(header) if h.startswith("ONNX top-1")]
+        for i in onnx_cols:
+            if rows[name][i] == "library not built":
+                assert not qexport.native.available()
+                continue
+            assert float(rows[name][i]) == fake and float(rows[name][i + 1]) == 100.0
+    assert rows["q.pt"][header.index("method")] == "post w / asq a"

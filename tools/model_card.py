@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """Print the model-card table of the checkpoints in models/ (markdown), from their metadata, and
 with --eval measure each one here on the 10,000 CIFAR-10 test images: the PyTorch fake-quant model
-on the CPU, and its ONNX export in onnxruntime (CPU, default optimisation) with the top-1 agreement.
+on the CPU, and its ONNX export (what ``qexport model.pt --format onnx`` writes) in onnxruntime
+twice, once with the qexport ops as their ONNX function bodies (plain onnxruntime) and once with
+the native kernels registered (qexport.InferenceSession), each with its top-1 agreement with the
+fake-quant model.
 
-    python tools/model_card.py                 # table from the checkpoints' training metadata
-    python tools/model_card.py --eval          # + measured here (~40 s a model on 2 cores)
+    python tools/model_card.py                           # table from the checkpoints' metadata
+    python tools/model_card.py --eval                    # + measured here (~1 min a model, 2 cores)
+    python tools/model_card.py --eval models/resnet20_lsq_w4a4.pt [--data cifar10-jpeg.tar.gz]
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import onnxruntime as ort
 import torch
 
 import qexport
-from qexport import checkpoint, data
+from qexport import checkpoint, data, native
 from qexport.evaluate import predictions
 from qexport.export import export
 
@@ -36,27 +40,49 @@ PAPER_DELTA = {
 }
 
 
-def measure_both(model: torch.nn.Module) -> tuple[float, tuple[float, float] | None]:
-    """(fake-quant top-1, (ONNX top-1, top-1 agreement) or None when the model cannot export yet)
-    on the 10,000 CIFAR-10 test images."""
-    images, labels = data.cifar10("test")
+class Measured:
+    """Top-1 on the test set: fake-quant, and per ONNX runtime mode (top-1, agreement with fake-quant)."""
+
+    def __init__(self, fake: float, onnx_runs: dict[str, tuple[float, float]] | None) -> None:
+        self.fake = fake
+        self.onnx_runs = onnx_runs  # None: the model does not export
+
+
+def onnx_predictions(path: Path, images: torch.Tensor, native_kernels: bool) -> np.ndarray:
+    """Classes predicted by onnxruntime (CPU, default optimisation) in batches of 500."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if native_kernels and not native.register(options, quiet=True):
+        raise qexport.QexportError(
+            "the native kernels are not built: pip install -e . after tools/fetch_ort_headers.sh"
+        )
+    sess = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    runs = [
+        sess.run(None, {"input": data.normalize(images[i : i + 500]).numpy()})[0] for i in range(0, len(images), 500)
+    ]
+    return np.concatenate(runs).argmax(1)
+
+
+def measure(model: torch.nn.Module, archive: str | None) -> Measured:
+    """Fake-quant top-1 and, per runtime mode, (ONNX top-1, top-1 agreement) on the test set."""
+    images, labels = data.cifar10("test", archive)
+    truth = labels.numpy()
     ours = predictions(model, images).numpy()
-    fake = 100.0 * float((ours == labels.numpy()).mean())
+    fake = 100.0 * float((ours == truth).mean())
     with tempfile.TemporaryDirectory() as tmp:
         try:
             path = export(model, Path(tmp) / "m.onnx")
         except qexport.QexportError:
-            return fake, None
-        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        runs = [
-            sess.run(None, {"input": data.normalize(images[i : i + 500]).numpy()})[0]
-            for i in range(0, len(images), 500)
-        ]
-    theirs = np.concatenate(runs).argmax(1)
-    return fake, (100.0 * float((theirs == labels.numpy()).mean()), 100.0 * float((theirs == ours).mean()))
+            return Measured(fake, None)
+        runs = {}
+        modes = ("function bodies", "native kernels") if native.available() else ("function bodies",)
+        for mode in modes:
+            theirs = onnx_predictions(path, images, native_kernels=mode == "native kernels")
+            runs[mode] = (100.0 * float((theirs == truth).mean()), 100.0 * float((theirs == ours).mean()))
+    return Measured(fake, runs)
 
 
-def describe(path: Path, measure: bool, fp32_top1: float | None) -> list[str]:
+def describe(path: Path, measure_here: bool, archive: str | None, fp32_top1: float | None) -> list[str]:
     model = qexport.load(path)
     meta = model.qexport_meta
     cfg = getattr(model, "qexport_config", None)
@@ -73,15 +99,15 @@ def describe(path: Path, measure: bool, fp32_top1: float | None) -> list[str]:
         placement = cfg["placement"]
         key = (cfg["weight"], cfg["act"], cfg["bits"])
     trained = meta.get("test_top1")
-    here = onnx_top1 = agree = ""
-    if measure:
+    cells = [""] * 5
+    if measure_here:
         torch.set_num_threads(2)
-        here_top1, onnx_result = measure_both(model)
-        here = f"{here_top1:.2f}"
-        if onnx_result is None:
-            onnx_top1 = agree = "not exportable yet"
-        else:
-            onnx_top1, agree = f"{onnx_result[0]:.2f}", f"{onnx_result[1]:.2f}"
+        result = measure(model, archive)
+        cells = [f"{result.fake:.2f}"] + ["not exportable yet"] * 4
+        if result.onnx_runs is not None:
+            for i, mode in enumerate(("function bodies", "native kernels")):
+                run = result.onnx_runs.get(mode)
+                cells[1 + 2 * i : 3 + 2 * i] = [f"{v:.2f}" for v in run] if run else ["library not built", ""]
     delta = f"{trained - fp32_top1:+.2f}" if (fp32_top1 is not None and trained is not None and cfg) else ""
     paper = PAPER_DELTA.get(key) if key and placement == "deployable" and not cfg["learn_bits"] else None
     return [
@@ -92,9 +118,7 @@ def describe(path: Path, measure: bool, fp32_top1: float | None) -> list[str]:
         str(meta.get("epochs", "")),
         str(meta.get("seed", "")),
         f"{trained:.2f}" if trained is not None else "",
-        here,
-        onnx_top1,
-        agree,
+        *cells,
         delta,
         f"{paper:+.1f}" if paper is not None else "",
         f"{meta.get('train_seconds', 0):.0f} s",
@@ -102,13 +126,31 @@ def describe(path: Path, measure: bool, fp32_top1: float | None) -> list[str]:
     ]
 
 
+def learned_bits_table(path: Path) -> list[str]:
+    """Markdown rows (layer, weight bits, activation bits) of a checkpoint trained with learned
+    NIPQ bit-widths; empty for any other checkpoint."""
+    model = qexport.load(path)
+    cfg = getattr(model, "qexport_config", None)
+    bits = model.qexport_meta.get("nipq_bits", {})
+    if cfg is None or not cfg["learn_bits"] or not bits:
+        return []
+    layers = dict.fromkeys(k.rsplit(".", 1)[0] for k in bits)
+    rows = [f"Learned bit-widths of {path.name}:", "", "| layer | weight bits | activation bits |", "|---|---|---|"]
+    for layer in layers:
+        rows.append(f"| {layer} | {bits.get(layer + '.weight_quant', '-')} | {bits.get(layer + '.act_quant', '-')} |")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="*", help="checkpoints to describe (default: every *.pt in --models)")
     p.add_argument("--models", default=str(Path(__file__).resolve().parents[1] / "models"))
     p.add_argument("--eval", action="store_true", help="re-measure top-1 on this machine")
+    p.add_argument("--data", help="path of cifar10-jpeg.tar.gz (default: ../shared/data)")
     args = p.parse_args(argv)
-    paths = sorted(Path(args.models).glob("*.pt"))
-    fp32 = [payload for payload in map(checkpoint.read, paths) if payload["quant"] is None]
+    models = Path(args.models)
+    paths = [Path(c) for c in args.checkpoints] or sorted(models.glob("*.pt"))
+    fp32 = [payload for payload in map(checkpoint.read, sorted(models.glob("*.pt"))) if payload["quant"] is None]
     fp32_top1 = fp32[0]["meta"].get("test_top1") if fp32 else None
     header = [
         "checkpoint",
@@ -119,8 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         "seed",
         "top-1 (training run)",
         "fake-quant top-1 (CPU)",
-        "ONNX top-1 (ORT CPU)",
-        "top-1 agreement %",
+        "ONNX top-1 (function bodies)",
+        "agreement %",
+        "ONNX top-1 (native kernels)",
+        "agreement %",
         "delta to FP32 (training run)",
         "paper delta",
         "train time",
@@ -129,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     for path in paths:
-        print("| " + " | ".join(describe(path, args.eval, fp32_top1)) + " |", flush=True)
+        print("| " + " | ".join(describe(path, args.eval, args.data, fp32_top1)) + " |", flush=True)
+    for path in paths:
+        rows = learned_bits_table(path)
+        if rows:
+            print("\n" + "\n".join(rows))
     return 0
 
 

@@ -83,7 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--save-rank-states",
         action="store_true",
-        help="each rank writes OUT/rank<R>.pt with its final state (to verify DDP keeps ranks identical)",
+        help="each rank writes OUT/rank<R>_calibrated.pt (after quantizer initialisation, before DDP) and "
+        "OUT/rank<R>.pt (final state): to verify that ranks stay identical",
     )
     args = p.parse_args(argv)
     weight, act = METHODS[args.method]
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     shard = torch.arange(rank, len(train_x), world)  # each rank calibrates on its own shard
 
     model = build_model(args, train_x[shard], device)
+    if args.save_rank_states:
+        torch.save(model.state_dict(), out / f"rank{rank}_calibrated.pt")
     core = model
     is_nipq = any(isinstance(m, NipqQuantizer) for m in model.modules())
     per_rank = max(args.batch_size // world, 1)

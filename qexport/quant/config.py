@@ -17,6 +17,7 @@ from .pot import PotQuantizer
 WEIGHT_METHODS = ("lsq", "nipq", "post", "pot")
 ACT_METHODS = ("lsq", "nipq", "asq")
 PLACEMENTS = ("deployable", "paper")
+WEIGHT_RANGES = ("full", "narrow")
 OVERRIDE_KEYS = ("weight", "act", "bits", "weight_bits", "act_bits")
 
 
@@ -41,6 +42,7 @@ class QuantConfig:
     learn_bits: bool = False
     max_bits: int = 8
     overrides: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    weight_range: Literal["full", "narrow"] = "full"
 
     def __post_init__(self) -> None:
         if self.weight is not None and self.weight not in WEIGHT_METHODS:
@@ -49,6 +51,8 @@ class QuantConfig:
             raise QexportError(f"unknown activation method {self.act!r}: choose one of {ACT_METHODS} or None")
         if self.placement not in PLACEMENTS:
             raise QexportError(f"unknown placement {self.placement!r}: choose one of {PLACEMENTS}")
+        if self.weight_range not in WEIGHT_RANGES:
+            raise QexportError(f"unknown weight_range {self.weight_range!r}: choose one of {WEIGHT_RANGES}")
         _check_bits(self.bits, "bits")
         for name in ("weight_bits", "act_bits", "first_last_bits"):
             if getattr(self, name) is not None:
@@ -71,7 +75,8 @@ class QuantConfig:
         unknown = set(data) - known
         if unknown:
             raise QexportError(f"quantization config has unknown fields {sorted(unknown)}: written by a newer qexport?")
-        return cls(**data)
+        # checkpoints written before weight_range existed trained narrow-range LSQ weights
+        return cls(**{"weight_range": "narrow", **data})
 
 
 @dataclass(frozen=True)
@@ -86,7 +91,10 @@ class LayerPlan:
 
 def make_weight_quantizer(method: str, bits: int, out_channels: int, cfg: QuantConfig, fixed: bool) -> Quantizer:
     if method == "lsq":
-        return LsqQuantizer(bits, True, "weight", narrow=True, channels=out_channels if cfg.per_channel else 0)
+        # 8-bit codes stay narrow (+-127): folding a negative BatchNorm gamma negates them, and -(-128)
+        # does not fit int8.  Below 8 bits the negated full range still fits.
+        narrow = cfg.weight_range == "narrow" or bits >= 8
+        return LsqQuantizer(bits, True, "weight", narrow=narrow, channels=out_channels if cfg.per_channel else 0)
     if method == "nipq":
         learn = cfg.learn_bits and not fixed
         return NipqQuantizer(bits, True, "weight", learn_bits=learn, max_bits=max(cfg.max_bits, bits))

@@ -364,6 +364,7 @@ def quantize(
     learn_bits: bool = False,
     max_bits: int = 8,
     overrides: dict[str, dict[str, Any] | None] | None = None,
+    weight_range: str = "full",
 ) -> nn.Module:
     """Return a quantized copy of ``model`` (the original is left untouched).
 
@@ -379,6 +380,10 @@ def quantize(
         starting from ``bits``; first and last layer stay fixed.
     overrides: ``{"layer1.*.conv1": {"bits": 2}, "fc": None}``: fnmatch patterns on module paths,
         keys weight / act / bits / weight_bits / act_bits; None leaves the layer float.
+    weight_range: LSQ weight codes below 8 bits: ``full`` (default, the LSQ paper's
+        ``-2^(b-1) .. 2^(b-1)-1``: four levels at 2 bits) or ``narrow`` (``±(2^(b-1)-1)``: ternary at
+        2 bits).  8-bit weights are always narrow (a negative BatchNorm gamma negates the codes when
+        folded, and +128 does not fit int8); NIPQ, POST and POT keep their own symmetric levels.
     """
     cfg = QuantConfig(
         weight=weight,
@@ -393,6 +398,7 @@ def quantize(
         learn_bits=learn_bits,
         max_bits=max_bits,
         overrides=dict(overrides or {}),
+        weight_range=weight_range,  # type: ignore[arg-type]
     )
     return apply_config(model, cfg)
 
