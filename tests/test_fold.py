@@ -4,6 +4,7 @@ on the int32 accumulator grid), training keeps the plain conv + BatchNorm."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -61,27 +62,35 @@ def test_eval_is_the_deployed_conv_and_training_is_not() -> None:
     assert y.shape == deployed.shape and not torch.allclose(y, deployed, atol=step)  # batch statistics
 
 
-def test_full_range_codes_fold_negative_gammas_exactly() -> None:
-    """2-bit LSQ weights use -2..1; a channel with a negative BatchNorm gamma folds to -1..2."""
+@pytest.mark.parametrize("act", ["lsq", "asq"])
+def test_full_range_weights_mirror_negative_gammas_so_folded_codes_stay_in_range(act: str) -> None:
+    """2-bit LSQ weights use -2..1; a channel with a negative BatchNorm gamma is quantized mirrored
+    (its codes -1..2), so the folded codes are -2..1 on every channel and int2 storage holds them."""
     model = zoo.create("resnet20")
     _trained_bn(model)
-    gm = qexport.quantize(model, bits=2)
+    gm = qexport.quantize(model, act=act, bits=2)
     qexport.calibrate(gm, [torch.randn(4, 3, 32, 32)])
     conv: QuantConv2d = gm.get_submodule("layers.2.0.conv1")
-    codes = conv.weight_quant.codes(conv.weight.detach()).numpy()
-    assert codes.min() == -2 and codes.max() == 1
-    dep = conv.deployed()
-    k, _ = bn_factors(conv.folded_bn, codes.shape[0])
-    assert (k < 0).any() and (k > 0).any()
-    assert np.array_equal(dep.codes[k < 0], -codes[k < 0]) and np.array_equal(dep.codes[k > 0], codes[k > 0])
-    assert dep.codes[k < 0].max() == 2
+    bn = conv.bn_after
+    assert bn is not None and (bn.weight < 0).any() and (bn.weight > 0).any()
+    codes, scale = conv.integer_weight()
+    neg = (bn.weight < 0).numpy()
+    assert codes[neg].min() == -1 and codes[neg].max() == 2
+    assert codes[~neg].min() == -2 and codes[~neg].max() == 1
     gm.eval()
-    inp = torch.randn(2, 32, 16, 16).relu()
     with torch.no_grad():
-        deployed = conv.folded_bn(conv(inp))
-        plain = nn.BatchNorm2d.forward(conv.folded_bn, conv._conv_forward(*conv.quantized_operands(inp), None))
-    step = float(conv.act_quant.step) * dep.weight_scale.max()
-    assert torch.allclose(deployed, plain, atol=step)  # the fold is exact up to the int32 bias rounding
+        assert torch.equal(conv.quantized_weight(), codes * scale.view(-1, 1, 1, 1))
+    k, _ = bn_factors(bn, codes.shape[0])
+    folded = codes.numpy() * np.where(k < 0, -1, 1).reshape(-1, 1, 1, 1)
+    assert folded.min() == -2 and folded.max() == 1
+    if act == "lsq":
+        assert np.array_equal(conv.deployed().codes, folded)
+        inp = torch.randn(2, 32, 16, 16).relu()
+        with torch.no_grad():
+            deployed = bn(conv(inp))
+            plain = nn.BatchNorm2d.forward(bn, conv._conv_forward(*conv.quantized_operands(inp), None))
+        step = float(conv.act_quant.step) * conv.deployed().weight_scale.max()
+        assert torch.allclose(deployed, plain, atol=step)  # the fold is exact up to the int32 bias rounding
 
 
 def test_checkpoints_without_weight_range_keep_narrow_codes() -> None:

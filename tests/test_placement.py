@@ -63,7 +63,7 @@ def test_signedness_first_last_and_bits() -> None:
     assert conv1.act_quant.code_range.bits == 3 and not conv1.act_quant.code_range.signed
     w = conv1.weight_quant.code_range
     assert (w.qmin, w.qmax) == (-4, 3)  # the LSQ paper's full signed range
-    assert (stem.weight_quant.code_range.qmin, stem.weight_quant.code_range.qmax) == (-127, 127)  # 8-bit: narrow
+    assert (stem.weight_quant.code_range.qmin, stem.weight_quant.code_range.qmax) == (-128, 127)
     narrow = qexport.quantize(zoo.create("resnet20"), bits=2, weight_range="narrow")
     w = narrow.get_submodule("layers.1.0.conv1").weight_quant.code_range
     assert (w.qmin, w.qmax) == (-1, 1)  # ternary

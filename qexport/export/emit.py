@@ -151,7 +151,7 @@ class Emitter:
         q = getattr(layer, "weight_quant", None)
         if not isinstance(layer, (QuantConv2d, QuantLinear)) or q is None:
             return None, False
-        form = q.integer_weight(layer.weight.detach())
+        form = layer.integer_weight()
         return form, form is None
 
     def post_operands(self, layer: QuantConv2d | QuantLinear, xq: QTensor | None, path: str, k: np.ndarray,

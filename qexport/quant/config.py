@@ -91,9 +91,7 @@ class LayerPlan:
 
 def make_weight_quantizer(method: str, bits: int, out_channels: int, cfg: QuantConfig, fixed: bool) -> Quantizer:
     if method == "lsq":
-        # 8-bit codes stay narrow (+-127): folding a negative BatchNorm gamma negates them, and -(-128)
-        # does not fit int8.  Below 8 bits the negated full range still fits.
-        narrow = cfg.weight_range == "narrow" or bits >= 8
+        narrow = cfg.weight_range == "narrow"
         return LsqQuantizer(bits, True, "weight", narrow=narrow, channels=out_channels if cfg.per_channel else 0)
     if method == "nipq":
         learn = cfg.learn_bits and not fixed

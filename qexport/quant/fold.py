@@ -2,8 +2,8 @@
 numbers.
 
 After training, ``bn(conv(x))`` becomes one conv: weights ``q * (s_w |k|)`` with the codes negated
-where ``k = gamma / sqrt(var + eps)`` is negative (exact: negated codes stay integers that int8
-holds, because 8-bit weight codes are narrow, ±127, and narrower widths have room), and
+where ``k = gamma / sqrt(var + eps)`` is negative (exact; an asymmetric code range was applied to
+the weight mirrored by that sign, QuantConv2d.weight_signs, so the result stays in range), and
 bias ``k * b + beta - k * mean``.  An integer runtime (ORT's QLinearConv, and ORT's own bias
 quantization of any DQ -> Conv) keeps that bias as int32 on the accumulator scale
 ``s_x * s_w |k|``; at 2-4 bits that grid is coarse next to an 8-bit output step, so the rounding

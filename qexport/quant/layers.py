@@ -31,28 +31,78 @@ class _Quantized:
             x = self.act_quant(x)
         return x, self.quantized_weight()
 
+    def weight_signs(self) -> Tensor | None:
+        """Per-output-channel signs [C, 1, ...] the weight is mirrored by before quantization, or None
+        (see QuantConv2d)."""
+        return None
+
+    def _sign_tensors(self) -> list[Tensor]:
+        return []
+
+    def _fake_weight(self) -> Tensor:
+        assert self.weight_quant is not None
+        signs = self.weight_signs()
+        if signs is None:
+            return self.weight_quant(self.weight)
+        return self.weight_quant(self.weight * signs) * signs
+
     def quantized_weight(self) -> Tensor:
         """The fake-quantized weight; in eval without autograd it is cached until the weight or a
         quantizer parameter changes (POST's level projection of a large layer is not free)."""
         q = self.weight_quant
         if q is None:
             return self.weight
-        if q.training or torch.is_grad_enabled() or not q.ready:
-            return q(self.weight)
-        key = version_key([self.weight, *q.parameters(), *q.buffers()])
+        if q.training or torch.is_grad_enabled() or not q.ready or q.calibrating:
+            return self._fake_weight()
+        key = version_key([self.weight, *q.parameters(), *q.buffers(), *self._sign_tensors()])
         cached = self.__dict__.get("_weight_cache")
         if cached is None or cached[0] != key:
-            cached = (key, q(self.weight))
+            cached = (key, self._fake_weight())
             self.__dict__["_weight_cache"] = cached
         return cached[1]
+
+    def integer_weight(self) -> tuple[Tensor, Tensor] | None:
+        """``(codes, per-channel scale)`` of the fake-quantized weight (``codes * scale`` equals it), or
+        None when the weight quantizer has no integer form (POST) or there is none."""
+        q = self.weight_quant
+        if q is None:
+            return None
+        signs = self.weight_signs()
+        w = self.weight.detach()
+        if signs is None:
+            return q.integer_weight(w)
+        form = q.integer_weight(w * signs)
+        return None if form is None else (form[0] * signs, form[1])
 
 
 class QuantConv2d(_Quantized, nn.Conv2d):
     folded_bn: FoldableBatchNorm2d | None = None  # a reference, not a submodule (it stays in the graph)
+    bn_after: nn.BatchNorm2d | None = None  # the BatchNorm the export folds in (a reference too)
 
     def fold(self, bn: FoldableBatchNorm2d) -> None:
         """Absorb the BatchNorm that follows in eval mode (see fold.py)."""
         object.__setattr__(self, "folded_bn", bn)
+        self.link_batchnorm(bn)
+
+    def link_batchnorm(self, bn: nn.BatchNorm2d) -> None:
+        object.__setattr__(self, "bn_after", bn)
+
+    def weight_signs(self) -> Tensor | None:
+        """Folding the BatchNorm that follows negates the codes of channels whose gamma is negative.
+        An asymmetric code range (LSQ's full range, -2..1 at 2 bits) is therefore applied to the weight
+        mirrored by sign(gamma): the folded codes then lie in the range itself (int2 / int4 storage
+        holds them) whatever the sign.  Symmetric ranges need no mirror (None)."""
+        bn, q = self.bn_after, self.weight_quant
+        if bn is None or not bn.affine or q is None:
+            return None
+        r = q.code_range
+        if r.qmin == -r.qmax:
+            return None
+        signs = torch.where(bn.weight.detach() < 0, -1.0, 1.0).to(self.weight.dtype)
+        return signs.view(-1, *([1] * (self.weight.dim() - 1)))
+
+    def _sign_tensors(self) -> list[Tensor]:
+        return [] if self.bn_after is None or not self.bn_after.affine else [self.bn_after.weight]
 
     def is_integer(self) -> bool:
         """A uniform input quantizer with a constant scale and weights with an integer form (uniform or
@@ -85,7 +135,7 @@ class QuantConv2d(_Quantized, nn.Conv2d):
 
     def _compute_deployed(self) -> DeployedConv:
         assert self.act_quant is not None and self.weight_quant is not None
-        form = self.weight_quant.integer_weight(self.weight.detach())
+        form = self.integer_weight()
         assert form is not None
         codes, w_scale = (t.cpu().numpy() for t in form)
         a_spec = self.act_quant.describe()

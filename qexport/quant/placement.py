@@ -277,14 +277,19 @@ def _insert_glue(gm: fx.GraphModule, nonneg: set[fx.Node], shapes: set[fx.Node],
 
 
 def _link_batchnorms(gm: fx.GraphModule) -> None:
-    """A uniform QuantConv2d whose only user is a BatchNorm2d folds it in eval mode (fold.py)."""
+    """A uniform QuantConv2d whose only user is a BatchNorm2d folds it in eval mode (fold.py); every
+    QuantConv2d learns the BatchNorm the export folds into it (its gamma signs mirror the weights)."""
     for node in gm.graph.nodes:
         pair = batchnorm_after(gm, node)
         conv = gm.get_submodule(str(node.target)) if pair else None
-        if pair and isinstance(conv, QuantConv2d) and conv.is_integer():
+        if not (pair and isinstance(conv, QuantConv2d)):
+            continue
+        if conv.is_integer():
             folded = FoldableBatchNorm2d.replace(pair[1])
             _set_submodule(gm, str(pair[0].target), folded)
             conv.fold(folded)
+        else:
+            conv.link_batchnorm(pair[1])
 
 
 # -- the public entry ----------------------------------------------------------------------------
@@ -380,10 +385,10 @@ def quantize(
         starting from ``bits``; first and last layer stay fixed.
     overrides: ``{"layer1.*.conv1": {"bits": 2}, "fc": None}``: fnmatch patterns on module paths,
         keys weight / act / bits / weight_bits / act_bits; None leaves the layer float.
-    weight_range: LSQ weight codes below 8 bits: ``full`` (default, the LSQ paper's
-        ``-2^(b-1) .. 2^(b-1)-1``: four levels at 2 bits) or ``narrow`` (``±(2^(b-1)-1)``: ternary at
-        2 bits).  8-bit weights are always narrow (a negative BatchNorm gamma negates the codes when
-        folded, and +128 does not fit int8); NIPQ, POST and POT keep their own symmetric levels.
+    weight_range: LSQ weight codes: ``full`` (default, the LSQ paper's ``-2^(b-1) .. 2^(b-1)-1``: four
+        levels at 2 bits) or ``narrow`` (``±(2^(b-1)-1)``: ternary at 2 bits).  A conv's full range
+        is applied to its weight mirrored by the sign of the following BatchNorm's gamma, so the
+        folded codes stay in range.  NIPQ, POST and POT keep their own symmetric levels.
     """
     cfg = QuantConfig(
         weight=weight,
