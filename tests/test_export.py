@@ -179,5 +179,6 @@ def test_packed_weights_shrink_the_file_and_still_fuse(tmp_path: Path, bits: int
         fused[packed] = _fused_convs(path)
     assert fused[True] == fused[False] == (19, 1)
     assert sizes[True] <= limit < 0.25 < sizes[False]
-    x = zoo.example_input(model, 8, size=64, seed=5)
+    # 16 samples: free-running top-1 must reach 90%, and one tie-flipped sample of 8 would be 87.5%
+    x = zoo.example_input(model, 16, size=64, seed=5)
     assert qexport.check(model, tmp_path / "qTrue.onnx", x, reference_samples=2).passed
