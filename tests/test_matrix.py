@@ -21,6 +21,7 @@ import qexport
 from qexport import native, zoo
 from qexport.check import CheckReport
 from qexport.ops import uses_qexport_ops
+from qexport.quant import Quantizer
 from qexport.quant.nipq import NipqQuantizer, theta_for_bits
 
 SAMPLES = 256
@@ -61,6 +62,32 @@ def _settle_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> None:
     model.eval()
 
 
+def _settle_quantized_batchnorm(model: torch.nn.Module, calib: torch.Tensor) -> None:
+    """Full-range (asymmetric) weight codes, -2..1 at 2 bits, shift each channel's mean; QAT leaves
+    BatchNorm statistics that absorb the shift, a random model's float statistics do not (ReLU
+    outputs then collapse to zero).  Re-estimate them through the quantized convs (quantizers in eval:
+    no NIPQ noise).  No second calibration: calibrate() runs the float network, whose activations
+    these statistics no longer normalise."""
+    if not any(q.code_range.qmin != -q.code_range.qmax for q in _weight_quantizers(model)):
+        return
+    model.train()
+    for q in model.modules():
+        if isinstance(q, Quantizer):
+            q.eval()
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    with torch.no_grad():
+        for chunk in calib.split(32):
+            model(chunk)
+    model.eval()
+
+
+def _weight_quantizers(model: torch.nn.Module) -> list[Quantizer]:
+    return [q for q in model.modules() if isinstance(q, Quantizer) and q.role == "weight"]
+
+
 def _mix_bits(model: torch.nn.Module, seed: int) -> None:
     """NIPQ mixed precision: every learned width set to a random 2..8 and frozen (as after training)."""
     rng = random.Random(seed)
@@ -82,6 +109,7 @@ def run_case(name: str, method: str, bits: int, placement: str, out_dir: Path) -
     if method == "nipq-mixed":
         _mix_bits(model, seed=len(name))
     qexport.calibrate(model, [calib[:32], calib[32:]])
+    _settle_quantized_batchnorm(model, calib)
     x = torch.cat([zoo.example_input(model, 32, size=side, seed=i) for i in range(SAMPLES // 32)])
     path = qexport.export(model, out_dir / "m.onnx", input_shape=[1, *x.shape[1:]])
 
