@@ -56,6 +56,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--act", help="override the activation quantizer of --method (lsq, nipq, asq)")
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--placement", default="deployable", choices=["deployable", "paper"])
+    p.add_argument(
+        "--weight-range",
+        default="full",
+        choices=["full", "narrow"],
+        help="LSQ weight codes: full (-2^(b-1)..2^(b-1)-1, the LSQ paper) or narrow (symmetric; ternary at 2 bits)",
+    )
     p.add_argument("--init", help="FP32 qexport checkpoint to start QAT from")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=128, help="global batch (split over ranks)")
@@ -139,6 +145,7 @@ def build_model(args: argparse.Namespace, shard_x: torch.Tensor, device: torch.d
         bits=args.bits,
         placement=args.placement,
         learn_bits=args.learn_bits,
+        weight_range=args.weight_range,
     ).to(device)
     gen = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(shard_x), generator=gen)[: args.calib_batches * 64]
