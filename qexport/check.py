@@ -45,6 +45,8 @@ MIN_TOP1 = 0.999  # teacher-forced
 # which still catches any real error (a wrong layer disagrees on most samples); random-weight
 # low-bit networks amplify such flips most: 97.3% was the lowest seen in the test matrix
 MIN_FREE_TOP1 = 0.90
+# ... or at most this many samples differ (on a few samples one flip is already more than 10%)
+MAX_FREE_FLIPS = 1
 LEVELS = {
     "disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "enable_all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -77,6 +79,11 @@ class RunReport:
     tensors: list[TensorReport] = field(default_factory=list)
 
     @property
+    def free_flips(self) -> int:
+        """Samples whose free-running top-1 differs."""
+        return round((1.0 - self.free_top1_agreement) * self.samples)
+
+    @property
     def first_divergent(self) -> str | None:
         return next((t.path for t in self.tensors if t.identical < 1.0), None)
 
@@ -84,7 +91,7 @@ class RunReport:
     def passed(self) -> bool:
         return (
             self.top1_agreement >= MIN_TOP1
-            and self.free_top1_agreement >= MIN_FREE_TOP1
+            and (self.free_top1_agreement >= MIN_FREE_TOP1 or self.free_flips <= MAX_FREE_FLIPS)
             and all(t.passed for t in self.tensors)
         )
 
