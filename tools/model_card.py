@@ -89,7 +89,7 @@ def describe(path: Path, measure_here: bool, archive: str | None, fp32_top1: flo
     meta = model.qexport_meta
     cfg = getattr(model, "qexport_config", None)
     if cfg is None:
-        method, bits, placement = "fp32", "32", "-"
+        method, bits, placement, weight_range = "fp32", "32", "-", "-"
         key = None
     else:
         method = f"{cfg['weight']} w / {cfg['act']} a" + (" (learned bits)" if cfg["learn_bits"] else "")
@@ -99,6 +99,7 @@ def describe(path: Path, measure_here: bool, archive: str | None, fp32_top1: flo
             else f"avg {meta.get('history', [{}])[-1].get('avg_weight_bits', 0):.2f} w"
         )
         placement = cfg["placement"]
+        weight_range = cfg["weight_range"]
         key = (cfg["weight"], cfg["act"], cfg["bits"])
     trained = meta.get("test_top1")
     cells = [""] * 5
@@ -117,6 +118,7 @@ def describe(path: Path, measure_here: bool, archive: str | None, fp32_top1: flo
         method,
         bits,
         placement,
+        weight_range,
         str(meta.get("epochs", "")),
         str(meta.get("seed", "")),
         f"{trained:.2f}" if trained is not None else "",
@@ -159,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "method",
         "bits",
         "placement",
+        "LSQ weight codes",
         "epochs",
         "seed",
         "top-1 (training run)",
