@@ -50,13 +50,17 @@ CASES = [
 
 
 def _settle_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> None:
-    """Give the random float model the BatchNorm statistics of its own activations (a trained model
-    has them), so that deep layers neither vanish nor explode and calibration sees realistic tensors."""
+    """Give the random model the BatchNorm statistics of its own activations (a trained model has
+    them), so that deep layers neither vanish nor explode and calibration sees realistic tensors.
+    Quantizers stay in eval (no NIPQ noise): a quantized model's statistics come through its codes."""
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average
     model.train()
+    for q in model.modules():
+        if isinstance(q, Quantizer):
+            q.eval()
     with torch.no_grad():
         for chunk in x.split(32):
             model(chunk)
@@ -66,23 +70,11 @@ def _settle_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> None:
 def _settle_quantized_batchnorm(model: torch.nn.Module, calib: torch.Tensor) -> None:
     """Full-range (asymmetric) weight codes, -2..1 at 2 bits, shift each channel's mean; QAT leaves
     BatchNorm statistics that absorb the shift, a random model's float statistics do not (ReLU
-    outputs then collapse to zero).  Re-estimate them through the quantized convs (quantizers in eval:
-    no NIPQ noise).  No second calibration: calibrate() runs the float network, whose activations
-    these statistics no longer normalise."""
-    if not any(q.code_range.qmin != -q.code_range.qmax for q in _weight_quantizers(model)):
-        return
-    model.train()
-    for q in model.modules():
-        if isinstance(q, Quantizer):
-            q.eval()
-    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None
-    with torch.no_grad():
-        for chunk in calib.split(32):
-            model(chunk)
-    model.eval()
+    outputs then collapse to zero).  Re-estimate them through the quantized convs.  No second
+    calibration: calibrate() runs the float network, whose activations these statistics no longer
+    normalise."""
+    if any(q.code_range.qmin != -q.code_range.qmax for q in _weight_quantizers(model)):
+        _settle_batchnorm(model, calib)
 
 
 def _weight_quantizers(model: torch.nn.Module) -> list[Quantizer]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,15 @@ PAPER_DELTA = {
 }
 
 
+MODES = ("function bodies", "native kernels")  # how onnxruntime runs the qexport ops
+
+
+@dataclass
 class Measured:
     """Top-1 on the test set: fake-quant, and per ONNX runtime mode (top-1, agreement with fake-quant)."""
 
-    def __init__(self, fake: float, onnx_runs: dict[str, tuple[float, float]] | None) -> None:
-        self.fake = fake
-        self.onnx_runs = onnx_runs  # None: the model does not export
+    fake: float
+    onnx_runs: dict[str, tuple[float, float]] | None  # None: the model does not export
 
 
 def onnx_predictions(path: Path, images: torch.Tensor, native_kernels: bool) -> np.ndarray:
@@ -77,15 +81,15 @@ def measure(model: torch.nn.Module, archive: str | None) -> Measured:
         except qexport.QexportError:
             return Measured(fake, None)
         runs = {}
-        modes = ("function bodies", "native kernels") if native.available() else ("function bodies",)
-        for mode in modes:
-            theirs = onnx_predictions(path, images, native_kernels=mode == "native kernels")
+        for mode in MODES if native.available() else MODES[:1]:
+            theirs = onnx_predictions(path, images, native_kernels=mode == MODES[1])
             runs[mode] = (100.0 * float((theirs == truth).mean()), 100.0 * float((theirs == ours).mean()))
     return Measured(fake, runs)
 
 
-def describe(path: Path, measure_here: bool, archive: str | None, fp32_top1: float | None) -> list[str]:
-    model = qexport.load(path)
+def describe(
+    path: Path, model: torch.nn.Module, measure_here: bool, archive: str | None, fp32_top1: float | None
+) -> list[str]:
     meta = model.qexport_meta
     cfg = getattr(model, "qexport_config", None)
     if cfg is None:
@@ -108,7 +112,7 @@ def describe(path: Path, measure_here: bool, archive: str | None, fp32_top1: flo
         result = measure(model, archive)
         cells = [f"{result.fake:.2f}"] + ["not exportable yet"] * 4
         if result.onnx_runs is not None:
-            for i, mode in enumerate(("function bodies", "native kernels")):
+            for i, mode in enumerate(MODES):
                 run = result.onnx_runs.get(mode)
                 cells[1 + 2 * i : 3 + 2 * i] = [f"{v:.2f}" for v in run] if run else ["library not built", ""]
     delta = f"{trained - fp32_top1:+.2f}" if (fp32_top1 is not None and trained is not None and cfg) else ""
@@ -130,10 +134,9 @@ def describe(path: Path, measure_here: bool, archive: str | None, fp32_top1: flo
     ]
 
 
-def learned_bits_table(path: Path) -> list[str]:
+def learned_bits_table(path: Path, model: torch.nn.Module) -> list[str]:
     """Markdown rows (layer, weight bits, activation bits) of a checkpoint trained with learned
     NIPQ bit-widths; empty for any other checkpoint."""
-    model = qexport.load(path)
     cfg = getattr(model, "qexport_config", None)
     bits = model.qexport_meta.get("nipq_bits", {})
     if cfg is None or not cfg["learn_bits"] or not bits:
@@ -177,12 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
+    bit_tables = []
     for path in paths:
-        print("| " + " | ".join(describe(path, args.eval, args.data, fp32_top1)) + " |", flush=True)
-    for path in paths:
-        rows = learned_bits_table(path)
-        if rows:
-            print("\n" + "\n".join(rows))
+        model = qexport.load(path)
+        print("| " + " | ".join(describe(path, model, args.eval, args.data, fp32_top1)) + " |", flush=True)
+        bit_tables.append(learned_bits_table(path, model))
+    for rows in filter(None, bit_tables):
+        print("\n" + "\n".join(rows))
     return 0
 
 
