@@ -140,3 +140,35 @@ def test_free_running_floor_allows_one_flip_on_few_samples() -> None:
 
     assert run(8, 1).passed and not run(8, 2).passed  # 87.5% passes as one sample, 75% does not
     assert run(256, 25).passed and not run(256, 26).passed  # 90.2% / 89.8%
+
+
+def test_free_running_outputs_come_from_the_shipped_graph(calibrated: tuple[Path, Path]) -> None:
+    """onnxruntime does not fuse nodes whose outputs are graph outputs, so the graph with every code
+    tensor as an extra output can compute differently from the one users ship: the free-running
+    comparison must use the second (here a stand-in that predicts another class), the teacher-forced
+    one the first."""
+    from qexport.check import _code_outputs, _ort_infer, _run
+    from qexport.progress import Progress
+
+    pt, path = calibrated
+    model = qexport.load(pt).eval()
+    proto = onnx.load(path)
+    codes, steps, offsets = _code_outputs(proto)
+    for name in codes.values():
+        proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    names = [o.name for o in proto.graph.output]
+    x = torch.cat([zoo.example_input(model, 1, seed=i) for i in range(4)])
+    with torch.no_grad():
+        free = model(x).numpy()
+    infer = _ort_infer(proto.SerializeToString(), "enable_all")
+    shipped = _ort_infer(onnx.load(path).SerializeToString(), "enable_all")
+
+    def other_class(xb: np.ndarray) -> list[np.ndarray]:
+        out = shipped(xb)[0]
+        return [np.roll(out, 1, axis=-1)]  # every argmax moves
+
+    bar = Progress(8, "t", enabled=False)
+    honest = _run(model, names, infer, shipped, codes, steps, offsets, x, free, "r", 2, bar)
+    moved = _run(model, names, infer, other_class, codes, steps, offsets, x, free, "r", 2, bar)
+    assert honest.free_top1_agreement == 1.0 and honest.top1_agreement == 1.0
+    assert moved.free_top1_agreement == 0.0 and moved.top1_agreement == 1.0 and not moved.passed

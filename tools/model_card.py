@@ -9,6 +9,7 @@ fake-quant model.
     python tools/model_card.py                           # table from the checkpoints' metadata
     python tools/model_card.py --eval                    # + measured here (~1 min a model, 2 cores)
     python tools/model_card.py --eval models/resnet20_lsq_w4a4.pt [--data cifar10-jpeg.tar.gz]
+    python tools/model_card.py --eval --ort-level basic   # ONNX columns without the QDQ fusions
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ PAPER_DELTA = {
 
 
 MODES = ("function bodies", "native kernels")  # how onnxruntime runs the qexport ops
+LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,  # no QDQ fusions (QLinearConv, QLinearAdd)
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,  # onnxruntime's default
+}
 
 
 @dataclass
@@ -54,9 +61,10 @@ class Measured:
     onnx_runs: dict[str, tuple[float, float]] | None  # None: the model does not export
 
 
-def onnx_predictions(path: Path, images: torch.Tensor, native_kernels: bool) -> np.ndarray:
-    """Classes predicted by onnxruntime (CPU, default optimisation) in batches of 500."""
+def onnx_predictions(path: Path, images: torch.Tensor, native_kernels: bool, level: str = "all") -> np.ndarray:
+    """Classes predicted by onnxruntime (CPU, graph optimisation ``level``) in batches of 500."""
     options = ort.SessionOptions()
+    options.graph_optimization_level = LEVELS[level]
     options.log_severity_level = 3
     if native_kernels and not native.register(options, quiet=True):
         raise qexport.QexportError(
@@ -69,7 +77,7 @@ def onnx_predictions(path: Path, images: torch.Tensor, native_kernels: bool) -> 
     return np.concatenate(runs).argmax(1)
 
 
-def measure(model: torch.nn.Module, archive: str | None) -> Measured:
+def measure(model: torch.nn.Module, archive: str | None, level: str = "all") -> Measured:
     """Fake-quant top-1 and, per runtime mode, (ONNX top-1, top-1 agreement) on the test set."""
     images, labels = data.cifar10("test", archive)
     truth = labels.numpy()
@@ -82,13 +90,18 @@ def measure(model: torch.nn.Module, archive: str | None) -> Measured:
             return Measured(fake, None)
         runs = {}
         for mode in MODES if native.available() else MODES[:1]:
-            theirs = onnx_predictions(path, images, native_kernels=mode == MODES[1])
+            theirs = onnx_predictions(path, images, native_kernels=mode == MODES[1], level=level)
             runs[mode] = (100.0 * float((theirs == truth).mean()), 100.0 * float((theirs == ours).mean()))
     return Measured(fake, runs)
 
 
 def describe(
-    path: Path, model: torch.nn.Module, measure_here: bool, archive: str | None, fp32_top1: float | None
+    path: Path,
+    model: torch.nn.Module,
+    measure_here: bool,
+    archive: str | None,
+    fp32_top1: float | None,
+    level: str = "all",
 ) -> list[str]:
     meta = model.qexport_meta
     cfg = getattr(model, "qexport_config", None)
@@ -109,7 +122,7 @@ def describe(
     cells = [""] * 5
     if measure_here:
         torch.set_num_threads(2)
-        result = measure(model, archive)
+        result = measure(model, archive, level)
         cells = [f"{result.fake:.2f}"] + ["not exportable yet"] * 4
         if result.onnx_runs is not None:
             for i, mode in enumerate(MODES):
@@ -154,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=str(Path(__file__).resolve().parents[1] / "models"))
     p.add_argument("--eval", action="store_true", help="re-measure top-1 on this machine")
     p.add_argument("--data", help="path of cifar10-jpeg.tar.gz (default: ../shared/data)")
+    level_help = "onnxruntime graph optimisation of the ONNX columns (default: all, as onnxruntime)"
+    p.add_argument("--ort-level", choices=sorted(LEVELS), default="all", help=level_help)
     args = p.parse_args(argv)
     models = Path(args.models)
     paths = [Path(c) for c in args.checkpoints] or sorted(models.glob("*.pt"))
@@ -183,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     bit_tables = []
     for path in paths:
         model = qexport.load(path)
-        print("| " + " | ".join(describe(path, model, args.eval, args.data, fp32_top1)) + " |", flush=True)
+        cells = describe(path, model, args.eval, args.data, fp32_top1, args.ort_level)
+        print("| " + " | ".join(cells) + " |", flush=True)
         bit_tables.append(learned_bits_table(path, model))
     for rows in filter(None, bit_tables):
         print("\n" + "\n".join(rows))

@@ -34,7 +34,9 @@ def IntConv(x_codes, x_scale, w_codes, w_scale, bias, strides: list[int], pads: 
     acc = op.Conv(op.Cast(x_codes, to=1), op.Cast(w_codes, to=1), strides=strides, pads=pads, dilations=dilations,
                   group=group)  # fmt: skip
     channel = op.Constant(value_ints=[1, 2])
-    y = op.Add(op.Mul(acc, op.Mul(x_scale, op.Unsqueeze(w_scale, channel))), op.Unsqueeze(bias, channel))
+    # the scale first: onnxruntime folds a constant in Mul's second input into the Conv's weights
+    # (ConvMulFusion, then ConvAddFusion), and its float conv of non-integer weights is no longer exact
+    y = op.Add(op.Mul(op.Mul(x_scale, op.Unsqueeze(w_scale, channel)), acc), op.Unsqueeze(bias, channel))
     floor = op.Where(op.Cast(op.Constant(value_int=relu), to=9), op.Constant(value_float=0.0),
                      op.Constant(value_float=float("-inf")))  # fmt: skip
     return op.Max(y, floor)

@@ -76,6 +76,12 @@ class DeployedConv:
     bias_codes: np.ndarray | None  # int32 on the accumulator scale, or None (no bias at all)
     bias_scale: np.ndarray  # float32 [Cout] = act_scale * weight_scale
 
+    @property
+    def max_abs_row_sum(self) -> int:
+        """The largest sum of |weight codes| of one output channel: times the largest activation
+        code, it bounds every partial sum of the integer convolution."""
+        return int(np.abs(self.codes).reshape(len(self.codes), -1).sum(1).max(initial=0))
+
 
 def deployed_conv(codes: np.ndarray, weight_scale: np.ndarray, act_scale: np.ndarray, bias: np.ndarray | None,
                   bn: nn.BatchNorm2d | None) -> DeployedConv:  # fmt: skip
@@ -93,10 +99,11 @@ def deployed_conv(codes: np.ndarray, weight_scale: np.ndarray, act_scale: np.nda
     return DeployedConv(codes * sign, scale, s_x, bias_codes, bias_scale)
 
 
-def deployed_conv_tensors(dep: DeployedConv, device: torch.device) -> tuple[Tensor, Tensor | None]:
-    """(float32 weight, float32 bias) exactly as the runtime dequantizes them."""
-    w = torch.from_numpy(dep.codes.astype(np.float32)) * torch.from_numpy(dep.weight_scale).view(-1, 1, 1, 1)
-    b = None
-    if dep.bias_codes is not None:
-        b = torch.from_numpy(dep.bias_codes.astype(np.float32)) * torch.from_numpy(dep.bias_scale)
-    return w.to(device), None if b is None else b.to(device)
+def deployed_conv_tensors(dep: DeployedConv, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """(weight codes as ``dtype``, rescale ``s_x * s_w`` and bias, both float32 [1, Cout, 1, 1]) as the
+    integer graph holds them: ``y = acc * rescale + bias`` (bias on the accumulator grid)."""
+    w = torch.from_numpy(dep.codes).to(device, dtype)
+    scale = torch.from_numpy(dep.bias_scale).to(device).view(1, -1, 1, 1)
+    bias = np.zeros(len(dep.codes), np.float32) if dep.bias_codes is None else \
+        dep.bias_codes.astype(np.float32) * dep.bias_scale  # fmt: skip
+    return w, scale, torch.from_numpy(bias).to(device).view(1, -1, 1, 1)

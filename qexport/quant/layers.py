@@ -159,14 +159,30 @@ class QuantConv2d(_Quantized, nn.Conv2d):
         if self.folded_bn is not None:
             self.folded_bn.absorbed = deploy  # the BatchNorm right after passes through only then
         if deploy:
-            # eval computes what the integer graph computes: BN folded, bias on the accumulator grid
-            assert self.act_quant is not None
-            w, b = deployed_conv_tensors(self.deployed(), x.device)
-            y = self._conv_forward(self.act_quant(x), w, b)
+            y = self._integer_forward(x)
         else:
             y = self._conv_forward(*self.quantized_operands(x), self.bias)
         self.out_hw = (int(y.shape[-2]), int(y.shape[-1]))  # read by the NIPQ BOPs loss
         return y
+
+    def _integer_forward(self, x: Tensor) -> Tensor:
+        """What the integer graph computes (qexport.IntConv's arithmetic; QLinearConv's up to its
+        requantization): the exact integer convolution of the activation and weight codes (BN folded
+        in), then ``acc * (s_x * s_w) + bias`` in float32, bias on the accumulator grid.  A float conv
+        of the fake-quantized values rounds its partial sums differently, which flips codes at
+        rounding ties downstream."""
+        a = self.act_quant
+        assert a is not None
+        dep = self.deployed()
+        step = a.describe().scale.to(x.device)
+        codes = torch.round(a(x) / step)  # a(x) = codes * step: the division gives the codes back exactly
+        # float32 sums of integers are exact while every partial sum stays below 2^24 (CPU kernels
+        # here multiply and add directly; other devices may pick inexact algorithms: float64 there)
+        bound = dep.max_abs_row_sum * max(abs(a.code_range.qmin), abs(a.code_range.qmax))
+        dtype = torch.float32 if x.device.type == "cpu" and bound < 2**24 else torch.float64
+        w, scale, bias = deployed_conv_tensors(dep, x.device, dtype)
+        acc = self._conv_forward(codes.to(dtype), w, None).to(torch.float32)
+        return acc * scale + bias
 
 
 class QuantLinear(_Quantized, nn.Linear):
