@@ -62,6 +62,33 @@ def test_eval_is_the_deployed_conv_and_training_is_not() -> None:
     assert y.shape == deployed.shape and not torch.allclose(y, deployed, atol=step)  # batch statistics
 
 
+@pytest.mark.parametrize("bits", [3, 8])
+def test_eval_conv_is_intconv_arithmetic_bit_for_bit(bits: int) -> None:
+    """Eval mode sums the integer codes exactly and rescales once, as qexport.IntConv (and every
+    integer kernel) does: the output equals the op's reference to the last bit (a float conv of the
+    fake-quantized values rounds its 576-term partial sums differently)."""
+    from qexport.ops import int_conv
+
+    model = zoo.create("resnet20")
+    _trained_bn(model)
+    gm = qexport.quantize(model, bits=bits, first_last_bits=bits)
+    qexport.calibrate(gm, [torch.randn(8, 3, 32, 32)])
+    conv: QuantConv2d = gm.get_submodule("layers.2.1.conv1")  # 64 channels x 3 x 3 = 576 terms
+    inp = torch.randn(4, 64, 8, 8).relu() * 2
+    gm.eval()
+    with torch.no_grad():
+        ours = conv(inp).numpy()
+        codes = conv.act_quant.codes(inp).numpy().astype(np.int64)
+    dep = conv.deployed()
+    bias = dep.bias_codes.astype(np.float32) * dep.bias_scale
+    want = np.stack([
+        int_conv.reference(codes[i : i + 1], dep.act_scale, dep.codes, dep.weight_scale, bias, [1, 1], [1, 1, 1, 1],
+                           [1, 1], 1)[0]
+        for i in range(len(codes))
+    ])  # fmt: skip
+    assert ours.dtype == want.dtype == np.float32 and np.array_equal(ours, want)
+
+
 @pytest.mark.parametrize("act", ["lsq", "asq"])
 def test_full_range_weights_mirror_negative_gammas_so_folded_codes_stay_in_range(act: str) -> None:
     """2-bit LSQ weights use -2..1; a channel with a negative BatchNorm gamma is quantized mirrored
