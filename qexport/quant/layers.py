@@ -174,14 +174,18 @@ class QuantConv2d(_Quantized, nn.Conv2d):
         a = self.act_quant
         assert a is not None
         dep = self.deployed()
-        step = a.describe().scale.to(x.device)
+        cached = self.__dict__.get("_integer_operands")
+        if cached is None or cached[0] is not dep or cached[1] != x.device:
+            # float32 sums of integers are exact while every partial sum stays below 2^24 (CPU kernels
+            # here multiply and add directly; other devices may pick inexact algorithms: float64 there)
+            bound = dep.max_abs_row_sum * max(abs(a.code_range.qmin), abs(a.code_range.qmax))
+            dtype = torch.float32 if x.device.type == "cpu" and bound < 2**24 else torch.float64
+            step = a.describe().scale.detach().to(x.device)
+            cached = (dep, x.device, step, *deployed_conv_tensors(dep, x.device, dtype))
+            self.__dict__["_integer_operands"] = cached
+        step, w, scale, bias = cached[2:]
         codes = torch.round(a(x) / step)  # a(x) = codes * step: the division gives the codes back exactly
-        # float32 sums of integers are exact while every partial sum stays below 2^24 (CPU kernels
-        # here multiply and add directly; other devices may pick inexact algorithms: float64 there)
-        bound = dep.max_abs_row_sum * max(abs(a.code_range.qmin), abs(a.code_range.qmax))
-        dtype = torch.float32 if x.device.type == "cpu" and bound < 2**24 else torch.float64
-        w, scale, bias = deployed_conv_tensors(dep, x.device, dtype)
-        acc = self._conv_forward(codes.to(dtype), w, None).to(torch.float32)
+        acc = self._conv_forward(codes.to(w.dtype), w, None).to(torch.float32)
         return acc * scale + bias
 
 
