@@ -56,16 +56,21 @@ class Kernels:
         return ", ".join(parts)
 
 
+LEVELS = {  # onnxruntime graph optimisation by name
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,  # no QDQ fusions (QLinearConv, QLinearAdd)
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,  # onnxruntime's default
+}
+
+
 def session_options(threads: int, level: str = "all", optimized_path: str | None = None) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = {
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    }[level]
+    options.graph_optimization_level = LEVELS[level]
     if optimized_path:
         options.optimized_model_filepath = optimized_path
     # idle pool threads must not spin: with several sessions timed in turn in one process, the spinning

@@ -248,7 +248,8 @@ def _run(model: nn.Module, names: list[str], infer: Infer, plain: Infer | None, 
             # a tensor computed from constants only (no batch dimension) is the same in every part
             return np.concatenate([p[name] for p in parts]) if batched else parts[0][name]
 
-        out = np.concatenate(shipped) if plain is not None else gather("output", True)
+        instrumented_out = gather("output", True)
+        out = np.concatenate(shipped) if plain is not None else instrumented_out
         ref = free[start : start + CHUNK]
         agree += int((ref.argmax(-1) == out.argmax(-1)).sum())
         max_diff = max(max_diff, float(np.abs(ref - out).max()))
@@ -268,7 +269,7 @@ def _run(model: nn.Module, names: list[str], infer: Infer, plain: Infer | None, 
         finally:
             for h in hooks:
                 h.remove()
-        forced_agree += int((forced.argmax(-1) == gather("output", True).argmax(-1)).sum())
+        forced_agree += int((forced.argmax(-1) == instrumented_out.argmax(-1)).sum())
     return RunReport(
         f"{name} batch {batch}", len(x), forced_agree / len(x), agree / len(x), max_diff,
         [a.report(p) for p, a in accs.items()],

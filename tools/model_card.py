@@ -26,6 +26,7 @@ import torch
 
 import qexport
 from qexport import checkpoint, data, native
+from qexport.bench import LEVELS
 from qexport.evaluate import predictions
 from qexport.export import export
 
@@ -45,12 +46,6 @@ PAPER_DELTA = {
 
 
 MODES = ("function bodies", "native kernels")  # how onnxruntime runs the qexport ops
-LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,  # no QDQ fusions (QLinearConv, QLinearAdd)
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,  # onnxruntime's default
-}
 
 
 @dataclass

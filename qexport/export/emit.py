@@ -265,8 +265,7 @@ class Emitter:
         path = str(node.target)
         if layer.is_integer():
             dep = layer.deployed()  # the eval forward's numbers: int32 bias on the accumulator grid
-            bias = np.zeros(layer.out_channels, np.float32) if dep.bias_codes is None else \
-                dep.bias_codes.astype(np.float32) * dep.bias_scale  # fmt: skip
+            bias = dep.float_bias
         else:
             dep = deployed_conv(_np(form[0]).astype(np.int64), _np(form[1]), np.float32(1.0), None, bn)
             k, shift = bn_factors(bn, layer.out_channels)

@@ -77,6 +77,13 @@ class DeployedConv:
     bias_scale: np.ndarray  # float32 [Cout] = act_scale * weight_scale
 
     @property
+    def float_bias(self) -> np.ndarray:
+        """float32 [Cout] bias as the graph holds it after the conv: ``bias_codes * bias_scale``."""
+        if self.bias_codes is None:
+            return np.zeros(len(self.codes), np.float32)
+        return self.bias_codes.astype(np.float32) * self.bias_scale
+
+    @property
     def max_abs_row_sum(self) -> int:
         """The largest sum of |weight codes| of one output channel: times the largest activation
         code, it bounds every partial sum of the integer convolution."""
@@ -104,6 +111,4 @@ def deployed_conv_tensors(dep: DeployedConv, device: torch.device, dtype: torch.
     integer graph holds them: ``y = acc * rescale + bias`` (bias on the accumulator grid)."""
     w = torch.from_numpy(dep.codes).to(device, dtype)
     scale = torch.from_numpy(dep.bias_scale).to(device).view(1, -1, 1, 1)
-    bias = np.zeros(len(dep.codes), np.float32) if dep.bias_codes is None else \
-        dep.bias_codes.astype(np.float32) * dep.bias_scale  # fmt: skip
-    return w, scale, torch.from_numpy(bias).to(device).view(1, -1, 1, 1)
+    return w, scale, torch.from_numpy(dep.float_bias).to(device).view(1, -1, 1, 1)
