@@ -91,7 +91,7 @@ def make_session(
 
 
 def _is_float_tensor_add(node: onnx.NodeProto, constants: set[str]) -> bool:
-    return node.op_type == "Add" and all(i not in constants for i in node.input)
+    return node.op_type in ("Add", "Sum") and all(i not in constants for i in node.input)
 
 
 def optimized_kernels(path: str | os.PathLike[str], native: bool = True) -> Kernels:

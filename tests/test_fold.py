@@ -30,7 +30,9 @@ def test_quantize_links_conv_and_batchnorm() -> None:
     assert isinstance(bn, FoldableBatchNorm2d) and conv.folded_bn is bn
     assert set(bn.state_dict()) == set(nn.BatchNorm2d(16).state_dict())  # checkpoints unchanged
     asq = qexport.quantize(zoo.create("resnet20"), act="asq", bits=4)
-    assert type(asq.get_submodule("layers.0.0.bn1")) is nn.BatchNorm2d  # per-sample steps: no int32 bias
+    assert isinstance(asq.get_submodule("layers.0.0.bn1"), FoldableBatchNorm2d)  # IntConv with per-sample steps
+    post = qexport.quantize(zoo.create("resnet20"), weight="post", bits=4)
+    assert isinstance(post.get_submodule("layers.0.0.bn1"), FoldableBatchNorm2d)  # PostConv
 
 
 def test_eval_is_the_deployed_conv_and_training_is_not() -> None:
@@ -62,28 +64,59 @@ def test_eval_is_the_deployed_conv_and_training_is_not() -> None:
     assert y.shape == deployed.shape and not torch.allclose(y, deployed, atol=step)  # batch statistics
 
 
-@pytest.mark.parametrize("bits", [3, 8])
-def test_eval_conv_is_intconv_arithmetic_bit_for_bit(bits: int) -> None:
+@pytest.mark.parametrize(("act", "bits"), [("lsq", 3), ("lsq", 8), ("asq", 4)])
+def test_eval_conv_is_intconv_arithmetic_bit_for_bit(act: str, bits: int) -> None:
     """Eval mode sums the integer codes exactly and rescales once, as qexport.IntConv (and every
     integer kernel) does: the output equals the op's reference to the last bit (a float conv of the
-    fake-quantized values rounds its 576-term partial sums differently)."""
+    fake-quantized values rounds its 576-term partial sums differently).  With ASQ the step is each
+    sample's own and the bias stays float (no accumulator grid)."""
     from qexport.ops import int_conv
 
     model = zoo.create("resnet20")
     _trained_bn(model)
-    gm = qexport.quantize(model, bits=bits, first_last_bits=bits)
+    gm = qexport.quantize(model, act=act, bits=bits, first_last_bits=bits)
     qexport.calibrate(gm, [torch.randn(8, 3, 32, 32)])
     conv: QuantConv2d = gm.get_submodule("layers.2.1.conv1")  # 64 channels x 3 x 3 = 576 terms
-    inp = torch.randn(4, 64, 8, 8).relu() * 2
+    inp = torch.randn(4, 64, 8, 8).relu() * torch.tensor([0.5, 1.0, 2.0, 4.0]).view(4, 1, 1, 1)
     gm.eval()
     with torch.no_grad():
         ours = conv(inp).numpy()
         codes = conv.act_quant.codes(inp).numpy().astype(np.int64)
+        steps = conv.act_quant.scale_for(inp) if act == "asq" else conv.act_quant.describe().scale.expand(4)
     dep = conv.deployed()
-    bias = dep.bias_codes.astype(np.float32) * dep.bias_scale
+    assert (dep.act_scale is None) == (act == "asq") and (dep.bias_codes is None) == (act == "asq")
     want = np.stack([
-        int_conv.reference(codes[i : i + 1], dep.act_scale, dep.codes, dep.weight_scale, bias, [1, 1], [1, 1, 1, 1],
-                           [1, 1], 1)[0]
+        int_conv.reference(codes[i : i + 1], steps[i].numpy(), dep.codes, dep.weight_scale, dep.float_bias, [1, 1],
+                           [1, 1, 1, 1], [1, 1], 1)[0]
+        for i in range(len(codes))
+    ])  # fmt: skip
+    assert ours.dtype == want.dtype == np.float32 and np.array_equal(ours, want)
+    if act == "asq":
+        assert len(set(steps.flatten().tolist())) == 4  # the samples' steps differ
+
+
+@pytest.mark.parametrize("act", ["lsq", "asq"])
+def test_eval_post_conv_is_postconv_arithmetic_bit_for_bit(act: str) -> None:
+    """POST weights: eval sums the codes against the even and the odd powers of sqrt 2 exactly and
+    combines them once, with BatchNorm folded in, as qexport.PostConv does: equal to its reference."""
+    from qexport.ops import post_conv
+
+    model = zoo.create("resnet20")
+    _trained_bn(model)
+    gm = qexport.quantize(model, weight="post", act=act, bits=4)
+    qexport.calibrate(gm, [torch.randn(8, 3, 32, 32)])
+    conv: QuantConv2d = gm.get_submodule("layers.2.1.conv1")
+    assert isinstance(conv.folded_bn, FoldableBatchNorm2d)
+    inp = torch.randn(4, 64, 8, 8).relu() * torch.tensor([0.5, 1.0, 2.0, 4.0]).view(4, 1, 1, 1)
+    gm.eval()
+    with torch.no_grad():
+        ours = conv.folded_bn(conv(inp)).numpy()  # the BatchNorm passes through: folded
+        codes = conv.act_quant.codes(inp).numpy().astype(np.int64)
+        steps = conv.act_quant.scale_for(inp) if act == "asq" else conv.act_quant.describe().scale.expand(4)
+    dep = conv.deployed()
+    want = np.stack([
+        post_conv.reference(codes[i : i + 1], steps[i].numpy(), dep.codes, dep.weight_scale, dep.float_bias, 4,
+                            [1, 1], [1, 1, 1, 1], [1, 1], 1)[0]
         for i in range(len(codes))
     ])  # fmt: skip
     assert ours.dtype == want.dtype == np.float32 and np.array_equal(ours, want)
@@ -110,8 +143,8 @@ def test_full_range_weights_mirror_negative_gammas_so_folded_codes_stay_in_range
     k, _ = bn_factors(bn, codes.shape[0])
     folded = codes.numpy() * np.where(k < 0, -1, 1).reshape(-1, 1, 1, 1)
     assert folded.min() == -2 and folded.max() == 1
+    assert np.array_equal(conv.deployed().codes, folded)
     if act == "lsq":
-        assert np.array_equal(conv.deployed().codes, folded)
         inp = torch.randn(2, 32, 16, 16).relu()
         with torch.no_grad():
             deployed = bn(conv(inp))

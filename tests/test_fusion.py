@@ -1,8 +1,8 @@
 """The integer graph of the uniform quantizers (LSQ, NIPQ fixed and mixed, 2 to 8 bits, `deployable`
 placement), read from onnxruntime's own optimised graph: every conv runs as QLinearConv (or, where its
 output feeds no single quantizer, as the native IntConv), every linear layer as an integer matmul,
-and every residual add of the ResNets as QLinearAdd.  Correctness of the graph's shape, so a test;
-the speed it buys is measured in tools/bench.py."""
+and every residual add of the ResNets as QLinearAdd (but not where ASQ adapters read the sums).
+Correctness of the graph's shape, so a test; the speed it buys is measured in tools/bench.py."""
 
 from __future__ import annotations
 
@@ -62,3 +62,19 @@ def test_uniform_variants_run_as_integer_kernels(tmp_path: Path, name: str, vari
     assert ops.get("MatMulNBits", 0) == 0
     if adds:  # every residual add of the ResNets
         assert ops.get("QLinearAdd", 0) == adds and k.float_add == 0, ops
+
+
+def test_asq_residual_adds_stay_dequantize_add_quantize(tmp_path: Path) -> None:
+    """With ASQ activations a one-code difference moves a sample's step, so the residual adds are
+    exported as Sum, which onnxruntime does not fuse into QLinearAdd (whose requantization puts a few
+    code pairs per million one code off): the sums run in float on the dequantized codes, exactly as
+    the fake-quant model adds them."""
+    model = zoo.create("resnet20")
+    x = zoo.example_input(model, 16, seed=3)
+    _settle_batchnorm(model, x)
+    q = qexport.quantize(model, act="asq", bits=4)
+    qexport.calibrate(q, [x])
+    path = qexport.export(q, tmp_path / "m.onnx", input_shape=[1, *x.shape[1:]])
+    assert sum(n.op_type == "Sum" for n in onnx.load(path).graph.node) == MODELS["resnet20"][2]
+    k = bench.optimized_kernels(path, native=native.available())
+    assert k.ops.get("QLinearAdd", 0) == 0 and k.float_add == MODELS["resnet20"][2], k.ops

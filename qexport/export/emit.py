@@ -22,7 +22,7 @@ from ..errors import QexportError
 from ..ops import DOMAIN, VERSION, functions_for, post_weights
 from ..quant.asq import AsqAdapter
 from ..quant.base import Quantizer
-from ..quant.fold import bn_factors, deployed_conv
+from ..quant.fold import DeployedPost, bn_factors, deployed_conv, deployed_post
 from ..quant.layers import QuantConv2d, QuantLinear
 from ..quant.placement import trace
 from .builder import STORAGE, GraphBuilder, QTensor
@@ -56,6 +56,8 @@ class Emitter:
         self.layers: list[dict[str, Any]] = []
         self.packed = packed
         self.opset = opset
+        # per-sample steps (ASQ) make every code upstream matter: see _add
+        self.dynamic_steps = any(isinstance(m, Quantizer) and m.kind == "asq" for m in gm.modules())
 
     # -- helpers -------------------------------------------------------------------------------
     def module(self, node: fx.Node) -> nn.Module:
@@ -154,31 +156,22 @@ class Emitter:
         form = layer.integer_weight()
         return form, form is None
 
-    def post_operands(self, layer: QuantConv2d | QuantLinear, xq: QTensor | None, path: str, k: np.ndarray,
-                      shift: np.ndarray, transpose: bool) -> list[str]:  # fmt: skip
+    def post_operands(self, layer: QuantConv2d | QuantLinear, xq: QTensor | None, path: str, dep: DeployedPost,
+                      transpose: bool) -> list[str]:  # fmt: skip
         """Inputs of a PostConv / PostMatMul: codes, step, uint4 weight codes, per-channel scale, bias."""
-        q = layer.weight_quant
-        assert q is not None
         if xq is None or layer.act_quant is None:
             raise QexportError(f"'{path}' has POST weights but a float input: POST layers need an activation quantizer")
-        bits = q.code_range.bits
-        level = _np(q.codes(layer.weight.detach())).astype(np.int64)
-        level = level * np.where(k < 0, -1, 1).reshape(-1, *([1] * (level.ndim - 1)))  # BN sign into the codes
-        codes = post_weights.pack(level, bits)
         r = layer.act_quant.code_range
-        bound = post_weights.accumulator_bound(codes, bits, max(abs(r.qmin), r.qmax))
+        bound = post_weights.accumulator_bound(dep.codes, dep.bits, max(abs(r.qmin), r.qmax))
         if bound >= MAX_EXACT:
             raise QexportError(
                 f"'{path}': POST accumulations reach {bound} >= 2^24, beyond exact float32 in the function "
                 "body; split the layer or use fewer activation bits"
             )
-        alpha = _np(q.describe().scale).astype(np.float64).reshape(-1)
-        w_scale = (alpha * np.abs(k) * 2.0 ** -post_weights.shift(bits)).astype(np.float32)
-        bias = (0.0 if layer.bias is None else _np(layer.bias).astype(np.float64)) * k + shift
-        w = self.b.packed_const(f"{path}.weight_codes", onnx.TensorProto.UINT4, codes.T if transpose else codes)
+        w = self.b.packed_const(f"{path}.weight_codes", onnx.TensorProto.UINT4, dep.codes.T if transpose else dep.codes)
         return [
-            xq.codes, xq.scale, w, self.b.const(f"{path}.weight_scale", w_scale),
-            self.b.const(f"{path}.bias", np.asarray(bias, np.float32).reshape(-1)),
+            xq.codes, xq.scale, w, self.b.const(f"{path}.weight_scale", dep.weight_scale),
+            self.b.const(f"{path}.bias", dep.float_bias),
         ]  # fmt: skip
 
     # -- quantized layers ----------------------------------------------------------------------
@@ -203,13 +196,15 @@ class Emitter:
         if post:
             assert isinstance(layer, QuantConv2d)
             self.record(path, layer, "PostConv", "uint4 POST codes")
-            inputs = self.post_operands(layer, xq, path, k, shift, transpose=False)
+            dep = layer.deployed()  # the eval forward's numbers
+            assert isinstance(dep, DeployedPost)
+            inputs = self.post_operands(layer, xq, path, dep, transpose=False)
             assert layer.weight_quant is not None
             return self.b.node("PostConv", inputs, path, domain=DOMAIN, bits=layer.weight_quant.code_range.bits,
                                **attrs)  # fmt: skip
         if int_conv and xq is not None and form is not None:
             assert isinstance(layer, QuantConv2d)
-            return self.int_conv(layer, node, xq, form, bn, attrs)
+            return self.int_conv(layer, node, xq, attrs)
         if isinstance(layer, QuantConv2d) and layer.is_integer():
             dep = layer.deployed()  # the same numbers the eval forward uses
             storage = self.storage(dep.codes)
@@ -219,7 +214,7 @@ class Emitter:
         else:  # float weights, or integer weights with a float input: float bias, BN folded
             storage = "float32"
             if form is not None:
-                dep = deployed_conv(_np(form[0]).astype(np.int64), _np(form[1]), np.float32(1.0), None, bn)
+                dep = deployed_conv(_np(form[0]).astype(np.int64), _np(form[1]), None, None, bn)
                 storage = self.storage(dep.codes)
                 inputs = [x, self.b.dq_weight(dep.codes, dep.weight_scale, 0, path, storage)]
             else:
@@ -258,18 +253,13 @@ class Emitter:
         q = m.act_quant if isinstance(m, (QuantConv2d, QuantLinear)) else m
         return isinstance(q, Quantizer) and q.describe().kind == "uniform"
 
-    def int_conv(self, layer: QuantConv2d, node: fx.Node, xq: QTensor, form: tuple[torch.Tensor, torch.Tensor],
-                 bn: nn.BatchNorm2d | None, attrs: dict[str, Any]) -> str:  # fmt: skip
+    def int_conv(self, layer: QuantConv2d, node: fx.Node, xq: QTensor, attrs: dict[str, Any]) -> str:
         """IntConv: integer codes times integer weights, one float rescale (ASQ's per-sample step, or
         a uniform conv whose float output onnxruntime would not fuse)."""
         path = str(node.target)
-        if layer.is_integer():
-            dep = layer.deployed()  # the eval forward's numbers: int32 bias on the accumulator grid
-            bias = dep.float_bias
-        else:
-            dep = deployed_conv(_np(form[0]).astype(np.int64), _np(form[1]), np.float32(1.0), None, bn)
-            k, shift = bn_factors(bn, layer.out_channels)
-            bias = (0.0 if layer.bias is None else _np(layer.bias).astype(np.float64)) * k + shift
+        assert layer.integer_eval()
+        # the eval forward's numbers: the bias on the accumulator grid where the input step is constant
+        dep = layer.deployed()
         storage = self.storage(dep.codes)
         self.record(path, layer, "IntConv", storage)
         relu = self.relu_after(node)
@@ -277,7 +267,7 @@ class Emitter:
             self.fused_relu.add(relu)
         inputs = [xq.codes, xq.scale, self.b.weight_codes(dep.codes, path, storage),
                   self.b.const(f"{path}.weight_scale", dep.weight_scale.astype(np.float32)),
-                  self.b.const(f"{path}.bias", np.asarray(bias, np.float32).reshape(-1))]  # fmt: skip
+                  self.b.const(f"{path}.bias", dep.float_bias)]  # fmt: skip
         return self.b.node("IntConv", inputs, path, domain=DOMAIN, relu=int(relu is not None), **attrs)
 
     def relu_after(self, node: fx.Node) -> fx.Node | None:
@@ -302,8 +292,12 @@ class Emitter:
         if post:
             assert isinstance(layer, QuantLinear)
             self.record(path, layer, "PostMatMul", "uint4 POST codes")
-            ones, zeros = np.ones(layer.out_features), np.zeros(layer.out_features)
-            inputs = self.post_operands(layer, xq, path, ones, zeros, transpose=True)
+            q = layer.weight_quant
+            assert q is not None
+            level = _np(q.codes(layer.weight.detach())).astype(np.int64)
+            bias = None if layer.bias is None else _np(layer.bias)
+            dep = deployed_post(level, _np(q.describe().scale), q.code_range.bits, bias, None)
+            inputs = self.post_operands(layer, xq, path, dep, transpose=True)
             assert layer.weight_quant is not None
             return self.b.node("PostMatMul", inputs, path, domain=DOMAIN, bits=layer.weight_quant.code_range.bits)
         if integer and xq is not None and form is not None:
@@ -403,6 +397,18 @@ def _binary(op: str) -> Handler:
         return e.b.node(op, [a, b], n.name)
 
     return emit
+
+
+def _add(e: Emitter, n: fx.Node) -> str:
+    """An add of two quantized tensors into a uniform quantizer is the QDQ pattern onnxruntime fuses
+    into QLinearAdd, which requantizes with precomputed scale ratios: a few code pairs per million
+    come out one code off dequantize -> add -> quantize.  Where ASQ adapters read the activations,
+    such a code moves a sample's step and with it many codes downstream (ResNet-20 ASQ W4A4: 0.2% of
+    CIFAR-10 predictions), so there the add is a Sum, which onnxruntime leaves as it is."""
+    a, b = (e.tensor(e.arg(v), f"{n.name}.const") for v in n.args[:2])
+    quantized = all(isinstance(v, fx.Node) and e.uniform_quantizer_input(v) for v in n.args[:2])
+    fused = quantized and len(n.users) == 1 and e.uniform_quantizer_input(next(iter(n.users)))
+    return e.b.node("Sum" if fused and e.dynamic_steps else "Add", [a, b], n.name)
 
 
 def _relu_kind(gm: fx.GraphModule, n: fx.Node) -> str | None:
@@ -575,7 +581,7 @@ MODULE_HANDLERS: list[tuple[type[nn.Module], Handler]] = [
     (nn.Softmax, lambda e, n: e.b.node("Softmax", [e.arg(n.args[0])], n.name, axis=e.module(n).dim)),
 ]
 FUNCTION_HANDLERS: dict[Any, Handler] = {
-    operator.add: _binary("Add"), operator.iadd: _binary("Add"), torch.add: _binary("Add"),
+    operator.add: _add, operator.iadd: _add, torch.add: _add,
     operator.mul: _binary("Mul"), torch.mul: _binary("Mul"), operator.sub: _binary("Sub"),
     operator.truediv: _binary("Div"), torch.relu: _relu, F.relu: _relu, F.relu6: _relu6,
     torch.flatten: _flatten, torch.cat: _cat, torch.concat: _cat, torch.mean: _mean, torch.sigmoid: _unary("Sigmoid"),
@@ -584,7 +590,7 @@ FUNCTION_HANDLERS: dict[Any, Handler] = {
     operator.getitem: _getitem, torch.permute: _permute,
 }  # fmt: skip
 METHOD_HANDLERS: dict[str, Handler] = {
-    "flatten": _flatten, "relu": _relu, "mean": _mean, "add": _binary("Add"), "mul": _binary("Mul"),
+    "flatten": _flatten, "relu": _relu, "mean": _mean, "add": _add, "mul": _binary("Mul"),
     "contiguous": _identity, "sigmoid": _unary("Sigmoid"), "transpose": _transpose, "permute": _permute,
     "view": _reshape, "reshape": _reshape, "unflatten": _reshape, "softmax": _softmax, "size": _size,
     "matmul": _matmul,

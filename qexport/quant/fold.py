@@ -17,8 +17,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch import Tensor, fx, nn
+
+from ..ops import post_weights
 
 
 class FoldableBatchNorm2d(nn.BatchNorm2d):
@@ -68,20 +69,14 @@ def bn_factors(bn: nn.BatchNorm2d | None, channels: int) -> tuple[np.ndarray, np
 
 @dataclass(frozen=True)
 class DeployedConv:
-    """What the deployed graph holds for one conv with uniform quantizers on both sides."""
+    """What the deployed graph holds for one conv with integer weights."""
 
     codes: np.ndarray  # int64 weight codes, BN sign folded in
     weight_scale: np.ndarray  # float32 [Cout]
-    act_scale: np.float32
-    bias_codes: np.ndarray | None  # int32 on the accumulator scale, or None (no bias at all)
-    bias_scale: np.ndarray  # float32 [Cout] = act_scale * weight_scale
-
-    @property
-    def float_bias(self) -> np.ndarray:
-        """float32 [Cout] bias as the graph holds it after the conv: ``bias_codes * bias_scale``."""
-        if self.bias_codes is None:
-            return np.zeros(len(self.codes), np.float32)
-        return self.bias_codes.astype(np.float32) * self.bias_scale
+    act_scale: np.float32 | None  # the input step; None: one per sample, known at run time (ASQ)
+    bias_codes: np.ndarray | None  # int32 on the accumulator scale (a constant act_scale), or None
+    bias_scale: np.ndarray | None  # float32 [Cout] = act_scale * weight_scale (a constant act_scale)
+    float_bias: np.ndarray  # float32 [Cout] the graph adds after the rescale (bias_codes * bias_scale)
 
     @property
     def max_abs_row_sum(self) -> int:
@@ -90,25 +85,41 @@ class DeployedConv:
         return int(np.abs(self.codes).reshape(len(self.codes), -1).sum(1).max(initial=0))
 
 
-def deployed_conv(codes: np.ndarray, weight_scale: np.ndarray, act_scale: np.ndarray, bias: np.ndarray | None,
+def deployed_conv(codes: np.ndarray, weight_scale: np.ndarray, act_scale: np.ndarray | None, bias: np.ndarray | None,
                   bn: nn.BatchNorm2d | None) -> DeployedConv:  # fmt: skip
-    """Fold ``bn`` into (codes, per-channel scale) and round the bias to the accumulator grid."""
+    """Fold ``bn`` into (codes, per-channel scale) and, with a constant ``act_scale``, round the bias
+    to the accumulator grid; with a per-sample step (None) the bias stays float32."""
     k, shift = bn_factors(bn, codes.shape[0])
     sign = np.where(k < 0, -1, 1).reshape(-1, *([1] * (codes.ndim - 1)))
     scale = (weight_scale.astype(np.float64) * np.abs(k)).astype(np.float32)
+    total = (np.zeros(len(k)) if bias is None else bias.astype(np.float64) * k) + shift
+    if act_scale is None:
+        return DeployedConv(codes * sign, scale, None, None, None, total.astype(np.float32))
     s_x = np.float32(act_scale)
     bias_scale = (s_x * scale).astype(np.float32)
-    total = (np.zeros(len(k)) if bias is None else bias.astype(np.float64) * k) + shift
-    bias_codes = None
+    bias_codes, float_bias = None, np.zeros(len(k), np.float32)
     if bias is not None or bn is not None:
         q = np.round(total / bias_scale.astype(np.float64))
         bias_codes = np.clip(q, -(2**31), 2**31 - 1).astype(np.int32)
-    return DeployedConv(codes * sign, scale, s_x, bias_codes, bias_scale)
+        float_bias = bias_codes.astype(np.float32) * bias_scale
+    return DeployedConv(codes * sign, scale, s_x, bias_codes, bias_scale, float_bias)
 
 
-def deployed_conv_tensors(dep: DeployedConv, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """(weight codes as ``dtype``, rescale ``s_x * s_w`` and bias, both float32 [1, Cout, 1, 1]) as the
-    integer graph holds them: ``y = acc * rescale + bias`` (bias on the accumulator grid)."""
-    w = torch.from_numpy(dep.codes).to(device, dtype)
-    scale = torch.from_numpy(dep.bias_scale).to(device).view(1, -1, 1, 1)
-    return w, scale, torch.from_numpy(dep.float_bias).to(device).view(1, -1, 1, 1)
+@dataclass(frozen=True)
+class DeployedPost:
+    """What the deployed graph holds for one layer with POST weights (qexport.PostConv / PostMatMul)."""
+
+    codes: np.ndarray  # uint8 4-bit POST codes (post_weights.pack), BN sign folded in
+    bits: int
+    weight_scale: np.ndarray  # float32 [Cout] = alpha * |k| * 2^-E
+    float_bias: np.ndarray  # float32 [Cout]
+
+
+def deployed_post(level_codes: np.ndarray, alpha: np.ndarray, bits: int, bias: np.ndarray | None,
+                  bn: nn.BatchNorm2d | None) -> DeployedPost:  # fmt: skip
+    """Fold ``bn`` into POST's signed level indices (its sign) and per-channel scale."""
+    k, shift = bn_factors(bn, level_codes.shape[0])
+    level = level_codes.astype(np.int64) * np.where(k < 0, -1, 1).reshape(-1, *([1] * (level_codes.ndim - 1)))
+    scale = alpha.astype(np.float64).reshape(-1) * np.abs(k) * 2.0 ** -post_weights.shift(bits)
+    total = (np.zeros(len(k)) if bias is None else bias.astype(np.float64) * k) + shift
+    return DeployedPost(post_weights.pack(level, bits), bits, scale.astype(np.float32), total.astype(np.float32))

@@ -277,14 +277,15 @@ def _insert_glue(gm: fx.GraphModule, nonneg: set[fx.Node], shapes: set[fx.Node],
 
 
 def _link_batchnorms(gm: fx.GraphModule) -> None:
-    """A uniform QuantConv2d whose only user is a BatchNorm2d folds it in eval mode (fold.py); every
-    QuantConv2d learns the BatchNorm the export folds into it (its gamma signs mirror the weights)."""
+    """A QuantConv2d with integer eval (uniform or ASQ input, integer weights) whose only user is a
+    BatchNorm2d folds it in eval mode (fold.py); every QuantConv2d learns the BatchNorm the export
+    folds into it (its gamma signs mirror the weights)."""
     for node in gm.graph.nodes:
         pair = batchnorm_after(gm, node)
         conv = gm.get_submodule(str(node.target)) if pair else None
         if not (pair and isinstance(conv, QuantConv2d)):
             continue
-        if conv.is_integer():
+        if conv.integer_eval():
             folded = FoldableBatchNorm2d.replace(pair[1])
             _set_submodule(gm, str(pair[0].target), folded)
             conv.fold(folded)
