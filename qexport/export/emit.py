@@ -406,10 +406,9 @@ def _add(e: Emitter, n: fx.Node) -> str:
     come out one code off dequantize -> add -> quantize.  Where ASQ adapters read the activations,
     such a code moves a sample's step and with it many codes downstream (ResNet-20 ASQ W4A4: 0.2% of
     CIFAR-10 predictions), so there the add is a Sum, which onnxruntime leaves as it is."""
-    a, b = (e.tensor(e.arg(v), f"{n.name}.const") for v in n.args[:2])
     quantized = all(isinstance(v, fx.Node) and e.uniform_quantizer_input(v) for v in n.args[:2])
     fused = quantized and len(n.users) == 1 and e.uniform_quantizer_input(next(iter(n.users)))
-    return e.b.node("Sum" if fused and e.dynamic_steps else "Add", [a, b], n.name)
+    return _binary("Sum" if fused and e.dynamic_steps else "Add")(e, n)
 
 
 def _relu_kind(gm: fx.GraphModule, n: fx.Node) -> str | None:

@@ -144,13 +144,12 @@ class QuantConv2d(_Quantized, nn.Conv2d):
         return dep
 
     def _compute_deployed(self) -> DeployedConv:
-        q = self.weight_quant
-        assert q is not None
-        bias = None if self.bias is None else self.bias.detach().cpu().numpy()
+        assert self.act_quant is not None and self.weight_quant is not None
         form = self.integer_weight()
-        assert form is not None and self.act_quant is not None
+        assert form is not None
         codes, w_scale = (t.cpu().numpy() for t in form)
         a_spec = self.act_quant.describe()
+        bias = None if self.bias is None else self.bias.detach().cpu().numpy()
         act_scale = a_spec.scale.cpu().numpy() if a_spec.kind == "uniform" else None  # ASQ: per sample
         return deployed_conv(codes.astype("int64"), w_scale, act_scale, bias, self.folded_bn)
 
@@ -181,9 +180,9 @@ class QuantConv2d(_Quantized, nn.Conv2d):
         """What the integer graph computes (qexport.IntConv's arithmetic; QLinearConv's up to its
         requantization): the exact integer convolution of the activation and weight codes (BN folded
         in), then ``acc * (s_x * s_w) + bias`` in float32, the bias on the accumulator grid for a
-        constant step ``s_x``.  A float conv of the fake-quantized values rounds
-        its partial sums differently, which flips codes at rounding ties downstream (and, through
-        ASQ's adapter, whole samples' steps)."""
+        constant step ``s_x``.  A float conv of the fake-quantized values rounds its partial sums
+        differently, which flips codes at rounding ties downstream (and, through ASQ's adapter, whole
+        samples' steps)."""
         a = self.act_quant
         assert a is not None
         cached = self.__dict__.get("_integer_cache")
