@@ -6,7 +6,8 @@ flips one code early cannot cascade into every later layer (free-running codes o
 diverge that way however exact both sides are).  Final outputs: top-1 agreement teacher-forced and
 free-running, and the largest absolute difference free-running.  Contract 2 (DESIGN.md): a model
 passes when no code differs by more than one step, at least 99.9% of the codes of every tensor are
-identical and top-1 agreement is at least 99.9%, teacher-forced.  Free-running top-1 must reach 90%:
+identical (or at most one differs, on tensors too small for 0.1% to allow one) and top-1 agreement
+is at least 99.9%, teacher-forced.  Free-running top-1 must reach 90%:
 a one-step difference at a tie, which the contract allows, legitimately flips samples whose two best
 logits are that close (seen on random-weight and 3-bit models; lowest 94.5%: a random 8-bit ASQ
 MobileNetV2 through the native IntConv, whose exact int32 sums sit further from PyTorch's float32 conv
@@ -38,6 +39,9 @@ from .progress import Progress
 from .quant.base import Quantizer
 
 MIN_IDENTICAL = 0.999
+# ... or at most this many codes differ: on a tensor of fewer than 1,000 codes (a classifier input on
+# a few samples) one code at a rounding tie is already more than 0.1%
+MAX_TIE_CODES = 1
 MAX_STEP = 1
 MIN_TOP1 = 0.999  # teacher-forced
 # free-running: a 1-step code difference that contract 2 allows (at a rounding tie) moves everything
@@ -59,6 +63,7 @@ class TensorReport:
     bits: int
     codes: str
     identical: float
+    differing: int  # codes that differ (by at most max_step)
     max_step: int
     low_share: float  # share of codes at the bottom of the range
     high_share: float  # ... at the top
@@ -66,7 +71,7 @@ class TensorReport:
 
     @property
     def passed(self) -> bool:
-        return self.identical >= MIN_IDENTICAL and self.max_step <= MAX_STEP
+        return (self.identical >= MIN_IDENTICAL or self.differing <= MAX_TIE_CODES) and self.max_step <= MAX_STEP
 
 
 @dataclass
@@ -195,7 +200,8 @@ class _Accumulator:
         n = max(int(self.hist.sum()), 1)
         p = self.hist[self.hist > 0] / n
         return TensorReport(
-            path, self.bits, f"[{self.qmin}, {self.qmax}]", self.same / max(self.total, 1), self.max_step,
+            path, self.bits, f"[{self.qmin}, {self.qmax}]", self.same / max(self.total, 1), self.total - self.same,
+            self.max_step,
             float(self.hist[0] / n), float(self.hist[-1] / n), float(-(p * np.log2(p)).sum()),
         )  # fmt: skip
 

@@ -172,3 +172,29 @@ def test_free_running_outputs_come_from_the_shipped_graph(calibrated: tuple[Path
     moved = _run(model, names, infer, other_class, codes, steps, offsets, x, free, "r", 2, bar)
     assert honest.free_top1_agreement == 1.0 and honest.top1_agreement == 1.0
     assert moved.free_top1_agreement == 0.0 and moved.top1_agreement == 1.0 and not moved.passed
+
+
+def test_tensor_rule_allows_one_tie_on_small_tensors_only() -> None:
+    """>= 99.9% identical codes, or a single differing code where 0.1% of the tensor is less than one
+    code (512 classifier inputs on 8 samples); never a code more than one step off."""
+    from qexport.check import _Accumulator
+
+    class _Range:
+        qmin, qmax, bits = 0, 255, 8
+
+    class _Q:
+        code_range = _Range()
+
+    def report(numel: int, differing: int, step: int = 1) -> bool:
+        acc = _Accumulator(_Q())  # type: ignore[arg-type]
+        ours = np.full(numel, 7, np.int64)
+        theirs = ours.copy()
+        theirs[:differing] += step
+        acc.add(ours, theirs)
+        r = acc.report("t")
+        assert r.differing == differing
+        return r.passed
+
+    assert report(512, 0) and report(512, 1) and not report(512, 2)
+    assert not report(512, 1, step=2)
+    assert report(10_000, 10) and not report(10_000, 11)

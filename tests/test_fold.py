@@ -32,7 +32,7 @@ def test_quantize_links_conv_and_batchnorm() -> None:
     asq = qexport.quantize(zoo.create("resnet20"), act="asq", bits=4)
     assert isinstance(asq.get_submodule("layers.0.0.bn1"), FoldableBatchNorm2d)  # IntConv with per-sample steps
     post = qexport.quantize(zoo.create("resnet20"), weight="post", bits=4)
-    assert type(post.get_submodule("layers.0.0.bn1")) is nn.BatchNorm2d  # POST: float conv + BN in eval
+    assert isinstance(post.get_submodule("layers.0.0.bn1"), FoldableBatchNorm2d)  # PostConv
 
 
 def test_eval_is_the_deployed_conv_and_training_is_not() -> None:
@@ -93,6 +93,33 @@ def test_eval_conv_is_intconv_arithmetic_bit_for_bit(act: str, bits: int) -> Non
     assert ours.dtype == want.dtype == np.float32 and np.array_equal(ours, want)
     if act == "asq":
         assert len(set(steps.flatten().tolist())) == 4  # the samples' steps differ
+
+
+@pytest.mark.parametrize("act", ["lsq", "asq"])
+def test_eval_post_conv_is_postconv_arithmetic_bit_for_bit(act: str) -> None:
+    """POST weights: eval sums the codes against the even and the odd powers of sqrt 2 exactly and
+    combines them once, with BatchNorm folded in, as qexport.PostConv does: equal to its reference."""
+    from qexport.ops import post_conv
+
+    model = zoo.create("resnet20")
+    _trained_bn(model)
+    gm = qexport.quantize(model, weight="post", act=act, bits=4)
+    qexport.calibrate(gm, [torch.randn(8, 3, 32, 32)])
+    conv: QuantConv2d = gm.get_submodule("layers.2.1.conv1")
+    assert isinstance(conv.folded_bn, FoldableBatchNorm2d)
+    inp = torch.randn(4, 64, 8, 8).relu() * torch.tensor([0.5, 1.0, 2.0, 4.0]).view(4, 1, 1, 1)
+    gm.eval()
+    with torch.no_grad():
+        ours = conv.folded_bn(conv(inp)).numpy()  # the BatchNorm passes through: folded
+        codes = conv.act_quant.codes(inp).numpy().astype(np.int64)
+        steps = conv.act_quant.scale_for(inp) if act == "asq" else conv.act_quant.describe().scale.expand(4)
+    dep = conv.deployed()
+    want = np.stack([
+        post_conv.reference(codes[i : i + 1], steps[i].numpy(), dep.codes, dep.weight_scale, dep.float_bias, 4,
+                            [1, 1], [1, 1, 1, 1], [1, 1], 1)[0]
+        for i in range(len(codes))
+    ])  # fmt: skip
+    assert ours.dtype == want.dtype == np.float32 and np.array_equal(ours, want)
 
 
 @pytest.mark.parametrize("act", ["lsq", "asq"])

@@ -73,6 +73,30 @@ def test_fp32_then_qat_then_resume(tiny_cifar: Path, tmp_path: Path) -> None:
     assert model(qexport.data.normalize(qexport.data.cifar10("test")[0][:4])).shape == (4, 10)
 
 
+def test_qat_continues_from_a_quantized_checkpoint(tiny_cifar: Path, tmp_path: Path) -> None:
+    """A quantized --init with the same flags continues QAT: its learned quantizer parameters are kept
+    (not re-calibrated from data); other flags are refused with a message naming them."""
+    small = ["--batch-size", "16", "--max-steps", "2", "--no-progress", "--calib-batches", "1", "--epochs", "1"]
+    assert train.main(["--method", "fp32", "--lr", "0.05", "--out", str(tmp_path / "fp32"), *small]) == 0
+    first = tmp_path / "lsq" / "model.pt"
+    args = ["--method", "lsq", "--bits", "3", *small]
+    assert train.main([*args, "--init", str(tmp_path / "fp32" / "model.pt"), "--out", str(first.parent)]) == 0
+    before = qexport.load(first).state_dict()
+    with torch.no_grad():  # a step no calibration on this data would give
+        for k in before:
+            if k.endswith(".step"):
+                before[k] *= 1.37
+    moved = qexport.load(first)
+    moved.load_state_dict(before)
+    init = qexport.save(moved, tmp_path / "moved.pt")
+    assert train.main([*args, "--lr", "0", "--init", str(init), "--out", str(tmp_path / "cont")]) == 0
+    after = qexport.load(tmp_path / "cont" / "model.pt").state_dict()
+    steps = [k for k in before if k.endswith(".step")]
+    assert steps and all(torch.equal(before[k], after[k]) for k in steps)
+    with pytest.raises(qexport.QexportError, match=r"bits 3 \(asked 2\)"):
+        train.main(["--method", "lsq", "--bits", "2", *small, "--init", str(init), "--out", str(tmp_path / "x")])
+
+
 def test_nipq_mixed_precision_run(tiny_cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "nipq"
     argv = [

@@ -62,7 +62,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["full", "narrow"],
         help="LSQ weight codes: full (-2^(b-1)..2^(b-1)-1, the LSQ paper) or narrow (symmetric; ternary at 2 bits)",
     )
-    p.add_argument("--init", help="FP32 qexport checkpoint to start QAT from")
+    p.add_argument(
+        "--init",
+        help="qexport checkpoint to start from: FP32 (QAT starts, quantizers calibrated on data) or one "
+        "quantized with the same flags (QAT continues with a fresh optimizer and cosine schedule)",
+    )
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=128, help="global batch (split over ranks)")
     p.add_argument("--lr", type=float, default=0.04)
@@ -131,8 +135,10 @@ def param_groups(model: nn.Module, wd: float) -> list[dict[str, Any]]:
 def build_model(args: argparse.Namespace, shard_x: torch.Tensor, device: torch.device) -> nn.Module:
     if args.init:
         base = qexport.load(args.init)
-        if getattr(base, "qexport_config", None) is not None:
-            raise qexport.QexportError(f"--init {args.init} is already quantized: start QAT from an FP32 checkpoint")
+        config = getattr(base, "qexport_config", None)
+        if config is not None:
+            _check_continues(args, config)
+            return base.to(device)  # its quantizers are initialised already: no calibration
     else:
         base = qexport.zoo.create(args.arch, num_classes=10)
     base = base.to(device)
@@ -152,6 +158,24 @@ def build_model(args: argparse.Namespace, shard_x: torch.Tensor, device: torch.d
     batches = [cifar.augment(shard_x[idx[i : i + 64]].to(device)) for i in range(0, len(idx), 64)]
     qexport.calibrate(model, batches)
     return model
+
+
+def _check_continues(args: argparse.Namespace, config: dict[str, Any]) -> None:
+    """A quantized --init continues QAT only with the same quantizers (a fresh optimizer and cosine)."""
+    wanted = {
+        "weight": args.weight,
+        "act": args.act,
+        "bits": args.bits,
+        "placement": args.placement,
+        "weight_range": args.weight_range,
+        "learn_bits": args.learn_bits,
+    }
+    differ = [f"{k} {config.get(k)!r} (asked {v!r})" for k, v in wanted.items() if config.get(k) != v]
+    if differ:
+        raise qexport.QexportError(
+            f"--init {args.init} is quantized with other settings: {', '.join(differ)}; "
+            "continue it with matching flags, or start QAT from an FP32 checkpoint"
+        )
 
 
 def resource_term(model: nn.Module, args: argparse.Namespace) -> torch.Tensor | None:

@@ -156,14 +156,6 @@ class Emitter:
         form = layer.integer_weight()
         return form, form is None
 
-    def deployed_post(self, layer: QuantConv2d | QuantLinear, bn: nn.BatchNorm2d | None) -> DeployedPost:
-        """POST codes, per-channel scale and bias with ``bn`` folded in."""
-        q = layer.weight_quant
-        assert q is not None
-        level = _np(q.codes(layer.weight.detach())).astype(np.int64)
-        bias = None if layer.bias is None else _np(layer.bias)
-        return deployed_post(level, _np(q.describe().scale), q.code_range.bits, bias, bn)
-
     def post_operands(self, layer: QuantConv2d | QuantLinear, xq: QTensor | None, path: str, dep: DeployedPost,
                       transpose: bool) -> list[str]:  # fmt: skip
         """Inputs of a PostConv / PostMatMul: codes, step, uint4 weight codes, per-channel scale, bias."""
@@ -204,7 +196,9 @@ class Emitter:
         if post:
             assert isinstance(layer, QuantConv2d)
             self.record(path, layer, "PostConv", "uint4 POST codes")
-            inputs = self.post_operands(layer, xq, path, self.deployed_post(layer, bn), transpose=False)
+            dep = layer.deployed()  # the eval forward's numbers
+            assert isinstance(dep, DeployedPost)
+            inputs = self.post_operands(layer, xq, path, dep, transpose=False)
             assert layer.weight_quant is not None
             return self.b.node("PostConv", inputs, path, domain=DOMAIN, bits=layer.weight_quant.code_range.bits,
                                **attrs)  # fmt: skip
@@ -298,7 +292,12 @@ class Emitter:
         if post:
             assert isinstance(layer, QuantLinear)
             self.record(path, layer, "PostMatMul", "uint4 POST codes")
-            inputs = self.post_operands(layer, xq, path, self.deployed_post(layer, None), transpose=True)
+            q = layer.weight_quant
+            assert q is not None
+            level = _np(q.codes(layer.weight.detach())).astype(np.int64)
+            bias = None if layer.bias is None else _np(layer.bias)
+            dep = deployed_post(level, _np(q.describe().scale), q.code_range.bits, bias, None)
+            inputs = self.post_operands(layer, xq, path, dep, transpose=True)
             assert layer.weight_quant is not None
             return self.b.node("PostMatMul", inputs, path, domain=DOMAIN, bits=layer.weight_quant.code_range.bits)
         if integer and xq is not None and form is not None:

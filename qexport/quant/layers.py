@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..ops import post_weights
 from .base import Quantizer
-from .fold import DeployedConv, FoldableBatchNorm2d, deployed_conv
+from .fold import DeployedConv, DeployedPost, FoldableBatchNorm2d, deployed_conv, deployed_post
 
 
 def version_key(tensors: list[Tensor]) -> tuple[int, ...]:
@@ -115,10 +116,11 @@ class QuantConv2d(_Quantized, nn.Conv2d):
         return w is not None and (w.kind == "uniform" or w.method == "pot")
 
     def integer_eval(self) -> bool:
-        """Whether eval runs the integer arithmetic of the deployed conv: integer weights, and input
-        codes with a constant step (QLinearConv / IntConv) or a per-sample one (ASQ: IntConv)."""
-        a = self.act_quant
-        return a is not None and a.kind in ("uniform", "asq") and self._integer_weights()
+        """Whether eval runs the integer arithmetic of the deployed conv: integer or POST weights, and
+        input codes with a constant step (QLinearConv / IntConv / PostConv) or a per-sample one (ASQ)."""
+        a, w = self.act_quant, self.weight_quant
+        post = w is not None and w.method == "post"
+        return a is not None and a.kind in ("uniform", "asq") and (self._integer_weights() or post)
 
     def _deployable_now(self) -> bool:
         """Both quantizers initialised and not collecting calibration statistics."""
@@ -132,7 +134,7 @@ class QuantConv2d(_Quantized, nn.Conv2d):
             tensors += [*self.folded_bn.parameters(), *self.folded_bn.buffers()]
         return version_key(tensors)
 
-    def deployed(self) -> DeployedConv:
+    def deployed(self) -> DeployedConv | DeployedPost:
         """The folded weight codes and scales and the bias the deployed graph holds (cached until a
         parameter or buffer changes)."""
         key = self._state_versions()
@@ -143,13 +145,18 @@ class QuantConv2d(_Quantized, nn.Conv2d):
         self.__dict__["_deployed_cache"] = (key, dep)
         return dep
 
-    def _compute_deployed(self) -> DeployedConv:
-        assert self.act_quant is not None and self.weight_quant is not None
+    def _compute_deployed(self) -> DeployedConv | DeployedPost:
+        q, a = self.weight_quant, self.act_quant
+        assert q is not None and a is not None
+        bias = None if self.bias is None else self.bias.detach().cpu().numpy()
+        if q.method == "post":
+            level = q.codes(self.weight.detach()).cpu().numpy()
+            return deployed_post(level, q.describe().scale.detach().cpu().numpy(), q.code_range.bits, bias,
+                                 self.folded_bn)  # fmt: skip
         form = self.integer_weight()
         assert form is not None
         codes, w_scale = (t.cpu().numpy() for t in form)
-        a_spec = self.act_quant.describe()
-        bias = None if self.bias is None else self.bias.detach().cpu().numpy()
+        a_spec = a.describe()
         act_scale = a_spec.scale.cpu().numpy() if a_spec.kind == "uniform" else None  # ASQ: per sample
         return deployed_conv(codes.astype("int64"), w_scale, act_scale, bias, self.folded_bn)
 
@@ -177,12 +184,13 @@ class QuantConv2d(_Quantized, nn.Conv2d):
         return y
 
     def _integer_forward(self, x: Tensor) -> Tensor:
-        """What the integer graph computes (qexport.IntConv's arithmetic; QLinearConv's up to its
-        requantization): the exact integer convolution of the activation and weight codes (BN folded
-        in), then ``acc * (s_x * s_w) + bias`` in float32, the bias on the accumulator grid for a
-        constant step ``s_x``.  A float conv of the fake-quantized values rounds its partial sums
-        differently, which flips codes at rounding ties downstream (and, through ASQ's adapter, whole
-        samples' steps)."""
+        """What the integer graph computes (qexport.IntConv's / PostConv's arithmetic; QLinearConv's up
+        to its requantization): the exact integer convolution of the activation and weight codes (BN
+        folded in; POST: one for the even and one for the odd powers of sqrt 2, combined as
+        ``even + odd * 0.70710677``), then ``acc * (s_x * s_w) + bias`` in float32, the bias on the
+        accumulator grid for a constant step ``s_x``.  A float conv of the fake-quantized values rounds
+        its partial sums differently, which flips codes at rounding ties downstream (and, through
+        ASQ's adapter, whole samples' steps)."""
         a = self.act_quant
         assert a is not None
         cached = self.__dict__.get("_integer_cache")
@@ -190,31 +198,39 @@ class QuantConv2d(_Quantized, nn.Conv2d):
         if cached is None or cached[0] is not dep or cached[1] != x.device:
             cached = (dep, x.device, *self._integer_operands(dep, x.device))
             self.__dict__["_integer_cache"] = cached
-        w, w_scale, bias, step, rescale = cached[2:]
+        weights, w_scale, bias, step, rescale = cached[2:]
         if step is None:  # ASQ: this batch's per-sample steps [N, 1, 1, 1]
             step = a.scale_for(x)
             rescale = step * w_scale
         codes = torch.round(a(x) / step)  # a(x) = codes * step: the division gives the codes back exactly
-        acc = self._conv_forward(codes.to(w.dtype), w, None).to(torch.float32)
+        acc = self._conv_forward(codes.to(weights[0].dtype), weights[0], None).to(torch.float32)
+        if len(weights) == 2:  # POST
+            odd = self._conv_forward(codes.to(weights[1].dtype), weights[1], None).to(torch.float32)
+            acc = acc + odd * torch.tensor(post_weights.SQRT_HALF)  # float32, as the graph
         return acc * rescale + bias
 
     def _integer_operands(
-        self, dep: DeployedConv, device: torch.device
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
-        """(integer weight codes, weight scale and bias [1, Cout, 1, 1], the constant input step and
+        self, dep: DeployedConv | DeployedPost, device: torch.device
+    ) -> tuple[list[Tensor], Tensor, Tensor, Tensor | None, Tensor | None]:
+        """(integer weight tensors, weight scale and bias [1, Cout, 1, 1], the constant input step and
         rescale or None for ASQ) on ``device``."""
         a = self.act_quant
         assert a is not None
-        bound = dep.max_abs_row_sum * max(abs(a.code_range.qmin), abs(a.code_range.qmax))
+        x_max = max(abs(a.code_range.qmin), abs(a.code_range.qmax))
+        if isinstance(dep, DeployedPost):
+            codes = list(post_weights.reference(dep.codes, dep.bits))
+            bound = post_weights.accumulator_bound(dep.codes, dep.bits, x_max)
+        else:
+            codes, bound = [dep.codes], dep.max_abs_row_sum * x_max
         # float32 sums of integers are exact while every partial sum stays below 2^24 (CPU kernels
         # here multiply and add directly; other devices may pick inexact algorithms: float64 there)
         dtype = torch.float32 if device.type == "cpu" and bound < 2**24 else torch.float64
-        w = torch.from_numpy(dep.codes).to(device, dtype)
+        weights = [torch.from_numpy(c).to(device, dtype) for c in codes]
         w_scale = torch.from_numpy(dep.weight_scale).to(device).view(1, -1, 1, 1)
         bias = torch.from_numpy(dep.float_bias).to(device).view(1, -1, 1, 1)
         a_spec = a.describe()
         step = a_spec.scale.detach().to(device) if a_spec.kind == "uniform" else None
-        return w, w_scale, bias, step, None if step is None else step * w_scale
+        return weights, w_scale, bias, step, None if step is None else step * w_scale
 
 
 class QuantLinear(_Quantized, nn.Linear):
