@@ -88,9 +88,13 @@ def test_qat_continues_from_a_quantized_checkpoint(tiny_cifar: Path, tmp_path: P
                 before[k] *= 1.37
     moved = qexport.load(first)
     moved.load_state_dict(before)
-    init = qexport.save(moved, tmp_path / "moved.pt")
+    init = qexport.save(moved, tmp_path / "moved.pt", meta=moved.qexport_meta)
     assert train.main([*args, "--lr", "0", "--init", str(init), "--out", str(tmp_path / "cont")]) == 0
-    after = qexport.load(tmp_path / "cont" / "model.pt").state_dict()
+    continued = qexport.load(tmp_path / "cont" / "model.pt")
+    after = continued.state_dict()
+    meta = continued.qexport_meta  # the card reports both runs: epochs, seconds, history, commands
+    assert meta["epochs"] == 2 and [h["epoch"] for h in meta["history"]] == [1, 2] and len(meta["commands"]) == 2
+    assert meta["continued_from"] == str(init) and meta["train_seconds"] >= meta["history"][0]["seconds"]
     steps = [k for k in before if k.endswith(".step")]
     assert steps and all(torch.equal(before[k], after[k]) for k in steps)
     with pytest.raises(qexport.QexportError, match=r"bits 3 \(asked 2\)"):

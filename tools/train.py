@@ -132,18 +132,21 @@ def param_groups(model: nn.Module, wd: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_model(args: argparse.Namespace, shard_x: torch.Tensor, device: torch.device) -> nn.Module:
+def build_model(
+    args: argparse.Namespace, shard_x: torch.Tensor, device: torch.device
+) -> tuple[nn.Module, dict[str, Any] | None]:
+    """The model to train and, when QAT continues a quantized --init, that checkpoint's metadata."""
     if args.init:
         base = qexport.load(args.init)
         config = getattr(base, "qexport_config", None)
         if config is not None:
             _check_continues(args, config)
-            return base.to(device)  # its quantizers are initialised already: no calibration
+            return base.to(device), getattr(base, "qexport_meta", {})  # quantizers initialised: no calibration
     else:
         base = qexport.zoo.create(args.arch, num_classes=10)
     base = base.to(device)
     if args.weight is None and args.act is None:
-        return base
+        return base, None
     model = qexport.quantize(
         base,
         weight=args.weight,
@@ -157,7 +160,7 @@ def build_model(args: argparse.Namespace, shard_x: torch.Tensor, device: torch.d
     idx = torch.randperm(len(shard_x), generator=gen)[: args.calib_batches * 64]
     batches = [cifar.augment(shard_x[idx[i : i + 64]].to(device)) for i in range(0, len(idx), 64)]
     qexport.calibrate(model, batches)
-    return model
+    return model, None
 
 
 def _check_continues(args: argparse.Namespace, config: dict[str, Any]) -> None:
@@ -200,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     test_x, test_y = evaluation.subset(test_x, test_y, args.eval_limit)
     shard = torch.arange(rank, len(train_x), world)  # each rank calibrates on its own shard
 
-    model = build_model(args, train_x[shard], device)
+    model, prior = build_model(args, train_x[shard], device)
     if args.save_rank_states:
         torch.save(model.state_dict(), out / f"rank{rank}_calibrated.pt")
     core = model
@@ -276,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         history.append(record)
         if rank == 0:
             print(f"train: {record}", file=sys.stderr)
-            _save(core, out, args, history, elapsed, device, epoch + 1, opt, sched)
+            _save(core, out, args, history, elapsed, device, epoch + 1, opt, sched, prior)
         epoch += 1
         if args.time_budget and epoch == start_epoch + 1:
             fit = epoch + int((args.time_budget - (time.time() - began)) // (time.time() - t0))
@@ -291,6 +294,25 @@ def main(argv: list[str] | None = None) -> int:
         dist.barrier()
         dist.destroy_process_group()
     return 0
+
+
+def continued_meta(prior: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """The metadata of a run that continued ``prior``'s checkpoint: epochs, seconds and history count
+    both runs (so the model card reports the whole training), the commands both."""
+    done = int(prior.get("epochs", 0))
+    out = dict(meta)
+    out["epochs"] = done + meta["epochs"]
+    out["planned_epochs"] = done + meta["planned_epochs"]
+    out["train_seconds"] = round(float(prior.get("train_seconds", 0.0)) + meta["train_seconds"], 1)
+    out["init"] = prior.get("init")
+    out["continued_from"] = meta["init"]
+    out["commands"] = [*prior.get("commands", [prior.get("command")]), meta["command"]]
+    before = float(prior.get("train_seconds", 0.0))
+    out["history"] = [
+        *prior.get("history", []),
+        *({**h, "epoch": h["epoch"] + done, "seconds": round(h["seconds"] + before, 1)} for h in meta["history"]),
+    ]
+    return out
 
 
 def average_buffers(model: nn.Module, world: int) -> None:
@@ -325,6 +347,7 @@ def _save(
     epoch: int,
     opt: torch.optim.Optimizer,
     sched: Any,
+    prior: dict[str, Any] | None,
 ) -> None:
     meta = {
         "dataset": "cifar10-jpeg (../shared/data)",
@@ -344,6 +367,8 @@ def _save(
         "test_top1": history[-1]["test_top1"],
         "history": history,
     }
+    if prior:
+        meta = continued_meta(prior, meta)
     if any(isinstance(m, NipqQuantizer) for m in model.modules()):
         meta["nipq_bits"] = {m.path: m.integer_bits() for m in model.modules() if isinstance(m, NipqQuantizer)}
     qexport.save(model, out / "model.pt", meta=meta)
