@@ -147,14 +147,14 @@ class QuantConv2d(_Quantized, nn.Conv2d):
 
     def _compute_deployed(self) -> DeployedConv | DeployedPost:
         q, a = self.weight_quant, self.act_quant
-        assert q is not None and a is not None
+        assert q is not None
         bias = None if self.bias is None else self.bias.detach().cpu().numpy()
         if q.method == "post":
             level = q.codes(self.weight.detach()).cpu().numpy()
             return deployed_post(level, q.describe().scale.detach().cpu().numpy(), q.code_range.bits, bias,
                                  self.folded_bn)  # fmt: skip
         form = self.integer_weight()
-        assert form is not None
+        assert form is not None and a is not None
         codes, w_scale = (t.cpu().numpy() for t in form)
         a_spec = a.describe()
         act_scale = a_spec.scale.cpu().numpy() if a_spec.kind == "uniform" else None  # ASQ: per sample
