@@ -178,12 +178,10 @@ def test_tensor_rule_allows_one_tie_on_small_tensors_only() -> None:
     """>= 99.9% identical codes, or a single differing code where 0.1% of the tensor is less than one
     code (512 classifier inputs on 8 samples); never a code more than one step off."""
     from qexport.check import _Accumulator
-
-    class _Range:
-        qmin, qmax, bits = 0, 255, 8
+    from qexport.quant.core import CodeRange
 
     class _Q:
-        code_range = _Range()
+        code_range = CodeRange(8, signed=False)  # codes 0..255
 
     def report(numel: int, differing: int, step: int = 1) -> bool:
         acc = _Accumulator(_Q())  # type: ignore[arg-type]

@@ -300,14 +300,14 @@ def continued_meta(prior: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any
     """The metadata of a run that continued ``prior``'s checkpoint: epochs, seconds and history count
     both runs (so the model card reports the whole training), the commands both."""
     done = int(prior.get("epochs", 0))
+    before = float(prior.get("train_seconds", 0.0))
     out = dict(meta)
     out["epochs"] = done + meta["epochs"]
     out["planned_epochs"] = done + meta["planned_epochs"]
-    out["train_seconds"] = round(float(prior.get("train_seconds", 0.0)) + meta["train_seconds"], 1)
+    out["train_seconds"] = round(before + meta["train_seconds"], 1)
     out["init"] = prior.get("init")
     out["continued_from"] = meta["init"]
     out["commands"] = [*prior.get("commands", [prior.get("command")]), meta["command"]]
-    before = float(prior.get("train_seconds", 0.0))
     out["history"] = [
         *prior.get("history", []),
         *({**h, "epoch": h["epoch"] + done, "seconds": round(h["seconds"] + before, 1)} for h in meta["history"]),
