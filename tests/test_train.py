@@ -101,6 +101,51 @@ def test_qat_continues_from_a_quantized_checkpoint(tiny_cifar: Path, tmp_path: P
         train.main(["--method", "lsq", "--bits", "2", *small, "--init", str(init), "--out", str(tmp_path / "x")])
 
 
+def test_distillation_loss_blends_cross_entropy_and_the_teachers_soft_targets() -> None:
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(6, 10, generator=gen), torch.randn(6, 10, generator=gen)
+    labels = torch.randint(0, 10, (6,), generator=gen)
+    ce = torch.nn.functional.cross_entropy(student, labels)
+    assert torch.allclose(train.distillation_loss(student, teacher, labels, 0.0, 2.0), ce)
+    # the soft term is zero where the student already matches the teacher, positive elsewhere
+    assert torch.allclose(train.distillation_loss(student, student, labels, 0.5, 2.0), 0.5 * ce)
+    soft = train.distillation_loss(student, teacher, labels, 1.0, 2.0)
+    probs_t = torch.softmax(teacher / 2, 1)
+    kl = (probs_t * (torch.log_softmax(teacher / 2, 1) - torch.log_softmax(student / 2, 1))).sum(1).mean()
+    assert soft > 0 and torch.allclose(soft, 4 * kl)
+    with pytest.raises(qexport.QexportError, match="same classes"):
+        train.distillation_loss(student, teacher[:, :5], labels, 0.5, 2.0)
+
+
+def test_qat_distils_from_a_teacher(tiny_cifar: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--teacher: with weight 0 the run is the plain run step for step; with weight 1 the loss is the
+    teacher's soft term; the metadata names the teacher."""
+    small = ["--batch-size", "16", "--max-steps", "2", "--no-progress", "--calib-batches", "1", "--epochs", "1"]
+    assert train.main(["--method", "fp32", "--lr", "0.05", "--out", str(tmp_path / "fp32"), *small]) == 0
+    fp32 = str(tmp_path / "fp32" / "model.pt")
+    args = ["--method", "lsq", "--bits", "2", "--init", fp32, *small]
+    losses = {}
+    for name, extra in {
+        "plain": [],
+        "w0": ["--teacher", fp32, "--distill-weight", "0"],
+        "w1": ["--teacher", fp32, "--distill-weight", "1"],
+    }.items():
+        assert train.main([*args, *extra, "--out", str(tmp_path / name)]) == 0
+        meta = qexport.load(tmp_path / name / "model.pt").qexport_meta
+        losses[name] = meta["history"][0]["loss"]
+    assert losses["w0"] == losses["plain"] and losses["w1"] != losses["plain"]
+    assert meta["distill"] == {"teacher": fp32, "weight": 1.0, "temperature": 2.0}
+    import model_card  # the card names the teacher in the method column
+
+    card = tmp_path / "card"
+    card.mkdir()
+    (card / "lsq_w2a2_kd.pt").write_bytes((tmp_path / "w1" / "model.pt").read_bytes())
+    assert model_card.main(["--models", str(card)]) == 0
+    assert "lsq w / lsq a + KD from model.pt" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        train.parse_args([*args, "--teacher", fp32, "--distill-weight", "1.5", "--out", str(tmp_path / "x")])
+
+
 def test_nipq_mixed_precision_run(tiny_cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "nipq"
     argv = [
@@ -133,6 +178,14 @@ def test_nipq_mixed_precision_run(tiny_cifar: Path, tmp_path: Path) -> None:
     meta = qexport.load(out / "model.pt").qexport_meta
     assert meta["history"][0]["avg_weight_bits"] < 6.0  # the resource loss moved the widths
     assert set(meta["nipq_bits"].values()) <= set(range(2, 9))
+    # continuing the finalized checkpoint keeps its hard quantizers and frozen widths, even at lr 0.5
+    # with the resource target still asking for fewer bits
+    cont = tmp_path / "nipq_cont"
+    assert train.main([*argv[:-1], str(cont), "--init", str(out / "model.pt"), "--resource-weight", "50"]) == 0
+    continued = qexport.load(cont / "model.pt")
+    assert continued.qexport_meta["nipq_bits"] == meta["nipq_bits"]
+    nipq = [m for m in continued.modules() if isinstance(m, qexport.quant.NipqQuantizer)]
+    assert nipq and all(m._hard and not m.learns_bits for m in nipq)
 
 
 def test_ddp_two_cpu_ranks_stay_identical(tiny_cifar: Path, tmp_path: Path) -> None:

@@ -105,6 +105,8 @@ def describe(
         key = None
     else:
         method = f"{cfg['weight']} w / {cfg['act']} a" + (" (learned bits)" if cfg["learn_bits"] else "")
+        if meta.get("distill"):
+            method += f" + KD from {Path(meta['distill']['teacher']).name}"
         bits = (
             str(cfg["bits"])
             if not cfg["learn_bits"]

@@ -6,6 +6,8 @@
     # QAT from that checkpoint (first/last layer at 8 bits)
     python tools/train.py --method lsq --bits 4 --init runs/fp32/model.pt --epochs 30 --out runs/lsq4
     python tools/train.py --method nipq --learn-bits --target-bits 4 --init runs/fp32/model.pt --out runs/nipq
+    # QAT distilled from the FP32 model's logits (knowledge distillation)
+    python tools/train.py --method lsq --bits 2 --init runs/fp32/model.pt --teacher runs/fp32/model.pt --out runs/lsq2kd
     # several GPUs / processes (each rank trains on its own shard of the data)
     torchrun --nproc_per_node 2 tools/train.py --method lsq --init runs/fp32/model.pt --out runs/lsq4
 
@@ -67,6 +69,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="qexport checkpoint to start from: FP32 (QAT starts, quantizers calibrated on data) or one "
         "quantized with the same flags (QAT continues with a fresh optimizer and cosine schedule)",
     )
+    p.add_argument(
+        "--teacher",
+        help="qexport checkpoint whose logits the student also learns (knowledge distillation; "
+        "e.g. the FP32 model QAT started from)",
+    )
+    p.add_argument(
+        "--distill-weight",
+        type=float,
+        default=0.5,
+        help="with --teacher: loss = (1 - w) * cross-entropy + w * T^2 * KL(teacher || student at T)",
+    )
+    p.add_argument("--distill-temperature", type=float, default=2.0, help="with --teacher: softmax temperature T")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=128, help="global batch (split over ranks)")
     p.add_argument("--lr", type=float, default=0.04)
@@ -100,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     weight, act = METHODS[args.method]
     args.weight = args.weight or weight
     args.act = args.act or act
+    if args.teacher and not (0.0 <= args.distill_weight <= 1.0 and args.distill_temperature > 0):
+        p.error("--distill-weight must lie in [0, 1] and --distill-temperature be positive")
     if (args.weight or args.act) and not args.init and args.method != "fp32":
         print("train: note: QAT without --init starts from random weights", file=sys.stderr)
     return args
@@ -181,6 +197,39 @@ def _check_continues(args: argparse.Namespace, config: dict[str, Any]) -> None:
         )
 
 
+def load_teacher(path: str, device: torch.device) -> nn.Module:
+    """The frozen teacher of knowledge distillation, in eval mode (BatchNorm on running statistics).
+    Loaded under a forked RNG: building the architecture draws random weights, and a run with a
+    teacher must see the same augmentations as one without (comparable runs)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        teacher = qexport.load(path).to(device).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def distillation_loss(
+    student: torch.Tensor, teacher: torch.Tensor, labels: torch.Tensor, weight: float, temperature: float
+) -> torch.Tensor:
+    """(1 - weight) * CE(student, labels) + weight * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
+
+    T^2 keeps the soft term's gradient the size of the hard term's whatever the temperature
+    (Hinton et al. 2015)."""
+    if student.shape != teacher.shape:
+        raise qexport.QexportError(
+            f"--teacher gives logits of shape {tuple(teacher.shape)}, the student {tuple(student.shape)}: "
+            "distil from a model with the same classes"
+        )
+    hard = F.cross_entropy(student, labels)
+    soft = F.kl_div(
+        F.log_softmax(student / temperature, dim=1),
+        F.log_softmax(teacher / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1.0 - weight) * hard + weight * temperature**2 * soft
+
+
 def resource_term(model: nn.Module, args: argparse.Namespace) -> torch.Tensor | None:
     if args.target_bits is not None:
         return args.resource_weight * qexport.resource_loss(model, args.target_bits, "avg_bits")
@@ -235,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             print(f"train: resumed {state_path} at epoch {start_epoch}", file=sys.stderr)
 
+    teacher = load_teacher(args.teacher, device) if args.teacher else None
     train_x_dev, train_y_dev = train_x.to(device), train_y.to(device)
     began = time.time()
     epoch = start_epoch
@@ -251,7 +301,13 @@ def main(argv: list[str] | None = None) -> int:
         for step in range(steps):
             idx = perm[step * per_rank : (step + 1) * per_rank]
             x, y = cifar.augment(train_x_dev[idx]), train_y_dev[idx]
-            loss = F.cross_entropy(model(x), y)
+            logits = model(x)
+            if teacher is None:
+                loss = F.cross_entropy(logits, y)
+            else:
+                with torch.no_grad():
+                    soft_targets = teacher(x)
+                loss = distillation_loss(logits, soft_targets, y, args.distill_weight, args.distill_temperature)
             extra = resource_term(core, args) if is_nipq and not _any_hard(core) else None
             if extra is not None:
                 loss = loss + extra
@@ -307,6 +363,7 @@ def continued_meta(prior: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any
     out["train_seconds"] = round(before + meta["train_seconds"], 1)
     out["init"] = prior.get("init")
     out["continued_from"] = meta["init"]
+    out["distill"] = meta.get("distill") or prior.get("distill")  # the latest run's teacher, else the earlier one's
     out["commands"] = [*prior.get("commands", [prior.get("command")]), meta["command"]]
     out["history"] = [
         *prior.get("history", []),
@@ -361,6 +418,11 @@ def _save(
         "planned_epochs": args.epochs,
         "seed": args.seed,
         "init": args.init,
+        "distill": (
+            {"teacher": args.teacher, "weight": args.distill_weight, "temperature": args.distill_temperature}
+            if args.teacher
+            else None
+        ),
         "command": " ".join(["python", "tools/train.py", *sys.argv[1:]]),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "train_seconds": round(elapsed, 1),
