@@ -17,6 +17,7 @@ from . import __version__, zoo
 from .check import CheckReport, check
 from .checkpoint import build, load, read, save
 from .errors import QexportError
+from .export.emit import ADDS
 from .quant.layers import QuantConv2d, QuantLinear
 from .quant.placement import calibrate, quantize
 from .summary import format_table, layer_count, onnx_summary, quantizer_rows
@@ -118,7 +119,7 @@ def _export(args: argparse.Namespace) -> int:
         raise QexportError(f"--format {args.format!r} is not supported: use --format onnx")
     model = load(args.model, trust=args.trust)
     out = Path(args.output or Path(args.model).with_suffix(".onnx"))
-    export(model, out, opset=args.opset, packed=not args.int8_weights)
+    export(model, out, opset=args.opset, packed=not args.int8_weights, adds=args.adds)
     layers = [m for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
     methods = sorted({f"{q.method}{q.code_range.bits}" for m in layers for q in (m.weight_quant, m.act_quant) if q})
     size_mb = out.stat().st_size / 1e6
@@ -250,6 +251,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--int8-weights", action="store_true",
         help="store every uniform weight as int8 (default: int4, or int2 at opset 25, for weights of <=4 / 2 bits; "
         "onnxruntime widens them at load time and runs the same integer kernels)",
+    )  # fmt: skip
+    s.add_argument(
+        "--adds", choices=ADDS, default="auto",
+        help="residual adds of quantized tensors: fused (onnxruntime's QLinearAdd, fastest, a rare code one off), "
+        "exact (dequantize -> add -> quantize, as the fake-quant model) or auto (exact with ASQ, else fused)",
     )  # fmt: skip
     s.add_argument("--no-check", action="store_true", help="skip the parity check")
     s.add_argument("--samples", type=int, default=256, help="random inputs for the parity check")

@@ -94,6 +94,9 @@ def onnx_summary(path: str) -> str:
         f"opsets: {opsets}; custom ops: {', '.join(custom) or 'none'} "
         f"(function bodies: {', '.join(f.name for f in proto.functions) or 'none'})",
     ]
+    if "exact_adds" in meta:  # files before qexport wrote it have fused adds unless the model has ASQ
+        adds = "exact (dequantize -> Sum -> quantize)" if json.loads(meta["exact_adds"]) else "fused (QLinearAdd)"
+        lines.append(f"quantized residual adds: {adds}")
     rows, total = [], 0
     for layer in json.loads(meta["layers"]):
         p = layer["path"]

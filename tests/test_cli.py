@@ -43,6 +43,12 @@ def test_quantize_inspect_eval(
     assert main(["inspect", str(out)]) == 0
     text = capsys.readouterr().out
     assert "weight=post act=asq bits=3" in text and "x beta(x)" in text and "alpha per-channel" in text
+    for adds in ("auto", "fused"):  # ASQ models default to exact adds; --adds fused lets QLinearAdd run them
+        onnx_out = tmp_path / f"q_{adds}.onnx"
+        assert main(["export", str(out), "-o", str(onnx_out), "--adds", adds, "--no-check"]) == 0
+        assert main(["inspect", str(onnx_out)]) == 0
+        expected = "exact" if adds == "auto" else "fused"
+        assert f"quantized residual adds: {expected}" in capsys.readouterr().out
     assert main(["eval", str(out), "--data", str(archive), "--quiet"]) == 0
     assert "on 20 images" in capsys.readouterr().out
     assert main(["quantize", "resnet20", "--bits", "9", "-o", str(tmp_path / "x.pt")]) == 2

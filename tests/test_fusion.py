@@ -15,6 +15,7 @@ import torch
 import qexport
 from qexport import bench, native, zoo
 from qexport.ops import DOMAIN
+from qexport.summary import onnx_summary
 from tests.test_matrix import _mix_bits, _settle_batchnorm
 
 MODELS = {  # name -> (zoo kwargs, image side, residual adds)
@@ -64,17 +65,25 @@ def test_uniform_variants_run_as_integer_kernels(tmp_path: Path, name: str, vari
         assert ops.get("QLinearAdd", 0) == adds and k.float_add == 0, ops
 
 
-def test_asq_residual_adds_stay_dequantize_add_quantize(tmp_path: Path) -> None:
-    """With ASQ activations a one-code difference moves a sample's step, so the residual adds are
-    exported as Sum, which onnxruntime does not fuse into QLinearAdd (whose requantization puts a few
-    code pairs per million one code off): the sums run in float on the dequantized codes, exactly as
-    the fake-quant model adds them."""
+@pytest.mark.parametrize(("act", "adds", "exact"), [("asq", "auto", True), ("asq", "fused", False),
+                                                  ("nipq", "auto", False), ("nipq", "exact", True)])  # fmt: skip
+def test_residual_adds_fused_or_exact(tmp_path: Path, act: str, adds: str, exact: bool) -> None:
+    """Exact adds (the default with ASQ activations, where a one-code difference moves a sample's
+    step) are exported as Sum, which onnxruntime does not fuse into QLinearAdd (whose requantization
+    puts a few code pairs per million one code off): the sums run in float on the dequantized codes,
+    exactly as the fake-quant model adds them.  Fused adds run as QLinearAdd."""
     model = zoo.create("resnet20")
     x = zoo.example_input(model, 16, seed=3)
     _settle_batchnorm(model, x)
-    q = qexport.quantize(model, act="asq", bits=4)
+    q = qexport.quantize(model, weight="nipq" if act == "nipq" else "lsq", act=act, bits=4)
     qexport.calibrate(q, [x])
-    path = qexport.export(q, tmp_path / "m.onnx", input_shape=[1, *x.shape[1:]])
-    assert sum(n.op_type == "Sum" for n in onnx.load(path).graph.node) == MODELS["resnet20"][2]
+    path = qexport.export(q, tmp_path / "m.onnx", input_shape=[1, *x.shape[1:]], adds=adds)
+    adds_in_model = MODELS["resnet20"][2]
+    assert sum(n.op_type == "Sum" for n in onnx.load(path).graph.node) == (adds_in_model if exact else 0)
     k = bench.optimized_kernels(path, native=native.available())
-    assert k.ops.get("QLinearAdd", 0) == 0 and k.float_add == MODELS["resnet20"][2], k.ops
+    assert k.ops.get("QLinearAdd", 0) == (0 if exact else adds_in_model), k.ops
+    assert k.float_add == (adds_in_model if exact else 0), k.ops
+    assert f"quantized residual adds: {'exact' if exact else 'fused'}" in onnx_summary(str(path))
+    assert qexport.check(q, path, samples=16, reference_samples=0).passed  # the parity contract holds either way
+    with pytest.raises(qexport.QexportError, match="adds='sum' is not one of auto, exact, fused"):
+        qexport.export(q, tmp_path / "bad.onnx", input_shape=[1, *x.shape[1:]], adds="sum")

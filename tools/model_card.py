@@ -10,6 +10,7 @@ fake-quant model.
     python tools/model_card.py --eval                    # + measured here (~1 min a model, 2 cores)
     python tools/model_card.py --eval models/resnet20_lsq_w4a4.pt [--data cifar10-jpeg.tar.gz]
     python tools/model_card.py --eval --ort-level basic   # ONNX columns without the QDQ fusions
+    python tools/model_card.py --eval --adds exact        # exported with exact residual adds
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from qexport import checkpoint, data, native
 from qexport.bench import LEVELS
 from qexport.evaluate import predictions
 from qexport.export import export
+from qexport.export.emit import ADDS
 
 # paper deltas to FP32 (ResNet-20, CIFAR-10; quantizers.md, Tables 4-5 of the ASQ/POST paper; FP32 92.6;
 # LSQ at 2 bits as quoted in issue 4)
@@ -72,7 +74,7 @@ def onnx_predictions(path: Path, images: torch.Tensor, native_kernels: bool, lev
     return np.concatenate(runs).argmax(1)
 
 
-def measure(model: torch.nn.Module, archive: str | None, level: str = "all") -> Measured:
+def measure(model: torch.nn.Module, archive: str | None, level: str = "all", adds: str = "auto") -> Measured:
     """Fake-quant top-1 and, per runtime mode, (ONNX top-1, top-1 agreement) on the test set."""
     images, labels = data.cifar10("test", archive)
     truth = labels.numpy()
@@ -80,7 +82,7 @@ def measure(model: torch.nn.Module, archive: str | None, level: str = "all") -> 
     fake = 100.0 * float((ours == truth).mean())
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = export(model, Path(tmp) / "m.onnx")
+            path = export(model, Path(tmp) / "m.onnx", adds=adds)
         except qexport.QexportError:
             return Measured(fake, None)
         runs = {}
@@ -97,6 +99,7 @@ def describe(
     archive: str | None,
     fp32_top1: float | None,
     level: str = "all",
+    adds: str = "auto",
 ) -> list[str]:
     meta = model.qexport_meta
     cfg = getattr(model, "qexport_config", None)
@@ -119,7 +122,7 @@ def describe(
     cells = [""] * 5
     if measure_here:
         torch.set_num_threads(2)
-        result = measure(model, archive, level)
+        result = measure(model, archive, level, adds)
         cells = [f"{result.fake:.2f}"] + ["not exportable yet"] * 4
         if result.onnx_runs is not None:
             for i, mode in enumerate(MODES):
@@ -166,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="path of cifar10-jpeg.tar.gz (default: ../shared/data)")
     level_help = "onnxruntime graph optimisation of the ONNX columns (default: all, as onnxruntime)"
     p.add_argument("--ort-level", choices=sorted(LEVELS), default="all", help=level_help)
+    p.add_argument("--adds", choices=ADDS, default="auto", help="residual adds of the export (qexport export --adds)")
     args = p.parse_args(argv)
     models = Path(args.models)
     paths = [Path(c) for c in args.checkpoints] or sorted(models.glob("*.pt"))
@@ -195,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     bit_tables = []
     for path in paths:
         model = qexport.load(path)
-        cells = describe(path, model, args.eval, args.data, fp32_top1, args.ort_level)
+        cells = describe(path, model, args.eval, args.data, fp32_top1, args.ort_level, args.adds)
         print("| " + " | ".join(cells) + " |", flush=True)
         bit_tables.append(learned_bits_table(path, model))
     for rows in filter(None, bit_tables):

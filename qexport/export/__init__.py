@@ -28,6 +28,7 @@ def export(
     input_shape: list[int] | None = None,
     opset: int = DEFAULT_OPSET,
     packed: bool = True,
+    adds: str = "auto",
 ) -> Path:
     """Write the ONNX model of ``model`` (a quantized or float model, or a model.pt path) to ``out_path``.
 
@@ -38,7 +39,14 @@ def export(
     opset 25), so the file shrinks with the bit-width, and widened by a Cast that onnxruntime folds
     at load time: the convs still fuse into its int8 kernels (int4 QDQ itself is never fused, and
     int2 QDQ is fused into a kernel that rejects it).  ``packed=False`` stores int8.  POST weights
-    are always 4-bit codes."""
+    are always 4-bit codes.
+
+    ``adds``: how residual adds of two quantized tensors are written.  ``"fused"``: as the QDQ
+    pattern onnxruntime fuses into its integer QLinearAdd (fastest; its requantization puts a few code
+    pairs per million one code off the fake-quant model); ``"exact"``: as dequantize -> Sum ->
+    quantize, which onnxruntime leaves unfused and which computes what the fake-quant model does;
+    ``"auto"`` (default): exact in models with ASQ activations (a one-code difference moves a whole
+    sample's step there), fused elsewhere."""
     from .. import __version__
 
     if not isinstance(model, nn.Module):
@@ -54,7 +62,7 @@ def export(
         if not example:
             raise QexportError("the model has no example input description: pass input_shape=[1, C, H, W]")
         input_shape = list(example["shape"])
-    proto, emitter = to_onnx(model, input_shape, dtype, opset, packed)
+    proto, emitter = to_onnx(model, input_shape, dtype, opset, packed, adds)
     meta: dict[str, Any] = {
         "qexport_version": __version__,
         "quantization": json.dumps(getattr(model, "qexport_config", None)),
@@ -62,6 +70,7 @@ def export(
         "codes": json.dumps(emitter.b.codes),
         "steps": json.dumps(emitter.b.steps),
         "code_offsets": json.dumps(emitter.b.code_offsets),
+        "exact_adds": json.dumps(emitter.exact_adds),
     }
     onnx.helper.set_model_props(proto, meta)
     onnx.checker.check_model(proto, full_check=True)

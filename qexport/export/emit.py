@@ -41,11 +41,14 @@ class _Batch:
 
 
 BATCH = _Batch()  # the dynamic batch dimension where forward() reads a shape
+# how quantized residual adds are exported: "fused" lets onnxruntime fuse them into QLinearAdd,
+# "exact" keeps dequantize -> add -> quantize (as Sum), "auto" is exact only in models with ASQ steps
+ADDS = ("auto", "exact", "fused")
 MAX_EXACT = 2**24  # float32 holds every integer below this: the POST function bodies stay exact
 
 
 class Emitter:
-    def __init__(self, gm: fx.GraphModule, *, packed: bool = True, opset: int = 21) -> None:
+    def __init__(self, gm: fx.GraphModule, *, packed: bool = True, opset: int = 21, adds: str = "auto") -> None:
         self.gm = gm
         self.b = GraphBuilder()
         self.env: dict[fx.Node, Any] = {}
@@ -56,8 +59,11 @@ class Emitter:
         self.layers: list[dict[str, Any]] = []
         self.packed = packed
         self.opset = opset
+        if adds not in ADDS:
+            raise QexportError(f"adds={adds!r} is not one of {', '.join(ADDS)}")
         # per-sample steps (ASQ) make every code upstream matter: see _add
-        self.dynamic_steps = any(isinstance(m, Quantizer) and m.kind == "asq" for m in gm.modules())
+        dynamic_steps = any(isinstance(m, Quantizer) and m.kind == "asq" for m in gm.modules())
+        self.exact_adds = adds == "exact" or (adds == "auto" and dynamic_steps)
 
     # -- helpers -------------------------------------------------------------------------------
     def module(self, node: fx.Node) -> nn.Module:
@@ -404,10 +410,11 @@ def _add(e: Emitter, n: fx.Node) -> str:
     into QLinearAdd, which requantizes with precomputed scale ratios: a few code pairs per million
     come out one code off dequantize -> add -> quantize.  Where ASQ adapters read the activations,
     such a code moves a sample's step and with it many codes downstream (ResNet-20 ASQ W4A4: 0.2% of
-    CIFAR-10 predictions), so there the add is a Sum, which onnxruntime leaves as it is."""
+    CIFAR-10 predictions); elsewhere it can flip a prediction at a tie (ResNet-20 NIPQ W4A4: 6 of
+    10,000).  With exact adds the add is a Sum, which onnxruntime leaves as it is."""
     quantized = all(isinstance(v, fx.Node) and e.uniform_quantizer_input(v) for v in n.args[:2])
-    fused = quantized and len(n.users) == 1 and e.uniform_quantizer_input(next(iter(n.users)))
-    return _binary("Sum" if fused and e.dynamic_steps else "Add")(e, n)
+    fusable = quantized and len(n.users) == 1 and e.uniform_quantizer_input(next(iter(n.users)))
+    return _binary("Sum" if fusable and e.exact_adds else "Add")(e, n)
 
 
 def _relu_kind(gm: fx.GraphModule, n: fx.Node) -> str | None:
@@ -655,7 +662,7 @@ def _live_nodes(nodes: list[onnx.NodeProto], keep: set[str]) -> list[onnx.NodePr
 
 
 def to_onnx(model: nn.Module, input_shape: list[int], input_dtype: str = "float32", opset: int = 21,
-            packed: bool = True) -> tuple[onnx.ModelProto, Emitter]:  # fmt: skip
+            packed: bool = True, adds: str = "auto") -> tuple[onnx.ModelProto, Emitter]:  # fmt: skip
     """The ONNX model of ``model`` (eval mode) with a dynamic batch dimension."""
     gm = model if isinstance(model, fx.GraphModule) else trace(model)
     elem = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64}.get(input_dtype)
@@ -674,7 +681,7 @@ def to_onnx(model: nn.Module, input_shape: list[int], input_dtype: str = "float3
             f"the model fails on an input of shape {list(example.shape)} ({type(cause).__name__}: {cause}); "
             "pass the input_shape it takes"
         ) from None
-    e = Emitter(gm, packed=packed, opset=opset)
+    e = Emitter(gm, packed=packed, opset=opset, adds=adds)
     inputs, outputs = [], []
     for node in gm.graph.nodes:
         if node.op == "placeholder":
