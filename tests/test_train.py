@@ -97,6 +97,8 @@ def test_qat_continues_from_a_quantized_checkpoint(tiny_cifar: Path, tmp_path: P
     assert meta["continued_from"] == str(init) and meta["train_seconds"] >= meta["history"][0]["seconds"]
     steps = [k for k in before if k.endswith(".step")]
     assert steps and all(torch.equal(before[k], after[k]) for k in steps)
+    with pytest.raises(qexport.QexportError, match="8 training images make no batch of 16"):
+        train.main([*args, "--limit", "8", "--init", str(init), "--out", str(tmp_path / "few")])
     with pytest.raises(qexport.QexportError, match=r"bits 3 \(asked 2\)"):
         train.main(["--method", "lsq", "--bits", "2", *small, "--init", str(init), "--out", str(tmp_path / "x")])
 

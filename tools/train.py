@@ -259,6 +259,10 @@ def main(argv: list[str] | None = None) -> int:
     is_nipq = any(isinstance(m, NipqQuantizer) for m in model.modules())
     per_rank = max(args.batch_size // world, 1)
     steps = len(train_x) // (per_rank * world)
+    if steps == 0:
+        raise qexport.QexportError(
+            f"{len(train_x)} training images make no batch of {per_rank * world}: lower --batch-size or raise --limit"
+        )
     if args.max_steps:
         steps = min(steps, args.max_steps)
     schedule = {"total": steps * args.epochs}  # mutable: --time-budget may shorten it
