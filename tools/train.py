@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     rank, world, device = setup_distributed(args)
     torch.manual_seed(args.seed)
+    teacher = load_teacher(args.teacher, device) if args.teacher else None  # a bad path fails before any work
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     train_x, train_y = cifar.cifar10("train")
@@ -288,7 +289,6 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0:
             print(f"train: resumed {state_path} at epoch {start_epoch}", file=sys.stderr)
 
-    teacher = load_teacher(args.teacher, device) if args.teacher else None
     train_x_dev, train_y_dev = train_x.to(device), train_y.to(device)
     began = time.time()
     epoch = start_epoch
