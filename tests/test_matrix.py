@@ -114,6 +114,7 @@ def run_case(name: str, method: str, bits: int, placement: str, out_dir: Path) -
     return qexport.check(model, path, x, reference_samples=8 if reference else 0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("name", "method", "bits", "placement"), CASES)
 def test_export_and_parity(tmp_path: Path, name: str, method: str, bits: int, placement: str) -> None:
     report = run_case(name, method, bits, placement, tmp_path)
