@@ -35,6 +35,18 @@ const char* type_name(ONNXTensorElementDataType type) {
   }
 }
 
+int64_t checked_mul(int64_t a, int64_t b, const std::string& what) {
+  int64_t r = 0;
+  if (__builtin_mul_overflow(a, b, &r)) fail(what + " overflows 64-bit size arithmetic");
+  return r;
+}
+
+int64_t checked_add(int64_t a, int64_t b, const std::string& what) {
+  int64_t r = 0;
+  if (__builtin_add_overflow(a, b, &r)) fail(what + " overflows 64-bit size arithmetic");
+  return r;
+}
+
 Tensor describe(const OrtValue* value, const std::string& what) {
   if (value == nullptr) fail(what + " is missing");
   int is_tensor = 0;
@@ -52,12 +64,16 @@ Tensor describe(const OrtValue* value, const std::string& what) {
   }
   api->ReleaseTensorTypeAndShapeInfo(info);
   check(status);
+  // every dimension is bounded, also when another one is 0 (the kernels' size arithmetic uses them all)
+  int64_t volume = 1;
   t.count = 1;
   for (int64_t d : t.shape) {
     if (d < 0) fail(what + " has a negative dimension " + shape_text(t.shape));
-    if (d != 0 && t.count > std::numeric_limits<int32_t>::max() / d) fail(what + " is too large " + shape_text(t.shape));
-    t.count *= d;
+    volume = checked_mul(volume, d > 0 ? d : 1, what + " shape " + shape_text(t.shape));
+    t.count *= d;  // <= volume: cannot overflow
   }
+  if (t.count > std::numeric_limits<int32_t>::max())
+    fail(what + " has more than 2^31 - 1 elements " + shape_text(t.shape) + " (a native kernel limit)");
   void* data = nullptr;  // the C API has only the mutable accessor; inputs are only read
   check(api->GetTensorMutableData(const_cast<OrtValue*>(value), &data));
   t.data = data;
@@ -92,25 +108,66 @@ void expect_rank(const Tensor& t, size_t rank, const std::string& what) {
     fail(what + " must have rank " + std::to_string(rank) + ", got shape " + shape_text(t.shape));
 }
 
-int64_t attr_int(const OrtKernelInfo* info, const char* name, int64_t fallback) {
-  int64_t value = 0;
-  OrtStatus* status = api->KernelInfoGetAttribute_int64(info, name, &value);
-  if (status) {
+void expect_shape(const Tensor& t, const std::vector<int64_t>& shape, const std::string& what) {
+  if (t.shape != shape) fail(what + " must have shape " + shape_text(shape) + ", got " + shape_text(t.shape));
+}
+
+namespace {
+
+enum class AttrKind { Missing, Int, Ints, Other };
+
+// Whether attribute ``name`` is absent, an int, a list of ints or of another type.  ORT reports a
+// missing attribute and one of another type alike (an error status), so other readers tell them apart.
+AttrKind attr_kind(const OrtKernelInfo* info, const char* name) {
+  auto ok = [](OrtStatus* status) {
+    if (status == nullptr) return true;
     api->ReleaseStatus(status);
-    return fallback;
-  }
+    return false;
+  };
+  int64_t i = 0;
+  if (ok(api->KernelInfoGetAttribute_int64(info, name, &i))) return AttrKind::Int;
+  // the array readers do not check the element type: a list of floats reads as no ints
+  size_t ints = 0, floats = 0;
+  const bool ints_ok = ok(api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &ints));
+  const bool floats_ok = ok(api->KernelInfoGetAttributeArray_float(info, name, nullptr, &floats));
+  if (ints_ok && ints > 0) return AttrKind::Ints;
+  if (floats_ok && floats > 0) return AttrKind::Other;
+  float f = 0;
+  if (ok(api->KernelInfoGetAttribute_float(info, name, &f))) return AttrKind::Other;
+  size_t size = 0;
+  if (ok(api->KernelInfoGetAttribute_string(info, name, nullptr, &size))) return AttrKind::Other;
+  if (ints_ok) return AttrKind::Ints;  // an empty list
+  // a tensor, graph or sparse attribute: ORT says "No attribute with name" only when there is none
+  OrtStatus* status = api->KernelInfoGetAttribute_int64(info, name, &i);
+  const std::string message = status ? api->GetErrorMessage(status) : "";
+  if (status) api->ReleaseStatus(status);
+  return message.find("No attribute") != std::string::npos ? AttrKind::Missing : AttrKind::Other;
+}
+
+}  // namespace
+
+int64_t attr_int(const OrtKernelInfo* info, const char* name) {
+  const AttrKind kind = attr_kind(info, name);
+  if (kind == AttrKind::Missing) fail(std::string("attribute ") + name + " is required");
+  if (kind != AttrKind::Int) fail(std::string("attribute ") + name + " must be an int");
+  int64_t value = 0;
+  check(api->KernelInfoGetAttribute_int64(info, name, &value));
   return value;
 }
 
+int64_t attr_int(const OrtKernelInfo* info, const char* name, int64_t fallback) {
+  return attr_kind(info, name) == AttrKind::Missing ? fallback : attr_int(info, name);
+}
+
 std::vector<int64_t> attr_ints(const OrtKernelInfo* info, const char* name, std::vector<int64_t> fallback) {
+  const AttrKind kind = attr_kind(info, name);
+  if (kind == AttrKind::Missing) return fallback;
+  if (kind != AttrKind::Ints) fail(std::string("attribute ") + name + " must be a list of ints");
   size_t size = 0;
-  OrtStatus* status = api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size);
-  if (status) {
-    api->ReleaseStatus(status);
-    return fallback;
-  }
+  check(api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size));
   std::vector<int64_t> values(size);
   if (size) check(api->KernelInfoGetAttributeArray_int64(info, name, values.data(), &size));
+  values.resize(size);
   return values;
 }
 

@@ -35,7 +35,12 @@ struct Tensor {
   const T* as() const { return static_cast<const T*>(data); }
 };
 
-// Describe an OrtValue (validated: a dense CPU tensor with non-negative dimensions).
+// Size arithmetic in 64 bits, checked: an overflow is an error naming ``what``.
+int64_t checked_mul(int64_t a, int64_t b, const std::string& what);
+int64_t checked_add(int64_t a, int64_t b, const std::string& what);
+
+// Describe an OrtValue (validated: a dense CPU tensor with non-negative dimensions whose product,
+// each empty dimension counted as 1, fits in 64 bits, and at most 2^31 - 1 elements).
 Tensor describe(const OrtValue* value, const std::string& what);
 // Input ``index`` of the running node; ``what`` names it in errors ("PostConv input x_codes").
 Tensor input(OrtKernelContext* context, size_t index, const std::string& what);
@@ -45,7 +50,12 @@ void* output(OrtKernelContext* context, size_t index, const std::vector<int64_t>
 
 void expect_type(const Tensor& t, ONNXTensorElementDataType type, const std::string& what);
 void expect_rank(const Tensor& t, size_t rank, const std::string& what);
+// exactly this shape (rank and every dimension)
+void expect_shape(const Tensor& t, const std::vector<int64_t>& shape, const std::string& what);
 
+// Attributes, read strictly: a required one that is missing, or any one of another type, is an error;
+// an optional one takes ``fallback`` only when it is absent.
+int64_t attr_int(const OrtKernelInfo* info, const char* name);
 int64_t attr_int(const OrtKernelInfo* info, const char* name, int64_t fallback);
 std::vector<int64_t> attr_ints(const OrtKernelInfo* info, const char* name, std::vector<int64_t> fallback);
 std::string node_name(const OrtKernelInfo* info);

@@ -3,38 +3,47 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 namespace qx {
 
-void ConvAttrs::read(const OrtKernelInfo* info) {
-  group = attr_int(info, "group", 1);
+void ConvAttrs::read(const OrtKernelInfo* info, bool group_required) {
+  group = group_required ? attr_int(info, "group") : attr_int(info, "group", 1);
   strides = attr_ints(info, "strides", {1, 1});
   pads = attr_ints(info, "pads", {0, 0, 0, 0});
   dilations = attr_ints(info, "dilations", {1, 1});
-  if (group < 1 || group > (1 << 20)) fail("attribute group=" + std::to_string(group) + " must be >= 1");
+  if (group < 1) fail("attribute group=" + std::to_string(group) + " must be >= 1");
   if (strides.size() != 2 || pads.size() != 4 || dilations.size() != 2)
-    fail("attributes strides / pads / dilations must have 2 / 4 / 2 values (2-D conv)");
-  for (int64_t v : strides) if (v < 1 || v > 4096) fail("attribute strides must be in 1..4096");
-  for (int64_t v : dilations) if (v < 1 || v > 4096) fail("attribute dilations must be in 1..4096");
-  for (int64_t v : pads) if (v < 0 || v > 4096) fail("attribute pads must be in 0..4096");
+    fail("attributes strides / pads / dilations must have 2 / 4 / 2 values (2-D conv), got " +
+         std::to_string(strides.size()) + " / " + std::to_string(pads.size()) + " / " + std::to_string(dilations.size()));
+  for (int64_t v : strides) if (v < 1) fail("attribute strides must be >= 1, got " + shape_text(strides));
+  for (int64_t v : dilations) if (v < 1) fail("attribute dilations must be >= 1, got " + shape_text(dilations));
+  for (int64_t v : pads) if (v < 0) fail("attribute pads must be >= 0, got " + shape_text(pads));
 }
 
-ConvShape ConvShape::of(const Tensor& x, const std::vector<int64_t>& ws, const ConvAttrs& a, const std::string& op) {
-  if (x.shape.size() != 4) fail(op + " input x_codes must be [N, C, H, W], got " + shape_text(x.shape));
-  if (ws.size() != 4) fail(op + " input w_codes must be [M, C/group, kh, kw], got " + shape_text(ws));
-  ConvShape s{x.shape[0], x.shape[1], x.shape[2], x.shape[3], ws[0], ws[1], ws[2], ws[3], 0, 0};
-  if (s.m % a.group != 0 || s.c != s.cg * a.group)
-    fail(op + ": weight " + shape_text(ws) + " does not match input channels " + std::to_string(s.c) + " with group " +
+ConvShape ConvShape::of(const Tensor& x, const std::vector<int64_t>& ws, const ConvAttrs& a) {
+  if (x.shape.size() != 4) fail("input x_codes must be [N, C, H, W], got " + shape_text(x.shape));
+  if (ws.size() != 4) fail("input w_codes must be [M, C/group, kh, kw], got " + shape_text(ws));
+  ConvShape s{x.shape[0], x.shape[1], x.shape[2], x.shape[3], ws[0], ws[1], ws[2], ws[3], 0, 0, 0, 0};
+  if (s.m % a.group != 0 || s.c != checked_mul(s.cg, a.group, "C/group * group"))
+    fail("weight " + shape_text(ws) + " does not match input channels " + std::to_string(s.c) + " with group " +
          std::to_string(a.group));
-  if (s.kh < 1 || s.kw < 1 || s.kh > 4096 || s.kw > 4096) fail(op + ": bad kernel size " + shape_text(ws));
-  const int64_t eh = a.dilations[0] * (s.kh - 1) + 1, ew = a.dilations[1] * (s.kw - 1) + 1;
-  const int64_t hp = s.h + a.pads[0] + a.pads[2], wp = s.w + a.pads[1] + a.pads[3];
-  if (hp < eh || wp < ew) fail(op + ": kernel larger than the padded input " + shape_text(x.shape));
-  s.ho = (hp - eh) / a.strides[0] + 1;
-  s.wo = (wp - ew) / a.strides[1] + 1;
-  const int64_t cg4 = (s.cg + 3) / 4 * 4;
+  if (s.kh < 1 || s.kw < 1) fail("empty kernel " + shape_text(ws));
+  const std::string what = "conv size of input " + shape_text(x.shape) + " and weight " + shape_text(ws);
+  const int64_t eh = checked_add(checked_mul(a.dilations[0], s.kh - 1, what), 1, what);
+  const int64_t ew = checked_add(checked_mul(a.dilations[1], s.kw - 1, what), 1, what);
+  s.hp = checked_add(checked_add(s.h, a.pads[0], what), a.pads[2], what);
+  s.wp = checked_add(checked_add(s.w, a.pads[1], what), a.pads[3], what);
+  if (s.hp < eh || s.wp < ew)
+    fail("kernel " + shape_text({eh, ew}) + " (dilated) larger than the padded input " + shape_text({s.hp, s.wp}));
+  s.ho = (s.hp - eh) / a.strides[0] + 1;
+  s.wo = (s.wp - ew) / a.strides[1] + 1;
+  const int64_t count = checked_mul(checked_mul(checked_mul(s.n, s.m, what), s.ho, what), s.wo, what);
+  if (count > std::numeric_limits<int32_t>::max()) fail("output of more than 2^31 - 1 elements (a native kernel limit)");
   // int32 accumulation of uint8 x int8 products stays exact up to 2^31 / (255 * 128) terms
-  if (cg4 * s.kh * s.kw > 65536) fail(op + ": reduction longer than 65536 terms overflows int32 accumulation");
+  const int64_t cg4 = (s.cg + 3) / 4 * 4;
+  if (checked_mul(checked_mul(cg4, s.kh, what), s.kw, what) > 65536)
+    fail("reduction longer than 65536 terms overflows int32 accumulation (a native kernel limit)");
   return s;
 }
 
@@ -52,7 +61,10 @@ void PackedWeights::pack(const ConvShape& s, const KLayout& layout, int64_t grou
   groups = group;
   lanes = (real_lanes + int64_t(kTileLanes) - 1) / int64_t(kTileLanes) * int64_t(kTileLanes);
   k4 = layout.k4;
-  data.assign(size_t(groups * lanes * k4 * 4), 0);
+  const std::string what = "packed weights";
+  const int64_t bytes = checked_mul(checked_mul(checked_mul(groups, lanes, what), k4, what), 4, what);
+  if (bytes > (int64_t(1) << 30)) fail("packed weights over 1 GiB (a native kernel limit)");
+  data.assign(size_t(bytes), 0);
   sums.assign(size_t(groups * lanes), 0);
   for (int64_t g = 0; g < groups; ++g)
     for (int64_t lane = 0; lane < real_lanes; ++lane) {
@@ -73,21 +85,24 @@ void PackedWeights::pack(const ConvShape& s, const KLayout& layout, int64_t grou
 
 std::vector<float> sample_scales(const Tensor& scale, int64_t n, const std::string& what) {
   expect_type(scale, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, what);
+  if (!scale.shape.empty() && scale.shape != std::vector<int64_t>{n, 1, 1, 1})
+    fail(what + " must be a scalar [] or one value per sample [N=" + std::to_string(n) + ", 1, 1, 1], got " +
+         shape_text(scale.shape));
+  const float* v = scale.as<float>();
+  for (int64_t i = 0; i < scale.count; ++i)
+    if (!(v[i] > 0.0f) || std::isinf(v[i])) fail(what + " holds a step that is not a positive finite number");
   std::vector<float> out(static_cast<size_t>(n));
-  if (scale.count == 1) {
-    std::fill(out.begin(), out.end(), scale.as<float>()[0]);
-  } else if (scale.count == n && !scale.shape.empty() && scale.shape[0] == n) {
-    std::copy(scale.as<float>(), scale.as<float>() + n, out.begin());
-  } else {
-    fail(what + " must be a scalar or one value per sample [N, 1, 1, 1], got " + shape_text(scale.shape));
-  }
-  for (float v : out)
-    if (!(v > 0.0f) || std::isinf(v)) fail(what + " holds a step that is not a positive finite number");
+  if (scale.shape.empty())
+    std::fill(out.begin(), out.end(), v[0]);
+  else
+    std::copy(v, v + n, out.begin());
   return out;
 }
 
-ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTensorElementDataType w_type,
-                       const std::string& op) {
+ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTensorElementDataType w_type) {
+  size_t count = 0;
+  check(api->KernelContext_GetInputCount(context, &count));
+  if (count != 5) fail("takes 5 inputs (x_codes, x_scale, w_codes, w_scale, bias), got " + std::to_string(count));
   ConvInputs in;
   in.x = input(context, 0, "input x_codes");
   const Tensor x_scale = input(context, 1, "input x_scale");
@@ -97,18 +112,13 @@ ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTe
   if (in.x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 && in.x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8)
     fail(std::string("input x_codes must be int8 or uint8, got ") + type_name(in.x.type));
   expect_type(in.w, w_type, "input w_codes");
-  in.s = ConvShape::of(in.x, in.w.shape, attrs, op);
   expect_type(in.w_scale, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "input w_scale");
   expect_type(in.bias, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "input bias");
-  if (in.w_scale.count != in.s.m || in.bias.count != in.s.m)
-    fail("w_scale and bias must hold one value per output channel (" + std::to_string(in.s.m) + "), got " +
-         shape_text(in.w_scale.shape) + " and " + shape_text(in.bias.shape));
+  in.s = ConvShape::of(in.x, in.w.shape, attrs);
+  expect_shape(in.w_scale, {in.s.m}, "input w_scale");
+  expect_shape(in.bias, {in.s.m}, "input bias");
   in.xs = sample_scales(x_scale, in.s.n, "input x_scale");
   return in;
-}
-
-bool ConvInputs::stale(const PackedWeights& packed, const ConvAttrs& attrs) const {
-  return packed.source != w.data || packed.groups != attrs.group || packed.k4 != KLayout::of(s, attrs).k4;
 }
 
 void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& a, const Tensor& x,
@@ -118,11 +128,15 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
   const KLayout layout = KLayout::of(s, a);
   const int64_t cg4 = layout.cg4, groups = a.group;
   const int64_t pt = a.pads[0], pl = a.pads[1];
-  const int64_t hp = s.h + pt + a.pads[2], wp = s.w + pl + a.pads[3];
-  const int64_t pixel_bytes = groups * cg4, image_bytes = hp * wp * pixel_bytes;
-  if (image_bytes > (int64_t(1) << 30)) fail("input too large for the native conv (over 1 GiB per sample)");
+  const int64_t hp = s.hp, wp = s.wp;
+  const std::string what = "padded input " + shape_text({s.n, s.c, hp, wp});
+  const int64_t pixel_bytes = checked_mul(groups, cg4, what);
+  const int64_t image_bytes = checked_mul(checked_mul(hp, wp, what), pixel_bytes, what);
+  if (image_bytes > (int64_t(1) << 30) || checked_mul(s.n, image_bytes, what) > (int64_t(1) << 31))
+    fail(what + " too large for the native conv: over 1 GiB per sample or 2 GiB in all (a native kernel limit)");
   // reused across runs (a fresh multi-MB buffer per run costs page faults); the lambdas below run on
-  // other threads, so they use the pointer, never the thread_local itself
+  // other threads, so they use the pointer, never the thread_local itself.  One per thread: runs on
+  // other threads (concurrent Run() calls) have their own.
   thread_local std::vector<uint8_t> scratch;
   scratch.assign(size_t(s.n * image_bytes + 4), offset);  // + 4: a span layout's last quad reads past the end
   uint8_t* const nhwc = scratch.data();

@@ -21,13 +21,18 @@ namespace qx {
 struct ConvAttrs {
   int64_t group = 1;
   std::vector<int64_t> strides, pads, dilations;  // [sh, sw], [top, left, bottom, right], [dh, dw]
-  void read(const OrtKernelInfo* info);            // validated
+  // validated: strides / dilations 2 values >= 1, pads 4 values >= 0 (absent: Conv's defaults),
+  // group >= 1 (absent: 1, unless ``group_required``: the op's function body needs the attribute)
+  void read(const OrtKernelInfo* info, bool group_required);
 };
 
 struct ConvShape {
   int64_t n, c, h, w, m, cg, kh, kw, ho, wo;
-  // x [N, C, H, W] and a weight of [M, C / group, kh, kw]: output size, validated
-  static ConvShape of(const Tensor& x, const std::vector<int64_t>& w_shape, const ConvAttrs& attrs, const std::string& op);
+  int64_t hp, wp;  // padded input size
+  // x [N, C, H, W] and a weight of [M, C / group, kh, kw]: output size, validated in checked 64-bit
+  // arithmetic (any sizes; what the kernel cannot run is a "native kernel limit" error)
+  static ConvShape of(const Tensor& x, const std::vector<int64_t>& w_shape, const ConvAttrs& attrs);
+  int64_t outputs() const { return n * m * ho * wo; }  // checked in of()
 };
 
 // How K = (kernel row, kernel column, channel) is cut into the tile's 4-byte groups ("quads").
@@ -54,7 +59,6 @@ struct PackedWeights {
   int64_t groups = 0, lanes = 0, k4 = 0;  // lanes per group, padded
   std::vector<int8_t> data;
   std::vector<int32_t> sums;
-  const void* source = nullptr;  // the constant initializer this was packed from (nullptr: per run)
   // value(g, lane, channel_in_group, i, j) for lanes 0..real_lanes-1 of each group
   void pack(const ConvShape& s, const KLayout& layout, int64_t group, int64_t real_lanes,
             const std::function<int8_t(int64_t g, int64_t lane, int64_t c, int64_t i, int64_t j)>& value);
@@ -67,18 +71,17 @@ using ConvOutput = std::function<void(int64_t n, int64_t g, int64_t lane0, TileO
 void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& attrs, const Tensor& x,
               const PackedWeights& w, const ConvOutput& output);
 
-// The five inputs of every qexport conv op (x_codes, x_scale, w_codes, w_scale, bias), validated.
+// The five inputs of every qexport conv op (x_codes, x_scale, w_codes, w_scale, bias), validated
+// exactly as the ops' schema says: x_codes int8/uint8 [N, C, H, W]; x_scale float32 [] or [N, 1, 1, 1]
+// holding positive finite steps; w_codes ``w_type`` [M, C/group, kh, kw]; w_scale, bias float32 [M].
 struct ConvInputs {
   Tensor x, w, w_scale, bias;
   ConvShape s;
   std::vector<float> xs;  // the activation step of each sample
-  // whether ``packed`` does not hold this weight (yet): pack it
-  bool stale(const PackedWeights& packed, const ConvAttrs& attrs) const;
 };
-ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTensorElementDataType w_type,
-                       const std::string& op);
+ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTensorElementDataType w_type);
 
-// Per-sample activation step: [] / [1] (one for all) or [N] / [N, 1, 1, 1] (one per sample).
+// Per-sample activation step: [] (one for all) or [N, 1, 1, 1] (one per sample), positive and finite.
 std::vector<float> sample_scales(const Tensor& scale, int64_t n, const std::string& what);
 
 }  // namespace qx

@@ -26,7 +26,7 @@ void finish(const int32_t* c, const TileOutput& out, size_t p0, size_t count) {
       float sum = float(at[l] - out.correction[l]);
       if (out.post_pairs) sum = sum + float(at[l + lanes] - out.correction[l + lanes]) * kSqrtHalf;
       const float y = sum * out.scale[l] + out.bias[l];
-      out.row[l][p0 + p] = out.relu && !(y > 0.0f) ? 0.0f : y;
+      out.row[l][p0 + p] = out.relu && y < 0.0f ? 0.0f : y;  // NaN and -0 stay, as the body's Max(y, 0)
     }
   }
 }
@@ -85,7 +85,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_vnni(
         sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(h ? hi[p] : lo[p], h ? corr_hi : corr_lo));
       }
       const __m512 v = _mm512_add_ps(_mm512_mul_ps(sum, scale), bias);
-      _mm512_store_ps(y[p], out.relu ? _mm512_max_ps(v, _mm512_setzero_ps()) : v);
+      // max(0, v) returns its second operand v for a NaN or a zero of either sign: v < 0 ? 0 : v
+      _mm512_store_ps(y[p], out.relu ? _mm512_max_ps(_mm512_setzero_ps(), v) : v);
     }
     // 8 x 16 -> 16 x 8: two 8 x 8 transposes of ymm halves
     for (int part = 0; part < 2; ++part) {

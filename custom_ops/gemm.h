@@ -26,7 +26,7 @@ struct TileOutput {
   float bias[kTileLanes] = {};
   int32_t correction[kTileLanes] = {};  // activation offset x lane weight sum
   bool post_pairs = false;
-  bool relu = false;  // then max(y, 0)
+  bool relu = false;  // then y < 0 ? 0 : y (NaN and -0 stay, as the body's Max(y, 0))
 };
 
 constexpr float kSqrtHalf = 0.70710677f;  // float32(1 / sqrt 2): the POST combine's constant

@@ -1,6 +1,8 @@
 // The native kernels, one file each: post_conv.cc, int_conv.cc, asq_quantize.cc.
 #pragma once
 
+#include <atomic>
+#include <mutex>
 #include <string>
 
 #include "common.h"
@@ -8,19 +10,42 @@
 
 namespace qx {
 
-// Whether input ``index`` of the node is a constant initializer (its packing can then be cached).
+// Whether input ``index`` of the node is a constant initializer (its packing can then be kept).
 bool is_constant_input(const OrtKernelInfo* info, size_t index);
 
-// What both conv kernels keep: the node's name, its conv attributes and the packed weights (packed
-// once when the weight is a constant initializer).
+// What both conv kernels keep: the node's name, its conv attributes and, when the weight is a constant
+// initializer, its packing, made by the first compute() under a mutex and never changed after (ORT may
+// call compute() of one kernel from several threads at once).  A weight that is not constant is packed
+// into the caller's own PackedWeights on every run.
 struct ConvKernel {
-  explicit ConvKernel(const OrtKernelInfo* info) : node(node_name(info)), constant_weights(is_constant_input(info, 2)) {
-    attrs.read(info);
+  ConvKernel(const OrtKernelInfo* info, bool group_required)
+      : node(node_name(info)), constant_weights(is_constant_input(info, 2)) {
+    attrs.read(info, group_required);
+  }
+  // The packed weights for this run: ``pack(PackedWeights&)`` fills (and validates) a packing.
+  template <typename Pack>
+  const PackedWeights& weights(PackedWeights& local, Pack&& pack) {
+    if (!constant_weights) {
+      pack(local);
+      return local;
+    }
+    if (!packed_ready.load(std::memory_order_acquire)) {
+      std::lock_guard<std::mutex> lock(packing);
+      if (!packed_ready.load(std::memory_order_relaxed)) {
+        pack(packed);  // throws on a bad weight: not ready, the next run tries (and fails) again
+        packed_ready.store(true, std::memory_order_release);
+      }
+    }
+    return packed;
   }
   std::string node;
   bool constant_weights;
   ConvAttrs attrs;
-  PackedWeights packed;
+
+ private:
+  std::mutex packing;
+  std::atomic<bool> packed_ready{false};
+  PackedWeights packed;  // written once, under ``packing``, before packed_ready
 };
 
 struct PostConvKernel : ConvKernel {

@@ -29,19 +29,23 @@ int uint4_at(const uint8_t* packed, int64_t i) { return (packed[i / 2] >> (4 * (
 
 }  // namespace
 
-PostConvKernel::PostConvKernel(const OrtKernelInfo* info) : ConvKernel(info) {
-  bits = attr_int(info, "bits", -1);
+PostConvKernel::PostConvKernel(const OrtKernelInfo* info) : ConvKernel(info, true) {  // the body reads group
+  bits = attr_int(info, "bits");
   if (bits < 2 || bits > 4) fail("attribute bits=" + std::to_string(bits) + " must be 2, 3 or 4");
 }
 
 void PostConvKernel::compute(OrtKernelContext* context) {
   const Isa isa = active_isa();
-  const ConvInputs in = conv_inputs(context, attrs, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT4, "PostConv");
+  const ConvInputs in = conv_inputs(context, attrs, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT4);
   const ConvShape& s = in.s;
   const Tensor& w = in.w;
   const std::vector<float>& xs = in.xs;
   const int64_t mg = s.m / attrs.group, pixels = s.ho * s.wo;
-  if (in.stale(packed, attrs)) {
+  // the function body fails (in a Reshape) without output or input channels: so does the kernel
+  if (s.m == 0 || s.c == 0)
+    fail("needs at least one input and one output channel, got C=" + std::to_string(s.c) + ", M=" + std::to_string(s.m));
+  PackedWeights local;
+  const PackedWeights& packed = weights(local, [&](PackedWeights& p) {
     const uint8_t* codes = w.as<uint8_t>();
     for (int64_t i = 0; i < w.count; ++i) {
       int8_t even, odd;
@@ -52,16 +56,16 @@ void PostConvKernel::compute(OrtKernelContext* context) {
     const int64_t per_out = s.cg * s.kh * s.kw;
     // lanes of each 32-lane block: 0-15 the even sums of 16 channels, 16-31 their odd sums
     const int64_t half = int64_t(kTileLanes) / 2, lanes = (mg + half - 1) / half * int64_t(kTileLanes);
-    packed.pack(s, KLayout::of(s, attrs), attrs.group, lanes, [&](int64_t g, int64_t lane, int64_t c, int64_t i, int64_t j) -> int8_t {
-      const int64_t local = lane / int64_t(kTileLanes) * half + lane % half;
-      if (local >= mg) return 0;
+    p.pack(s, KLayout::of(s, attrs), attrs.group, lanes, [&](int64_t g, int64_t lane, int64_t c, int64_t i, int64_t j) -> int8_t {
+      const int64_t out = lane / int64_t(kTileLanes) * half + lane % half;
+      if (out >= mg) return 0;
       int8_t even, odd;
-      post_weight(uint4_at(codes, (g * mg + local) * per_out + (c * s.kh + i) * s.kw + j), bits, &even, &odd);
+      post_weight(uint4_at(codes, (g * mg + out) * per_out + (c * s.kh + i) * s.kw + j), bits, &even, &odd);
       return lane % int64_t(kTileLanes) < half ? even : odd;
     });
-    packed.source = constant_weights ? w.data : nullptr;
-  }
+  });
   float* y = static_cast<float*>(output(context, 0, {s.n, s.m, s.ho, s.wo}));
+  if (s.outputs() == 0) return;
   const float* ws = in.w_scale.as<float>();
   const float* b = in.bias.as<float>();
   run_conv(context, isa, s, attrs, in.x, packed, [&](int64_t n, int64_t g, int64_t lane0, TileOutput& out) {

@@ -180,7 +180,7 @@ def _edit(model: onnx.ModelProto, **attrs: object) -> onnx.ModelProto:
         ("pads", "strides / pads / dilations must have"),
         ("float_x", "x_codes must be int8 or uint8"),
         ("rank", "x_codes must be \\[N, C, H, W\\]"),
-        ("scale_len", "one value per output channel"),
+        ("scale_len", "input w_scale must have shape \\[4\\], got \\[3\\]"),
         ("code", "outside the 2-bit POST range"),
         ("nan_step", "not a positive finite number"),
         ("isa", "is not a kernel path"),
