@@ -4,6 +4,9 @@ Inputs  feats float32 [..., C]; w1 [C, H1], b1 [H1], w2 [H1, 1], b2 [1] (transpo
         a one-layer adapter ``Linear(C, 1)`` is w1 = its weight, b1 = its bias, w2 = [[1]], b2 = [0],
         which computes exactly the same numbers since relu(relu(z) * 1 + 0) = relu(z))
 Output  beta  float32 [..., 1] = max(relu(relu(feats @ w1 + b1) @ w2 + b2), 1e-8)
+
+NaN propagates: a NaN in feats or in the weights makes beta NaN (Relu and Max keep NaN, as
+onnxruntime's do and numpy's maximum), never the 1e-8 floor; the quantizer's step is then NaN.
 """
 
 from __future__ import annotations

@@ -13,7 +13,10 @@ Outputs
   codes       int8/uint8 [N, C, H, W]
   sample_step float32 [N, 1, 1, 1]   ``step * beta_n``, beta_n = adapter(mean over H, W of x_n)
 
-Codes and y as in step_quantize.py.
+Codes and y as in step_quantize.py.  NaN (asq_adapter.py): a NaN in x or in the adapter's weights
+makes that sample's step NaN, its y NaN and its codes 0.  ``step`` must be a positive finite number and
+``zero_point`` 0 (the native kernel rejects anything else).  With H * W = 0 the channel means are
+0 (onnxruntime's ReduceMean of nothing; numpy's mean would be NaN), as the native kernel computes.
 """
 
 from __future__ import annotations

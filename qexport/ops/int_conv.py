@@ -13,7 +13,8 @@ Attributes
   relu     0 or 1: apply the ReLU that follows the conv (saves a pass over the float output)
 Output
   y float32 [N, M, H', W'] = acc * (x_scale * w_scale) + bias (then max(y, 0) with relu=1),
-  acc = the integer convolution
+  acc = the integer convolution.  The ReLU keeps NaN (a NaN w_scale or bias gives NaN, not 0), as
+  onnxruntime's Max and numpy's maximum do, and so does the native kernel.
 
 The body computes ``acc`` with a float Conv of the codes (exact while every partial sum stays below
 2^24, which 2- to 4-bit layers do; 8-bit ones round like any float conv); the native kernel

@@ -6,7 +6,8 @@ Attrs   qmin, qmax int
 Outputs y = codes * step (float32), codes (the zero point's type)
 
 ``codes = clip(round_half_even(x / step), qmin, qmax)``: a division by the float32 step, as
-QuantizeLinear does.  Div/Round/Clip rather than QuantizeLinear(axis=0): a per-sample
+QuantizeLinear does.  NaN: where ``round(x / step)`` is NaN (x NaN, a NaN step, 0 / 0, inf / inf) y is
+NaN and the code is 0 (onnxruntime's Cast of NaN to an 8-bit integer; the native kernels do the same).  Div/Round/Clip rather than QuantizeLinear(axis=0): a per-sample
 DequantizeLinear scale feeding a Conv is fused by onnxruntime into kernels that reject it at batch > 1
 (research/onnxruntime.md), and a per-row step is beyond QuantizeLinear's ``axis``.
 """
@@ -27,6 +28,7 @@ def StepQuantize(x, step, zero_point, qmin: int, qmax: int):
 
 
 def reference(x: np.ndarray, step: np.ndarray, qmin: int, qmax: int) -> tuple[np.ndarray, np.ndarray]:
-    """(y, codes as int64) in float32 arithmetic."""
-    codes = np.clip(np.round(x / step), qmin, qmax).astype(np.float32)
-    return codes * step, codes.astype(np.int64)
+    """(y, codes as int64) in float32 arithmetic; a NaN gives y NaN and code 0."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        codes = np.clip(np.round(x / step), qmin, qmax).astype(np.float32)
+        return codes * step, np.where(np.isnan(codes), 0, codes).astype(np.int64)
