@@ -14,13 +14,27 @@ MobileNetV2 through the native IntConv, whose exact int32 sums sit further from 
 than the float function body does, every tensor >= 99.999% identical and 100% teacher-forced), while a
 real error disagrees on most samples.  Each run is one runtime configuration (onnxruntime optimisation
 level x batch, with or without the native kernels, or onnx's ReferenceEvaluator).
+
+Inputs and outputs: the model may take several inputs (float32 or int64, each with the batch in
+dimension 0), given as a tuple in ``forward()``'s order or as a dict keyed by the ONNX input names,
+and may return several tensors (any nesting: compared in ``torch.utils._pytree.tree_leaves`` order
+with the ONNX graph outputs).  Each output is judged by its kind:
+- classifier-like (2-D ``[batch, classes]``, ``classes > 1``, float): top-1 agreement as above;
+- dense (anything else: segmentation maps, box regressions, embeddings, token logits): the error
+  relative to the output's scale (max - min of the PyTorch output over all samples, or its largest
+  magnitude where that is larger, as for one sample of a one-value output).  Teacher-forced
+  the largest difference must stay within ``DENSE_MAX_FORCED`` (0.1%) of the scale: with the codes
+  forced equal, only float accumulation order and float ops after the last quantizer remain (seen:
+  under 0.01%; a weight scale 1% off in the last layer gives 0.45%).  Free-running the mean
+  difference must stay within ``DENSE_MAX_FREE_MEAN`` (1%) of the scale: the
+  one-step ties contract 2 allows move a dense output locally, while a real error moves most of it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -29,6 +43,7 @@ import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from .checkpoint import load
 from .errors import QexportError
@@ -51,6 +66,10 @@ MIN_TOP1 = 0.999  # teacher-forced
 MIN_FREE_TOP1 = 0.90
 # ... or at most this many samples differ (on a few samples one flip is already more than 10%)
 MAX_FREE_FLIPS = 1
+# dense outputs, relative to the output's scale over the samples: teacher-forced largest difference,
+# free-running mean difference (see the module docstring)
+DENSE_MAX_FORCED = 1e-3
+DENSE_MAX_FREE_MEAN = 1e-2
 LEVELS = {
     "disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "enable_all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
@@ -75,6 +94,54 @@ class TensorReport:
 
 
 @dataclass
+class OutputReport:
+    """One graph output against the model's output at the same place in its flattened outputs."""
+
+    name: str
+    kind: str  # "top-1" (classifier-like: [batch, classes]) or "dense"
+    samples: int
+    max_abs_diff: float  # free-running
+    mean_abs_diff: float  # free-running
+    forced_max_abs_diff: float  # teacher-forced
+    scale: float  # max - min of the PyTorch output over the samples, or its largest magnitude if larger
+    top1_agreement: float | None = None  # classifier-like only: teacher-forced ...
+    free_top1_agreement: float | None = None  # ... and free-running
+
+    @property
+    def forced_rel(self) -> float:
+        """Teacher-forced largest difference as a share of the output's scale."""
+        return self.forced_max_abs_diff / max(self.scale, 1e-12)
+
+    @property
+    def free_mean_rel(self) -> float:
+        """Free-running mean difference as a share of the output's scale."""
+        return self.mean_abs_diff / max(self.scale, 1e-12)
+
+    @property
+    def passed(self) -> bool:
+        if self.kind == "top-1":
+            assert self.top1_agreement is not None and self.free_top1_agreement is not None
+            flips = round((1.0 - self.free_top1_agreement) * self.samples)
+            free_ok = self.free_top1_agreement >= MIN_FREE_TOP1 or flips <= MAX_FREE_FLIPS
+            return self.top1_agreement >= MIN_TOP1 and free_ok
+        return self.forced_rel <= DENSE_MAX_FORCED and self.free_mean_rel <= DENSE_MAX_FREE_MEAN
+
+    def summary(self) -> str:
+        if self.kind == "top-1":
+            assert self.top1_agreement is not None and self.free_top1_agreement is not None
+            return (
+                f"top-1 agreement {100 * self.top1_agreement:.2f}% forced, {100 * self.free_top1_agreement:.2f}% "
+                f"free-running  max |diff| {self.max_abs_diff:.3g}"
+            )
+        return (
+            f"dense, scale {self.scale:.3g}: max |diff| {self.forced_max_abs_diff:.3g} forced "
+            f"({100 * self.forced_rel:.3f}% of scale, limit {100 * DENSE_MAX_FORCED:g}%), free-running max "
+            f"{self.max_abs_diff:.3g}, mean {self.mean_abs_diff:.3g} ({100 * self.free_mean_rel:.3f}%, "
+            f"limit {100 * DENSE_MAX_FREE_MEAN:g}%)"
+        )
+
+
+@dataclass
 class RunReport:
     name: str
     samples: int
@@ -82,6 +149,9 @@ class RunReport:
     free_top1_agreement: float  # free-running: each side on its own from the input
     max_abs_diff: float
     tensors: list[TensorReport] = field(default_factory=list)
+    # every graph output (the top-1 figures above are the lowest over the classifier-like ones, 1.0
+    # when there is none; max_abs_diff the largest over all)
+    outputs: list[OutputReport] = field(default_factory=list)
 
     @property
     def free_flips(self) -> int:
@@ -98,6 +168,7 @@ class RunReport:
             self.top1_agreement >= MIN_TOP1
             and (self.free_top1_agreement >= MIN_FREE_TOP1 or self.free_flips <= MAX_FREE_FLIPS)
             and all(t.passed for t in self.tensors)
+            and all(o.passed for o in self.outputs)
         )
 
 
@@ -127,7 +198,8 @@ class CheckReport:
             "onnx": self.onnx_path, "samples": self.samples, "passed": self.passed,
             "runs": [
                 {**asdict(r), "passed": r.passed, "first_divergent": r.first_divergent,
-                 "tensors": [{**asdict(t), "passed": t.passed} for t in r.tensors]}
+                 "tensors": [{**asdict(t), "passed": t.passed} for t in r.tensors],
+                 "outputs": [{**asdict(o), "passed": o.passed} for o in r.outputs]}
                 for r in self.runs
             ],
         }  # fmt: skip
@@ -141,11 +213,17 @@ class CheckReport:
         lines = []
         for r in self.runs:
             verdict = "PASS" if r.passed else "FAIL"
+            if len(r.outputs) <= 1 and all(o.kind == "top-1" for o in r.outputs):
+                lines.append(
+                    f"{r.name} ({r.samples} samples): {verdict}  top-1 agreement {100 * r.top1_agreement:.2f}% forced,"
+                    f" {100 * r.free_top1_agreement:.2f}% free-running  max |diff| {r.max_abs_diff:.3g}"
+                    f"  first divergent tensor: {r.first_divergent or 'none'}"
+                )
+                continue
             lines.append(
-                f"{r.name} ({r.samples} samples): {verdict}  top-1 agreement {100 * r.top1_agreement:.2f}% forced,"
-                f" {100 * r.free_top1_agreement:.2f}% free-running  max |diff| {r.max_abs_diff:.3g}"
-                f"  first divergent tensor: {r.first_divergent or 'none'}"
+                f"{r.name} ({r.samples} samples): {verdict}  first divergent tensor: {r.first_divergent or 'none'}"
             )
+            lines += [f"  output {o.name}: {'ok' if o.passed else 'FAIL'}  {o.summary()}" for o in r.outputs]
         worst: dict[str, TensorReport] = {}
         for r in self.runs:
             for t in r.tensors:
@@ -206,12 +284,19 @@ class _Accumulator:
         )  # fmt: skip
 
 
-Infer = Callable[[np.ndarray], list[np.ndarray]]
+Feed = dict[str, np.ndarray]
+# runs the graph on a feed (an array stands for the feed of a one-input model), every output in order
+Infer = Callable[[Feed | np.ndarray], list[np.ndarray]]
+
+
+def _as_feed(x: Feed | np.ndarray, first: str) -> Feed:
+    return {first: x} if isinstance(x, np.ndarray) else x
 
 
 def _ort_infer(proto: bytes, level: str, native: bool = False) -> Infer:
     sess = _session(proto, level, native)
-    return lambda x: sess.run(None, {"input": x})
+    first = sess.get_inputs()[0].name
+    return lambda x: sess.run(None, _as_feed(x, first))
 
 
 def _reference_infer(proto: onnx.ModelProto) -> Infer:
@@ -219,48 +304,131 @@ def _reference_infer(proto: onnx.ModelProto) -> Infer:
     from onnx.reference import ReferenceEvaluator
 
     ref = ReferenceEvaluator(proto)
-    return lambda x: ref.run(None, {"input": x})
+    first = ref.input_names[0]
+    return lambda x: ref.run(None, _as_feed(x, first))
 
 
 CHUNK = 64  # samples per teacher-forced PyTorch pass (the runtime still runs at its own batch size)
+Inputs = dict[str, torch.Tensor]  # ONNX input name -> tensor, in the graph's (= forward()'s) order
 
 
-def _free_running(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    """The fake-quant model's outputs (they do not depend on the runtime configuration)."""
+def _outputs(model: nn.Module, xs: Inputs) -> list[torch.Tensor]:
+    """The model's flattened outputs (tree_leaves of what forward returns: tuples, dicts, ModelOutputs)."""
+    return [leaf for leaf in tree_leaves(model(*xs.values())) if isinstance(leaf, torch.Tensor)]
+
+
+def _slice(xs: Inputs, start: int, stop: int) -> Inputs:
+    return {name: t[start:stop] for name, t in xs.items()}
+
+
+def _batched(t: torch.Tensor | np.ndarray, n: int) -> bool:
+    """Whether ``t`` has the batch of ``n`` samples in dimension 0 (a tensor computed from constants
+    only has none: it is the same for every batch)."""
+    return t.ndim > 0 and t.shape[0] == n
+
+
+def _free_running(model: nn.Module, x: torch.Tensor | Inputs) -> list[np.ndarray]:
+    """The fake-quant model's outputs (they do not depend on the runtime configuration), one array per
+    flattened output."""
+    xs = x if isinstance(x, dict) else {"input": x}
+    n = len(next(iter(xs.values())))
+    chunks: list[list[np.ndarray]] = []
     with torch.no_grad():
-        return np.concatenate([model(x[i : i + CHUNK]).numpy() for i in range(0, len(x), CHUNK)])
+        for i in range(0, n, CHUNK):
+            part = _slice(xs, i, i + CHUNK)
+            chunks.append([leaf.numpy() for leaf in _outputs(model, part)])
+    return [
+        np.concatenate([c[k] for c in chunks]) if _batched(chunks[0][k], min(CHUNK, n)) else chunks[0][k]
+        for k in range(len(chunks[0]))
+    ]
+
+
+def _classifier_like(out: np.ndarray) -> bool:
+    return out.ndim == 2 and out.shape[-1] > 1 and np.issubdtype(out.dtype, np.floating)
+
+
+class _OutputAccumulator:
+    """Running comparison of one graph output over batches."""
+
+    def __init__(self, name: str, reference: np.ndarray) -> None:
+        self.name = name
+        self.top1 = _classifier_like(reference)
+        ref = reference.astype(np.float64)
+        self.scale = float(max(ref.max() - ref.min(), np.abs(ref).max())) if ref.size else 0.0
+        self.samples = self.agree = self.forced_agree = self.count = 0
+        self.max_diff = self.forced_max_diff = self.sum_diff = 0.0
+
+    def add(self, ref: np.ndarray, out: np.ndarray, forced: np.ndarray, instrumented: np.ndarray, n: int) -> None:
+        """``ref`` free-running PyTorch vs ``out`` the shipped graph; ``forced`` teacher-forced PyTorch
+        vs ``instrumented`` the graph that gave the codes; ``n`` samples."""
+        for a, b in ((ref, out), (forced, instrumented)):
+            if a.shape != b.shape:
+                raise QexportError(
+                    f"graph output '{self.name}' has shape {list(b.shape)} where the model's output at its place has "
+                    f"{list(a.shape)}: the ONNX file's outputs are not the model's (export it again)"
+                )
+        diff = np.abs(ref.astype(np.float64) - out.astype(np.float64))
+        self.samples += n
+        self.max_diff = max(self.max_diff, float(diff.max()) if diff.size else 0.0)
+        self.sum_diff += float(diff.sum())
+        self.count += diff.size
+        forced_diff = np.abs(forced.astype(np.float64) - instrumented.astype(np.float64))
+        self.forced_max_diff = max(self.forced_max_diff, float(forced_diff.max()) if forced_diff.size else 0.0)
+        if self.top1:
+            self.agree += int((ref.argmax(-1) == out.argmax(-1)).sum())
+            self.forced_agree += int((forced.argmax(-1) == instrumented.argmax(-1)).sum())
+
+    def report(self) -> OutputReport:
+        samples = max(self.samples, 1)
+        return OutputReport(
+            self.name, "top-1" if self.top1 else "dense", self.samples, self.max_diff,
+            self.sum_diff / max(self.count, 1), self.forced_max_diff, self.scale,
+            self.forced_agree / samples if self.top1 else None, self.agree / samples if self.top1 else None,
+        )  # fmt: skip
 
 
 def _run(model: nn.Module, names: list[str], infer: Infer, plain: Infer | None, codes: dict[str, str],
-         steps: dict[str, str], offsets: dict[str, int], x: torch.Tensor, free: np.ndarray, name: str, batch: int,
-         bar: Progress) -> RunReport:  # fmt: skip
+         steps: dict[str, str], offsets: dict[str, int], x: torch.Tensor | Inputs,
+         free: np.ndarray | list[np.ndarray], name: str, batch: int, bar: Progress) -> RunReport:  # fmt: skip
     """``infer`` runs the graph with every code tensor as an extra output (teacher forcing needs them);
     ``plain`` the graph as shipped, for the free-running outputs: onnxruntime does not fuse a node
     whose output is a graph output, so the instrumented graph can round differently (a fused
-    QLinearAdd requantizes in its own arithmetic).  None: ``infer``'s output stands for both."""
+    QLinearAdd requantizes in its own arithmetic).  None: ``infer``'s output stands for both.
+    ``x``: the inputs by ONNX name (a tensor: a one-input model's); ``free``: the free-running
+    outputs of the model on all of ``x`` (from ``_free_running``), the graph's first outputs."""
+    xs = x if isinstance(x, dict) else {"input": x}
+    frees = free if isinstance(free, list) else [free]
+    total = len(next(iter(xs.values())))
+    outs = [_OutputAccumulator(n, f) for n, f in zip(names, frees, strict=False)]
     accs = {path: _Accumulator(model.get_submodule(path)) for path in codes}
-    agree, forced_agree, max_diff = 0, 0, 0.0
-    for start in range(0, len(x), CHUNK):
-        xc = x[start : start + CHUNK]
+    for start in range(0, total, CHUNK):
+        xc = _slice(xs, start, start + CHUNK)
+        n = len(next(iter(xc.values())))
         parts, shipped = [], []
-        for i in range(0, len(xc), batch):
-            xb = xc[i : i + batch].numpy()
+        for i in range(0, n, batch):
+            xb = {k: t.numpy() for k, t in _slice(xc, i, i + batch).items()}
             parts.append(dict(zip(names, infer(xb), strict=True)))
             if plain is not None:
-                shipped.append(plain(xb)[0])
-            bar.update(len(xb))
+                shipped.append(plain(xb)[: len(frees)])
+            bar.update(len(next(iter(xb.values()))))
 
         def gather(name: str, batched: bool, parts: list = parts) -> np.ndarray:
             # a tensor computed from constants only (no batch dimension) is the same in every part
             return np.concatenate([p[name] for p in parts]) if batched else parts[0][name]
 
-        instrumented_out = gather("output", True)
-        out = np.concatenate(shipped) if plain is not None else instrumented_out
-        ref = free[start : start + CHUNK]
-        agree += int((ref.argmax(-1) == out.argmax(-1)).sum())
-        max_diff = max(max_diff, float(np.abs(ref - out).max()))
+        def ref_part(k: int, start: int = start, n: int = n) -> np.ndarray:
+            return frees[k][start : start + n] if _batched(frees[k], total) else frees[k]
 
-        def force(q: Quantizer, inputs: tuple, _out: torch.Tensor, path: str, chunk: int = len(xc)) -> torch.Tensor:
+        instrumented = [gather(o.name, _batched(ref_part(k), n)) for k, o in enumerate(outs)]
+        if plain is not None:
+            out = [
+                np.concatenate([s[k] for s in shipped]) if _batched(ref_part(k), n) else shipped[0][k]
+                for k in range(len(outs))
+            ]
+        else:
+            out = instrumented
+
+        def force(q: Quantizer, inputs: tuple, _out: torch.Tensor, path: str, chunk: int = n) -> torch.Tensor:
             batched = inputs[0].dim() > 0 and inputs[0].shape[0] == chunk
             theirs = gather(codes[path], batched).astype(np.int64) - offsets.get(path, 0)
             accs[path].add(q.codes(inputs[0]).numpy().astype(np.int64), theirs)
@@ -271,36 +439,115 @@ def _run(model: nn.Module, names: list[str], infer: Infer, plain: Infer | None, 
         hooks = [model.get_submodule(p).register_forward_hook(lambda q, i, o, p=p: force(q, i, o, p)) for p in codes]
         try:
             with torch.no_grad():
-                forced = model(xc).numpy()
+                forced = [leaf.numpy() for leaf in _outputs(model, xc)]
         finally:
             for h in hooks:
                 h.remove()
-        forced_agree += int((forced.argmax(-1) == instrumented_out.argmax(-1)).sum())
+        for k, acc in enumerate(outs):
+            acc.add(ref_part(k), out[k], forced[k], instrumented[k], n)
+    reports = [o.report() for o in outs]
+    top1 = [o for o in reports if o.kind == "top-1"]
     return RunReport(
-        f"{name} batch {batch}", len(x), forced_agree / len(x), agree / len(x), max_diff,
-        [a.report(p) for p, a in accs.items()],
+        f"{name} batch {batch}", total,
+        min((o.top1_agreement for o in top1 if o.top1_agreement is not None), default=1.0),
+        min((o.free_top1_agreement for o in top1 if o.free_top1_agreement is not None), default=1.0),
+        max((o.max_abs_diff for o in reports), default=0.0),
+        [a.report(p) for p, a in accs.items()], reports,
     )  # fmt: skip
+
+
+_TORCH_TYPES = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.INT64: torch.int64}
+
+
+def _graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    constants = {t.name for t in proto.graph.initializer}
+    return [i for i in proto.graph.input if i.name not in constants]
+
+
+def _default_inputs(model: nn.Module, proto: onnx.ModelProto, samples: int) -> torch.Tensor:
+    """``samples`` random inputs of a one-input model's example shape."""
+    from .zoo import example_input
+
+    names = [s.name for s in _graph_inputs(proto)]
+    if len(names) != 1:
+        raise QexportError(
+            f"the model takes {len(names)} inputs ({', '.join(names)}): pass check inputs as a tuple in "
+            "forward()'s order or a dict by name"
+        )
+    return torch.cat([example_input(model, 1, seed=i) for i in range(samples)])
+
+
+def _check_inputs(
+    proto: onnx.ModelProto, inputs: torch.Tensor | Sequence[torch.Tensor] | Mapping[str, torch.Tensor]
+) -> Inputs:
+    """``inputs`` as ONNX input name -> tensor, checked against the graph's inputs (one-line
+    QexportErrors)."""
+    specs = _graph_inputs(proto)
+    names = [s.name for s in specs]
+    several = f"the model takes {len(names)} inputs ({', '.join(names)})"
+    if isinstance(inputs, (torch.Tensor, np.ndarray)):
+        if len(specs) != 1:
+            raise QexportError(f"{several}: pass check inputs as a tuple in forward()'s order or a dict by name")
+        given = {names[0]: inputs}
+    elif isinstance(inputs, Mapping):
+        unknown = [k for k in inputs if k not in names]
+        missing = [k for k in names if k not in inputs]
+        if unknown or missing:
+            what = f"has no input named {unknown[0]!r}" if unknown else f"needs input {missing[0]!r}"
+            raise QexportError(f"the ONNX model {what}: its inputs are {', '.join(names)}")
+        given = {k: inputs[k] for k in names}
+    elif isinstance(inputs, Sequence):
+        if len(inputs) != len(specs):
+            raise QexportError(f"{len(inputs)} check inputs given; {several}")
+        given = dict(zip(names, inputs, strict=True))
+    else:
+        raise QexportError(f"check inputs are a {type(inputs).__name__}: pass a tensor, a tuple or a dict of tensors")
+    xs: Inputs = {}
+    for spec in specs:
+        t = given[spec.name]
+        t = torch.from_numpy(t) if isinstance(t, np.ndarray) else t
+        if not isinstance(t, torch.Tensor):
+            raise QexportError(f"check input {spec.name!r} is a {type(t).__name__}: pass a torch tensor")
+        label, are = ("the check inputs", "are") if len(specs) == 1 else (f"check input {spec.name!r}", "is")
+        tt = spec.type.tensor_type
+        want = _TORCH_TYPES.get(tt.elem_type)
+        if want is not None and t.dtype != want:
+            raise QexportError(f"{label} {are} {t.dtype}; the model takes {want}: convert first (.to({want}))")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            verb = "contain" if len(specs) == 1 else "contains"
+            raise QexportError(f"{label} {verb} NaN or infinite values: clean or clip them first")
+        dims = list(tt.shape.dim)
+        fixed = [d.dim_value if d.HasField("dim_value") else None for d in dims[1:]]
+        if t.dim() != len(dims) or any(f is not None and f != s for f, s in zip(fixed, t.shape[1:], strict=True)):
+            shown = ", ".join("?" if f is None else str(f) for f in fixed)
+            where = "input" if len(specs) == 1 else f"input {spec.name!r}"
+            raise QexportError(f"inputs of shape {list(t.shape)} do not fit the model {where} [batch, {shown}]")
+        xs[spec.name] = t
+    counts = {k: len(t) for k, t in xs.items()}
+    if len(set(counts.values())) > 1:
+        shown = ", ".join(f"{k}: {v}" for k, v in counts.items())
+        raise QexportError(f"the check inputs have different numbers of samples ({shown}): give each the same batch")
+    return xs
 
 
 def check(
     model: nn.Module | str | os.PathLike[str],
     onnx_path: str | os.PathLike[str],
-    inputs: torch.Tensor | None = None,
+    inputs: torch.Tensor | Sequence[torch.Tensor] | Mapping[str, torch.Tensor] | None = None,
     samples: int = 256,
     *,
     batch: int = 8,
     reference_samples: int = 16,
     show_progress: bool = False,
 ) -> CheckReport:
-    """Compare ``onnx_path`` with the fake-quant ``model`` (or model.pt) on ``inputs`` (default:
-    ``samples`` random inputs of the model's example shape) at ORT_DISABLE_ALL and ORT_ENABLE_ALL, at
-    batch 1 and ``batch``, and in onnx's ReferenceEvaluator on the first ``reference_samples`` inputs
-    (pure numpy: about 1 s per ResNet-18 image at 224; 0 skips it)."""
-    from .zoo import example_input
+    """Compare ``onnx_path`` with the fake-quant ``model`` (or model.pt) on ``inputs`` at
+    ORT_DISABLE_ALL and ORT_ENABLE_ALL, at batch 1 and ``batch``, and in onnx's ReferenceEvaluator on
+    the first ``reference_samples`` inputs (pure numpy: about 1 s per ResNet-18 image at 224; 0 skips it).
 
-    if not isinstance(model, nn.Module):
-        model = load(model)
-    model = model.eval()
+    ``inputs``: a tensor (a one-input model), a tuple of tensors (the inputs in ``forward()``'s
+    order) or a dict of ONNX input name -> tensor, each with the samples in dimension 0; default:
+    ``samples`` random inputs of a one-input model's example shape.  Every graph output is compared
+    with the model's output at the same place in its flattened outputs (see the module docstring)."""
     if not os.path.isfile(onnx_path):
         raise QexportError(f"{onnx_path}: no such ONNX file")
     try:
@@ -308,42 +555,50 @@ def check(
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise QexportError(f"{onnx_path}: not a readable ONNX file ({type(exc).__name__})") from None
     codes, steps, offsets = _code_outputs(proto)
+    xs = _check_inputs(proto, inputs) if inputs is not None else None  # bad inputs fail before a model.pt loads
+    if not isinstance(model, nn.Module):
+        model = load(model)
+    model = model.eval()
     for path in codes:
         try:
             model.get_submodule(path)
         except AttributeError:
             raise QexportError(f"{onnx_path} does not belong to this model: it has no quantizer '{path}'") from None
+    if xs is None:
+        xs = _check_inputs(proto, _default_inputs(model, proto, samples))
     shipped = proto.SerializeToString()
-    for name in [*codes.values(), *steps.values()]:
-        proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    outputs = [o.name for o in proto.graph.output]
+    for name in dict.fromkeys([*codes.values(), *steps.values()]):
+        if name not in outputs:
+            proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     instrumented = proto.SerializeToString()
-    if inputs is None:
-        inputs = torch.cat([example_input(model, 1, seed=i) for i in range(samples)])
-    if not torch.isfinite(inputs).all():
-        raise QexportError("the check inputs contain NaN or infinite values")
-    expected = list(proto.graph.input[0].type.tensor_type.shape.dim)[1:]
-    if [d.dim_value for d in expected] != list(inputs.shape[1:]):
-        dims = ", ".join(str(d.dim_value) for d in expected)
-        raise QexportError(f"inputs of shape {list(inputs.shape)} do not fit the model input [batch, {dims}]")
     names = [o.name for o in proto.graph.output]
     runs = [("disable_all", 1, False), ("disable_all", batch, False), ("enable_all", 1, False),
             ("enable_all", batch, False)]  # fmt: skip
     if native_available() and uses_qexport_ops(proto):
         runs += [("enable_all", 1, True), ("enable_all", batch, True)]  # the native kernels replace the bodies
-    ref_x = inputs[:reference_samples]
-    bar = Progress(len(inputs) * len(runs) + len(ref_x), "check", enabled=show_progress)
+    count = len(next(iter(xs.values())))
+    ref_xs = _slice(xs, 0, reference_samples)
+    ref_count = min(reference_samples, count)
+    bar = Progress(count * len(runs) + ref_count, "check", enabled=show_progress)
     try:
-        free = _free_running(model, inputs)
+        free = _free_running(model, xs)
+        if len(free) != len(outputs):
+            raise QexportError(
+                f"the model returns {len(free)} tensors but {onnx_path} has {len(outputs)} outputs "
+                f"({', '.join(outputs)}): it was not exported from this model"
+            )
         reports = []
         for level, b, native in runs:
             label = f"onnxruntime {level}{' native' if native else ''}"
-            args = (codes, steps, offsets, inputs, free, label, b, bar)
+            args = (codes, steps, offsets, xs, free, label, b, bar)
             infer, plain = _ort_infer(instrumented, level, native), _ort_infer(shipped, level, native)
             reports.append(_run(model, names, infer, plain, *args))
-        if len(ref_x):
+        if ref_count:
             infer = _reference_infer(proto)  # no graph rewrites: its output stands for the shipped graph
-            args = (codes, steps, offsets, ref_x, free[: len(ref_x)], "reference evaluator", batch, bar)
+            ref_free = [f[:ref_count] if _batched(f, count) else f for f in free]
+            args = (codes, steps, offsets, ref_xs, ref_free, "reference evaluator", batch, bar)
             reports.append(_run(model, names, infer, None, *args))
     finally:
         bar.close()
-    return CheckReport(str(onnx_path), len(inputs), reports)
+    return CheckReport(str(onnx_path), count, reports)

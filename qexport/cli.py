@@ -10,6 +10,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,6 +22,9 @@ from .export.emit import ADDS
 from .quant.layers import QuantConv2d, QuantLinear
 from .quant.placement import calibrate, quantize
 from .summary import format_table, layer_count, onnx_summary, quantizer_rows
+
+if TYPE_CHECKING:
+    import numpy as np
 
 EPILOG = """examples:
   qexport models/resnet20_lsq_w4a4.pt --format onnx  export to ONNX and check parity
@@ -134,8 +138,16 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    inputs = None
-    if args.data:
+    inputs: torch.Tensor | dict[str, torch.Tensor] | None = None
+    if args.input and args.data:
+        raise QexportError("--input and --data both give the check inputs: pass one of them")
+    if args.input:
+        arrays = _read_inputs(args.input)
+        if isinstance(arrays, dict):
+            inputs = {name: torch.from_numpy(a) for name, a in arrays.items()}
+        else:
+            inputs = torch.from_numpy(arrays)
+    elif args.data:
         from . import data
         from .evaluate import subset
 
@@ -150,21 +162,82 @@ def _report(report: CheckReport, json_out: bool) -> int:
     return 0 if report.passed else 1
 
 
+def _load_array(path: str) -> Any:
+    import numpy as np
+
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        kind = ".npz archive" if path.endswith(".npz") else ".npy array"
+        raise QexportError(f"{path}: not a readable {kind} ({str(exc).splitlines()[0] if str(exc) else exc})") from None
+
+
+def _read_inputs(specs: Sequence[str]) -> np.ndarray | dict[str, np.ndarray]:
+    """``--input`` values: one ``x.npy`` (a one-input model's array), one ``inputs.npz`` (an array per
+    input name), or ``name=file.npy`` for each input."""
+    import numpy as np
+
+    named = [s for s in specs if "=" in s]
+    if not named:
+        if len(specs) != 1:
+            raise QexportError("several --input files: name each input, --input NAME=FILE.npy")
+        loaded = _load_array(specs[0])
+        if isinstance(loaded, np.lib.npyio.NpzFile):
+            with loaded:
+                try:
+                    return {name: loaded[name] for name in loaded.files}
+                except (OSError, ValueError) as exc:
+                    raise QexportError(f"{specs[0]}: not a readable .npz archive ({exc})") from None
+        return loaded
+    if len(named) != len(specs):
+        raise QexportError("give every --input as NAME=FILE.npy once any is named (or one .npz with every input)")
+    arrays: dict[str, np.ndarray] = {}
+    for spec in specs:
+        name, path = spec.split("=", 1)
+        if not name or name in arrays:
+            raise QexportError(f"--input {spec}: " + ("input named twice" if name else "no input name before '='"))
+        array = _load_array(path)
+        if not isinstance(array, np.ndarray):
+            raise QexportError(f"--input {spec}: give a .npy array per named input (an .npz stands alone)")
+        arrays[name] = array
+    return arrays
+
+
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .runtime import InferenceSession
 
-    try:
-        x = np.load(args.input, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise QexportError(f"{args.input}: not a readable .npy array ({exc})") from None
-    y = InferenceSession(args.model, threads=args.threads or None).run(x)
+    arrays = _read_inputs(args.input)
+    session = InferenceSession(args.model, threads=args.threads or None)
+    if isinstance(arrays, np.ndarray):
+        if len(session.inputs) != 1:
+            names = ", ".join(s.name for s in session.inputs)
+            raise QexportError(
+                f"{args.model} takes {len(session.inputs)} inputs ({names}): pass --input NAME=FILE.npy for each, "
+                "or one .npz holding an array per input name"
+            )
+        arrays = {session.inputs[0].name: arrays}
+    outputs = session.run_dict(arrays)
     if args.output:
-        np.save(args.output, y)
-        print(f"wrote {args.output}: {list(y.shape)} {y.dtype}")
-    else:
-        print(f"output {list(y.shape)}; top-1 per sample: {y.reshape(len(y), -1).argmax(1).tolist()}")
+        if len(outputs) == 1:
+            if args.output.endswith(".npz"):
+                np.savez(args.output, **outputs)
+            else:
+                np.save(args.output, next(iter(outputs.values())))
+        elif not args.output.endswith(".npz"):
+            raise QexportError(f"{args.model} has {len(outputs)} outputs: write them with --output FILE.npz")
+        else:
+            np.savez(args.output, **outputs)
+        shown = ", ".join(f"{name} {list(y.shape)} {y.dtype}" for name, y in outputs.items())
+        print(f"wrote {args.output}: {shown}")
+        return 0
+    for name, y in outputs.items():
+        label = "output" if len(outputs) == 1 else f"output {name}"
+        if y.ndim == 2 and y.shape[1] > 1 and np.issubdtype(y.dtype, np.floating):
+            print(f"{label} {list(y.shape)}; top-1 per sample: {y.argmax(1).tolist()}")
+        else:
+            print(f"{label} {list(y.shape)} {y.dtype}")
     return 0
 
 
@@ -268,14 +341,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("onnx")
     s.add_argument("--samples", type=int, default=256)
     s.add_argument("--data", help="CIFAR-10 archive: check on test images instead of random inputs")
+    s.add_argument(
+        "--input", action="append", metavar="[NAME=]FILE",
+        help="check on these inputs: x.npy (one-input model), NAME=FILE.npy per input (repeat), or one .npz "
+        "with an array per input name; samples in dimension 0",
+    )  # fmt: skip
     s.add_argument("--json", action="store_true")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=_check)
 
-    s = sub.add_parser("run", help="run an exported model in onnxruntime (CPU) on a .npy input")
+    s = sub.add_parser("run", help="run an exported model in onnxruntime (CPU) on .npy / .npz inputs")
     s.add_argument("model")
-    s.add_argument("--input", required=True, help=".npy array, e.g. float32 [N, 3, 32, 32]")
-    s.add_argument("--output", help="write the output array here (.npy)")
+    s.add_argument(
+        "--input", action="append", required=True, metavar="[NAME=]FILE",
+        help="x.npy for a one-input model (e.g. float32 [N, 3, 32, 32]); NAME=FILE.npy for each input of a "
+        "model with several (repeat --input), or one .npz holding an array per input name",
+    )  # fmt: skip
+    s.add_argument("--output", help="write the output here: .npy (one output) or .npz (every output by name)")
     s.add_argument("--threads", type=int, default=0)
     s.set_defaults(func=_run)
 

@@ -13,10 +13,16 @@ from onnx import numpy_helper
 
 import qexport
 from qexport import native, zoo
-from qexport.check import check
+from qexport.check import DENSE_MAX_FORCED, check
 from qexport.cli import main
 from qexport.errors import QexportError
 from qexport.export import export
+
+from . import test_runtime
+from .test_runtime import token_inputs, two_heads_inputs
+
+token_model = test_runtime.token_model  # the fixtures: a 2-input (int64 ids + mask) and a 2-output model
+two_heads = test_runtime.two_heads
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +202,115 @@ def test_tensor_rule_allows_one_tie_on_small_tensors_only() -> None:
     assert report(512, 0) and report(512, 1) and not report(512, 2)
     assert not report(512, 1, step=2)
     assert report(10_000, 10) and not report(10_000, 11)
+
+
+# -- several inputs and outputs (the small models of tests/test_runtime.py) --------------------------
+def _scaled(path: Path, out: Path, initializer: str, factor: float) -> Path:
+    proto = onnx.load(path)
+    (init,) = [t for t in proto.graph.initializer if t.name == initializer]
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * np.float32(factor), init.name))
+    onnx.save(proto, out)
+    return out
+
+
+def test_multi_input_model_passes_and_a_tampered_scale_fails(
+    token_model: tuple[torch.nn.Module, Path], tmp_path: Path
+) -> None:
+    model, path = token_model
+    ids, mask = token_inputs(24, seed=3)
+    report = check(model, path, (ids, mask), batch=8, reference_samples=4)
+    assert report.passed and report.samples == 24 and len(report.runs) >= 5
+    for run in report.runs:
+        assert [t.path for t in run.tensors] == ["fc.act_quant"] and run.tensors[0].identical == 1.0
+        assert [(o.name, o.kind) for o in run.outputs] == [("output", "top-1")]
+    # a dict by ONNX input name, in any order, is the same check
+    by_name = check(model, path, {"attention_mask": mask, "input_ids": ids}, batch=8, reference_samples=0)
+    assert by_name.passed and by_name.worst() == check(model, path, (ids, mask), reference_samples=0).worst()
+    bad = _scaled(path, tmp_path / "bad.onnx", "fc.act_quant.scale", 1.3)
+    report = check(model, bad, (ids, mask), batch=8, reference_samples=4)
+    assert not report.passed
+    assert all([t.path for t in r.tensors if not t.passed] == ["fc.act_quant"] for r in report.runs)
+    assert "parity: FAIL" in report.table()
+
+
+def test_every_output_is_compared_by_its_kind(two_heads: tuple[torch.nn.Module, Path], tmp_path: Path) -> None:
+    """[B, 3] logits by top-1 agreement, the [B, 1, 4] embedding by its error against its scale: a
+    last-layer weight scale 1% off changes no code and no top-1, only the dense output."""
+    model, path = two_heads
+    x = two_heads_inputs(32, seed=3)
+    names = [o.name for o in onnx.load(path).graph.output]
+    report = check(model, path, x, batch=8, reference_samples=4)
+    assert report.passed
+    for run in report.runs:
+        assert [(o.name, o.kind) for o in run.outputs] == [(names[0], "top-1"), (names[1], "dense")]
+        dense = run.outputs[1]
+        assert dense.scale > 0.1 and dense.forced_rel < 1e-4 and dense.free_mean_rel < 1e-4
+    assert f"output {names[1]}: ok  dense" in report.table()
+    bad = check(model, _scaled(path, tmp_path / "bad.onnx", "proj.scale", 1.01), x, batch=8, reference_samples=4)
+    assert not bad.passed
+    for run in bad.runs:
+        logits, embedding = run.outputs
+        assert logits.passed and not embedding.passed and all(t.passed for t in run.tensors)
+        assert embedding.forced_rel > DENSE_MAX_FORCED
+    data = json.loads(bad.to_json())
+    assert [o["passed"] for o in data["runs"][0]["outputs"]] == [True, False]
+    assert f"output {names[1]}: FAIL  dense" in bad.table()
+
+
+def test_multi_input_errors(
+    token_model: tuple[torch.nn.Module, Path], two_heads: tuple[torch.nn.Module, Path], tmp_path: Path
+) -> None:
+    model, path = token_model
+    ids, mask = token_inputs(4)
+    cases = [
+        (ids, "takes 2 inputs \\(input_ids, attention_mask\\): pass check inputs as a tuple"),
+        (None, "takes 2 inputs"),
+        ((ids, mask, mask), "3 check inputs given"),
+        ({"input_ids": ids, "mask": mask}, "has no input named 'mask'"),
+        ({"input_ids": ids}, "needs input 'attention_mask'"),
+        ((ids, mask.int()), "check input 'attention_mask' is torch.int32; the model takes torch.int64"),
+        ((ids[:, :5], mask), "inputs of shape \\[4, 5\\] do not fit the model input 'input_ids' \\[batch, 7\\]"),
+        ((ids, mask[:3]), "different numbers of samples \\(input_ids: 4, attention_mask: 3\\)"),
+    ]
+    for inputs, message in cases:
+        with pytest.raises(QexportError, match=message):
+            check(model, path, inputs)
+    heads, heads_path = two_heads
+    proto = onnx.load(heads_path)
+    del proto.graph.output[1]
+    onnx.save(proto, tmp_path / "one_output.onnx")
+    with pytest.raises(QexportError, match=r"the model returns 2 tensors but .* has 1 outputs"):
+        check(heads, tmp_path / "one_output.onnx", two_heads_inputs(4))
+
+
+def test_output_rules() -> None:
+    from qexport.check import DENSE_MAX_FREE_MEAN, OutputReport
+
+    def dense(forced: float, mean: float) -> OutputReport:
+        return OutputReport(
+            "o", "dense", 8, max_abs_diff=mean, mean_abs_diff=mean, forced_max_abs_diff=forced, scale=2.0
+        )
+
+    assert dense(0.0, 0.0).passed and dense(2 * DENSE_MAX_FORCED, 2 * DENSE_MAX_FREE_MEAN).passed
+    assert not dense(2.1 * DENSE_MAX_FORCED, 0.0).passed and not dense(0.0, 2.1 * DENSE_MAX_FREE_MEAN).passed
+
+    def top1(forced: float, free: float) -> OutputReport:
+        return OutputReport("o", "top-1", 8, 0.0, 0.0, 0.0, 1.0, top1_agreement=forced, free_top1_agreement=free)
+
+    assert top1(1.0, 7 / 8).passed and not top1(1.0, 6 / 8).passed and not top1(7 / 8, 1.0).passed
+
+
+def test_cli_check_on_given_inputs(
+    calibrated: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pt, path = calibrated
+    x = np.random.default_rng(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "x.npz", input=x)
+    for given in (str(tmp_path / "x.npy"), str(tmp_path / "x.npz")):  # an array; arrays by name (as NAME=FILE)
+        assert main(["check", str(pt), str(path), "--input", given, "--quiet", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["samples"] == 1
+    np.savez(tmp_path / "wrong.npz", pixels=x)
+    assert main(["check", str(pt), str(path), "--input", str(tmp_path / "wrong.npz"), "--quiet"]) == 2
+    data = tmp_path / "c.tar.gz"
+    assert main(["check", str(pt), str(path), "--input", str(tmp_path / "x.npy"), "--data", str(data)]) == 2
