@@ -11,16 +11,24 @@ namespace qx {
 
 namespace {
 
-// y may be nullptr: the node leaves that output out (the exporter does: its convs take the codes)
+// y may be nullptr: the node leaves that output out (the exporter does: its convs take the codes).
+// y = clipped q * step, from the float q as the body (a -0 from rounding stays -0).
 template <typename T>
 inline void quantize_run(const float* x, float step, float lo, float hi, float* y, T* codes, size_t count) {
+  if (y == nullptr) {
+    for (size_t i = 0; i < count; ++i) {
+      float q = std::nearbyint(x[i] / step);  // division, as QuantizeLinear and the body: not x * (1 / step)
+      q = q < lo ? lo : (q > hi ? hi : q);
+      codes[i] = T(q);
+    }
+    return;
+  }
   for (size_t i = 0; i < count; ++i) {
-    float q = std::nearbyint(x[i] / step);  // division, as QuantizeLinear and the body: not x * (1 / step)
+    float q = std::nearbyint(x[i] / step);
     q = q < lo ? lo : (q > hi ? hi : q);
     codes[i] = T(q);
+    y[i] = q * step;
   }
-  if (y)
-    for (size_t i = 0; i < count; ++i) y[i] = float(codes[i]) * step;
 }
 
 // Channel mean with 16 running partial sums (vectorisable without reassociating one sum).
@@ -69,7 +77,7 @@ void quantize(Isa isa, const float* x, float s, float lo, float hi, float* y, T*
 // A sample whose step is not a positive finite number, or whose x holds NaN or infinities (a channel
 // mean is not finite), element by element as the function body: round(x / step) is NaN for 0 / 0,
 // inf / inf and NaN, and then y is NaN and the code 0 (onnxruntime's Cast of a NaN to an 8-bit type);
-// otherwise the clipped code, and y = code * step (which may be inf or NaN with an infinite step).
+// otherwise the clipped code, and y = q * step (which may be inf or NaN with an infinite step).
 template <typename T>
 void quantize_special(const float* x, float step, float lo, float hi, float* y, T* codes, size_t count) {
   for (size_t i = 0; i < count; ++i) {
@@ -81,7 +89,7 @@ void quantize_special(const float* x, float step, float lo, float hi, float* y, 
     }
     q = q < lo ? lo : (q > hi ? hi : q);
     codes[i] = T(q);
-    if (y) y[i] = float(codes[i]) * step;
+    if (y) y[i] = q * step;
   }
 }
 

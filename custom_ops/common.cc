@@ -37,13 +37,13 @@ const char* type_name(ONNXTensorElementDataType type) {
 
 int64_t checked_mul(int64_t a, int64_t b, const std::string& what) {
   int64_t r = 0;
-  if (__builtin_mul_overflow(a, b, &r)) fail(what + " overflows 64-bit size arithmetic");
+  if (__builtin_mul_overflow(a, b, &r)) fail(what + " overflows 64-bit size arithmetic (a native kernel limit)");
   return r;
 }
 
 int64_t checked_add(int64_t a, int64_t b, const std::string& what) {
   int64_t r = 0;
-  if (__builtin_add_overflow(a, b, &r)) fail(what + " overflows 64-bit size arithmetic");
+  if (__builtin_add_overflow(a, b, &r)) fail(what + " overflows 64-bit size arithmetic (a native kernel limit)");
   return r;
 }
 

@@ -31,9 +31,13 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
   const OrtApi* api = base->GetApi(ORT_API_VERSION);
   if (api == nullptr) return nullptr;  // an onnxruntime older than these headers: nothing registered
   qx::api = api;
-  // ops live as long as the process: sessions keep pointers to them
-  static Op<qx::PostConvKernel> post_conv("PostConv", {kAny, kFloat, kAny, kFloat, kFloat}, {kFloat});
-  static Op<qx::IntConvKernel> int_conv("IntConv", {kAny, kFloat, kAny, kFloat, kFloat}, {kFloat});
+  // ops live as long as the process: sessions keep pointers to them.  The conv kernels take inputs of
+  // any type and check each themselves, so a node of the wrong types gets the kernel's one-line error
+  // rather than onnxruntime running the op's function body instead.  AsqQuantize cannot: onnxruntime
+  // infers its codes' type from its one input of any type (zero_point); a node whose other inputs are
+  // not float32 finds no kernel and runs the function body.
+  static Op<qx::PostConvKernel> post_conv("PostConv", {kAny, kAny, kAny, kAny, kAny}, {kFloat});
+  static Op<qx::IntConvKernel> int_conv("IntConv", {kAny, kAny, kAny, kAny, kAny}, {kFloat});
   static Op<qx::AsqQuantizeKernel> asq("AsqQuantize", {kFloat, kFloat, kAny, kFloat, kFloat, kFloat, kFloat},
                                        {kFloat, kAny, kFloat}, 1u);  // y is optional
   OrtCustomOpDomain* domain = nullptr;

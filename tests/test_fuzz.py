@@ -1,0 +1,52 @@
+"""A short run of tools/fuzz.py (the long one, 5000 cases, is in docs/FUZZ.md): malformed single-node
+models of every qexport op, in a worker process, native kernels against the function bodies and the
+ops' schema.  No crash, no hang, no disagreement."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from qexport import native
+
+ROOT = Path(__file__).resolve().parents[1]
+if os.environ.get("QEXPORT_REQUIRE_NATIVE") == "1":
+    assert native.available(), "QEXPORT_REQUIRE_NATIVE=1 but the native library was not built"
+pytestmark = pytest.mark.skipif(not native.available(), reason="native library not built (README: set-up)")
+
+
+def _fuzz_module():
+    spec = importlib.util.spec_from_file_location("qexport_fuzz", ROOT / "tools" / "fuzz.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["qexport_fuzz"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_short_fuzz_run_finds_no_crash_hang_or_disagreement(tmp_path: Path) -> None:
+    fuzz = _fuzz_module()
+    table = fuzz.fuzz(150, seed=22, timeout=30.0, out=tmp_path, quiet=True)
+    counts = {o: sum(row[o] for row in table.values()) for o in fuzz.OUTCOMES}
+    assert sum(counts.values()) == 150
+    assert set(table) == set(fuzz.OPS), "every qexport op was fuzzed"
+    bad = {o: counts[o] for o in ("crash", "hang", "disagree") if counts[o]}
+    saved = sorted(p.name for p in tmp_path.glob("*.onnx"))
+    assert not bad, f"{bad}; cases saved: {saved} (replay: python tools/fuzz.py --seed 22 --replay INDEX)"
+    assert counts["ran"] > 30 and counts["error"] > 30, counts  # both valid and rejected cases were exercised
+
+
+def test_fuzz_oracle_flags_a_kernel_that_accepts_what_the_schema_rejects() -> None:
+    fuzz = _fuzz_module()
+    inputs = [np.zeros((1, 1, 3, 3), np.uint8), np.float32(1), np.zeros((1, 1, 1, 1), np.int8),
+              np.ones((1, 1, 1), np.float32), np.zeros(1, np.float32)]  # fmt: skip
+    case = fuzz.Case("IntConv", inputs, [False, True, True, True, True], {"relu": fuzz.Attr(0, "int")})
+    assert fuzz.spec_violation(case) == "w_scale / bias shape"
+    out = [np.zeros((1, 1, 3, 3), np.float32)]
+    assert fuzz.classify(case, out, "", None, "body error")[0] == "disagree"
+    assert fuzz.classify(case, None, "an error", None, "")[0] == "error"
