@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, overload
 
@@ -87,24 +87,27 @@ def _load_checked(path_or_bytes: str | bytes | os.PathLike[str]) -> onnx.ModelPr
     return proto
 
 
-def validate_feed(specs: Sequence[InputSpec], feed: Mapping[str, Any]) -> dict[str, Any]:
+def validate_feed(
+    specs: Sequence[InputSpec], feed: Mapping[str, Any], overridable: Collection[str] = ()
+) -> dict[str, Any]:
     """The feed to run (a new dict), or a one-line QexportError naming the input and what to do when
     ``feed`` does not fit the model's inputs ``specs``.  Nested lists and scalars become arrays of
-    the input's type, as onnxruntime converts them; onnxruntime's OrtValues pass unchecked."""
+    the input's type, as onnxruntime converts them; onnxruntime's OrtValues, and the ``overridable``
+    initializers (graph inputs with a default, which onnxruntime lets a feed replace), pass unchecked."""
     if not isinstance(feed, Mapping):
         raise QexportError(
             f"the input feed is a {type(feed).__name__}: pass a dict of input name -> numpy array, "
             "e.g. run(None, {" + ", ".join(f"'{s.name}': ..." for s in specs) + "})"
         )
     names = [s.name for s in specs]
-    unknown = [k for k in feed if k not in names]
+    unknown = [k for k in feed if k not in names and k not in overridable]
     if unknown:
         raise QexportError(f"the model has no input named {unknown[0]!r}: its inputs are {', '.join(names)}")
     missing = [n for n in names if n not in feed]
     if missing:
         raise QexportError(f"input {missing[0]!r} is missing from the feed: the model takes {', '.join(names)}")
     sizes: dict[str, tuple[str, int]] = {}  # named dynamic dimension -> (first input, its size)
-    prepared: dict[str, Any] = {}
+    prepared: dict[str, Any] = {k: v for k, v in feed.items() if k not in names}  # overridable initializers
     for spec in specs:
         x = prepared[spec.name] = feed[spec.name]
         if isinstance(x, ort.OrtValue):
@@ -143,7 +146,8 @@ def validate_feed(specs: Sequence[InputSpec], feed: Mapping[str, Any]) -> dict[s
 class InferenceSession:
     """``InferenceSession(path_or_bytes, sess_options=None, providers=None, threads=None)``: an
     onnxruntime session (CPU unless ``providers`` says otherwise) with the native qexport kernels
-    registered on its options; ``threads`` sets the intra-op thread count."""
+    registered on its options (``sess_options`` when given: it can serve several sessions);
+    ``threads`` sets the intra-op thread count on them."""
 
     def __init__(
         self,
@@ -151,6 +155,8 @@ class InferenceSession:
         sess_options: ort.SessionOptions | None = None,
         providers: Sequence[str | tuple[str, dict[str, Any]]] | None = None,
         threads: int | None = None,
+        *,
+        provider_options: Sequence[dict[str, Any]] | None = None,
     ) -> None:
         proto = _load_checked(path_or_bytes)
         options = sess_options if sess_options is not None else ort.SessionOptions()
@@ -165,8 +171,11 @@ class InferenceSession:
             if self.native:
                 _REGISTERED.add(options)
         model = bytes(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else str(path_or_bytes)
-        self.session = ort.InferenceSession(model, options, providers=list(providers or ["CPUExecutionProvider"]))
+        self.session = ort.InferenceSession(
+            model, options, providers=list(providers or ["CPUExecutionProvider"]), provider_options=provider_options
+        )
         self.inputs = _specs(self.session)
+        self.overridable = frozenset(i.name for i in self.session.get_overridable_initializers())
         self.output_names = tuple(o.name for o in self.session.get_outputs())
 
     # -- onnxruntime's API ---------------------------------------------------------------------------
@@ -215,7 +224,7 @@ class InferenceSession:
             raise QexportError("run() needs an input feed: run(output_names, {name: array, ...})")
         if isinstance(output_names, (str, np.ndarray)):
             raise QexportError("output_names must be a list of output names or None")
-        feed = validate_feed(self.inputs, input_feed)
+        feed = validate_feed(self.inputs, input_feed, self.overridable)
         if output_names is not None:
             unknown = [n for n in output_names if n not in self.output_names]
             if unknown:

@@ -257,3 +257,26 @@ def test_cli_run_with_named_inputs_and_npz(
     assert len(err) == len(bad) and all(line.startswith("qexport: error: ") for line in err)
     assert "takes 2 inputs (input_ids, attention_mask)" in err[0] and "'attention_mask' is missing" in err[1]
     assert "NAME=FILE.npy" in err[2] and "missing.npy" in err[3] and "FILE.npz" in err[4]
+
+
+def test_any_onnx_model_with_overridable_initializers() -> None:
+    """A plain ONNX model (not qexport's), given as bytes: a graph input with a default (an
+    overridable initializer) may be fed, as onnxruntime allows, and is left out of get_inputs()."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "b"], ["y"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 2]),
+         helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 2])],
+        [numpy_helper.from_array(np.ones(2, np.float32), "b")],
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+    session = qexport.InferenceSession(proto.SerializeToString())
+    assert [i.name for i in session.get_inputs()] == ["x"]
+    x = np.zeros((3, 2), np.float32)
+    np.testing.assert_array_equal(session.run(x), np.ones((3, 2), np.float32))
+    (y,) = session.run(None, {"x": x, "b": np.full(2, 5.0, np.float32)})
+    np.testing.assert_array_equal(y, np.full((3, 2), 5.0, np.float32))
+    with pytest.raises(QexportError, match="no input named 'c': its inputs are x"):
+        session.run(None, {"x": x, "c": x})
