@@ -49,11 +49,15 @@ def _check_plain(value: Any, where: str) -> None:
 
 
 def _arch_of(model: nn.Module, arch: str | Callable[..., nn.Module] | None, kwargs: dict[str, Any] | None) -> dict:
+    if arch is None and getattr(model, "qexport_program", None) is not None:
+        # captured with torch.export: the program itself is the architecture
+        return {"source": "program", "name": type(model).__name__, "kwargs": {}}
     if arch is None:
         stored = getattr(model, "qexport_arch", None)
         if stored is None:
             raise QexportError(
-                "cannot tell which architecture this model is: build it with qexport.zoo.create, or pass "
+                "cannot tell which architecture this model is: quantize it with example_inputs= (captured with "
+                "torch.export, saved self-contained), build it with qexport.zoo.create, or pass "
                 "arch='package.module:function' (and arch_kwargs) to save()"
             )
         return {"source": stored.get("source", "zoo"), "name": stored["name"], "kwargs": dict(stored["kwargs"])}
@@ -74,8 +78,9 @@ def _example_of(model: nn.Module, example_inputs: Any) -> dict[str, Any] | None:
         raise QexportError("example_inputs must be a tensor or a tuple of tensors")
     example: dict[str, Any] = {"shape": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")}
     old = getattr(model, "qexport_example", None) or {}
-    if "high" in old:
-        example["high"] = old["high"]
+    for key in ("high", "inputs"):  # a captured model's record of every input stays
+        if key in old:
+            example[key] = old[key]
     return example
 
 
@@ -108,6 +113,9 @@ def save(
         "meta": dict(meta or {}),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
+    program = getattr(model, "qexport_program", None)
+    if program is not None:  # the float program torch.export captured (its own safe format, as bytes)
+        payload["program"] = torch.frombuffer(bytearray(program), dtype=torch.uint8)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -149,8 +157,18 @@ def read(path: str | os.PathLike[str], *, trust: bool = False) -> dict[str, Any]
     return payload
 
 
-def _build(record: dict[str, Any], arch: Callable[..., nn.Module] | None, trust: bool, path: Path) -> nn.Module:
+def _build(record: dict[str, Any], arch: Callable[..., nn.Module] | None, trust: bool, path: Path,
+           program: torch.Tensor | None = None) -> nn.Module:  # fmt: skip
     kwargs = record.get("kwargs", {})
+    if record.get("source") == "program":
+        from .quant.capture import load_program, to_graph_module
+
+        if not isinstance(program, torch.Tensor) or program.dtype != torch.uint8:
+            raise QexportError(f"{path}: names a captured program but holds none; re-save it with qexport.save")
+        data = program.numpy().tobytes()
+        model = to_graph_module(load_program(data, str(path)), None)
+        model.qexport_program = data
+        return model
     if arch is not None:
         model = arch(**kwargs)
     elif record["source"] == "zoo":
@@ -192,7 +210,7 @@ def build(
     path = Path(path)
     if "module" in payload:
         return payload["module"]
-    model = _build(payload["arch"], arch, trust, path)
+    model = _build(payload["arch"], arch, trust, path, payload.get("program"))
     if payload.get("quant") is not None:
         model = apply_config(model, QuantConfig.from_dict(payload["quant"]))
     try:

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..checkpoint import load
 from ..errors import QexportError
-from .emit import to_onnx
+from .lower import to_onnx
 
 DEFAULT_OPSET = 21
 MIN_OPSET = 21  # int4 types, LayerNormalization, Gelu (20)
@@ -23,7 +23,7 @@ MIN_OPSET = 21  # int4 types, LayerNormalization, Gelu (20)
 def export(
     model: nn.Module | str | os.PathLike[str],
     out_path: str | os.PathLike[str],
-    example_inputs: torch.Tensor | None = None,
+    example_inputs: torch.Tensor | tuple[torch.Tensor, ...] | None = None,
     *,
     input_shape: list[int] | None = None,
     opset: int = DEFAULT_OPSET,
@@ -56,13 +56,19 @@ def export(
         raise QexportError(f"opset {opset} is too old: qexport exports at opset {MIN_OPSET} or newer")
     example = getattr(model, "qexport_example", None) or {}
     dtype = example.get("dtype", "float32")
-    if example_inputs is not None:
-        input_shape, dtype = [1, *example_inputs.shape[1:]], str(example_inputs.dtype).removeprefix("torch.")
-    if input_shape is None:
-        if not example:
-            raise QexportError("the model has no example input description: pass input_shape=[1, C, H, W]")
-        input_shape = list(example["shape"])
-    proto, emitter = to_onnx(model, input_shape, dtype, opset, packed, adds)
+    if example_inputs is None and input_shape is None and "inputs" in example:  # a captured model
+        example_inputs = tuple(
+            torch.zeros([1, *spec["shape"][1:]], dtype=getattr(torch, spec["dtype"])) for spec in example["inputs"])
+    if example_inputs is None:
+        if input_shape is None:
+            if not example:
+                raise QexportError("the model has no example input description: pass input_shape=[1, C, H, W]")
+            input_shape = list(example["shape"])
+        if dtype not in ("float32", "int64"):
+            raise QexportError(f"exporting models with {dtype} inputs is not supported: use float32 or int64")
+        example_inputs = torch.zeros([1, *input_shape[1:]], dtype=getattr(torch, dtype))
+    args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    proto, emitter = to_onnx(model, args, opset, packed, adds)
     meta: dict[str, Any] = {
         "qexport_version": __version__,
         "quantization": json.dumps(getattr(model, "qexport_config", None)),

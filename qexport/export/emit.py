@@ -1,13 +1,10 @@
-"""PyTorch (a quantized fx GraphModule) -> ONNX, written node by node from the traced graph.
-
-Writing the graph directly (rather than through torch.onnx) gives full control of what the
-deployed graph holds: BatchNorm folded into per-channel weight scales, integer weight initializers,
-int32 biases, constant scales, QDQ where the fake-quant model quantizes, nothing else.
-"""
+"""The quantized units of a model in ONNX: what a QuantConv2d (with the BatchNorm it folds and the
+ReLU an IntConv applies), a QuantLinear or a glue quantizer becomes -- QDQ shaped for onnxruntime's
+integer fusions, IntConv / PostConv / PostMatMul / AsqQuantize, integer (packed) weights, int32 or
+float biases, BatchNorm folded.  Everything else is written by torch.onnx (lower.py)."""
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -16,15 +13,13 @@ import onnx
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import QexportError
-from ..ops import DOMAIN, VERSION, functions_for, post_weights
+from ..ops import DOMAIN, post_weights
 from ..quant.asq import AsqAdapter
 from ..quant.base import Quantizer
 from ..quant.fold import DeployedPost, bn_factors, deployed_conv, deployed_post
 from ..quant.layers import QuantConv2d, QuantLinear
-from ..quant.placement import trace
 from .builder import STORAGE, GraphBuilder, QTensor
 from .fold import find_bn_folds
 
@@ -181,6 +176,16 @@ class Emitter:
         ]  # fmt: skip
 
     # -- quantized layers ----------------------------------------------------------------------
+    def emit_unit(self, node: fx.Node) -> str:
+        """Write the quantized unit at ``node`` (a QuantConv2d, QuantLinear or glue quantizer);
+        returns its output's name."""
+        m = self.module(node)
+        if isinstance(m, QuantConv2d):
+            return self.conv(node)
+        if isinstance(m, QuantLinear):
+            return self.linear(node)
+        return self.glue(node)
+
     def conv(self, node: fx.Node) -> str:
         layer = self.module(node)
         path = str(node.target)
@@ -245,7 +250,7 @@ class Emitter:
         ReLU6), as long as each step has one user."""
         users = list(node.users)
         while len(users) == 1 and (
-            users[0] in self.folded_bn or (through_relu and _relu_kind(self.gm, users[0]) is not None)
+            users[0] in self.folded_bn or (through_relu and relu_kind(self.gm, users[0]) is not None)
         ):
             users = list(users[0].users)
         return users
@@ -279,7 +284,7 @@ class Emitter:
     def relu_after(self, node: fx.Node) -> fx.Node | None:
         """The ReLU that alone consumes a conv's output (after its folded BatchNorm), if any."""
         users = self.users_after(node)
-        if len(users) == 1 and _relu_kind(self.gm, users[0]) == "relu":
+        if len(users) == 1 and relu_kind(self.gm, users[0]) == "relu":
             return users[0]
         return None
 
@@ -355,69 +360,8 @@ class Emitter:
         x = self.tensor(self.arg(node.args[0]), f"{node.target}.input")
         return self.activation(q, x, str(node.target)).value
 
-    def batchnorm(self, node: fx.Node) -> str:
-        if node in self.folded_bn:
-            return self.arg(node.args[0])
-        bn = self.module(node)
-        assert isinstance(bn, nn.BatchNorm2d)
-        path = str(node.target)
-        params = [
-            self.b.const(f"{path}.{n}", _np(t).astype(np.float32))
-            for n, t in (("scale", bn.weight), ("bias", bn.bias), ("mean", bn.running_mean), ("var", bn.running_var))
-        ]
-        return self.b.node("BatchNormalization", [self.arg(node.args[0]), *params], path, epsilon=bn.eps)
 
-    def layernorm(self, node: fx.Node) -> str:
-        m = self.module(node)
-        assert isinstance(m, nn.LayerNorm)
-        path = str(node.target)
-        dims = len(m.normalized_shape)
-        scale = _np(m.weight) if m.weight is not None else np.ones(m.normalized_shape, np.float32)
-        inputs = [self.arg(node.args[0]), self.b.const(f"{path}.scale", scale.astype(np.float32))]
-        if m.bias is not None:
-            inputs.append(self.b.const(f"{path}.bias", _np(m.bias).astype(np.float32)))
-        return self.b.node("LayerNormalization", inputs, path, axis=-dims, epsilon=m.eps)
-
-    def embedding(self, node: fx.Node) -> str:
-        m = self.module(node)
-        assert isinstance(m, nn.Embedding)
-        if m.max_norm is not None:
-            raise self.unsupported(node, "Embedding with max_norm")
-        path = str(node.target)
-        table = self.b.const(f"{path}.weight", _np(m.weight).astype(np.float32))
-        return self.b.node("Gather", [table, self.arg(node.args[0])], path, axis=0)
-
-
-# -- standard operators -----------------------------------------------------------------------
-def _unary(op: str, **attrs: object) -> Handler:
-    return lambda e, n: e.b.node(op, [e.arg(n.args[0])], n.name, **attrs)
-
-
-def _identity(e: Emitter, n: fx.Node) -> str:
-    return e.arg(n.args[0])
-
-
-def _binary(op: str) -> Handler:
-    def emit(e: Emitter, n: fx.Node) -> str:
-        a, b = (e.tensor(e.arg(v), f"{n.name}.const") for v in n.args[:2])
-        return e.b.node(op, [a, b], n.name)
-
-    return emit
-
-
-def _add(e: Emitter, n: fx.Node) -> str:
-    """An add of two quantized tensors into a uniform quantizer is the QDQ pattern onnxruntime fuses
-    into QLinearAdd, which requantizes with precomputed scale ratios: a few code pairs per million
-    come out one code off dequantize -> add -> quantize.  Where ASQ adapters read the activations,
-    such a code moves a sample's step and with it many codes downstream (ResNet-20 ASQ W4A4: 0.2% of
-    CIFAR-10 predictions); elsewhere it can flip a prediction at a tie (ResNet-20 NIPQ W4A4: 6 of
-    10,000).  With exact adds the add is a Sum, which onnxruntime leaves as it is."""
-    quantized = all(isinstance(v, fx.Node) and e.uniform_quantizer_input(v) for v in n.args[:2])
-    fusable = quantized and len(n.users) == 1 and e.uniform_quantizer_input(next(iter(n.users)))
-    return _binary("Sum" if fusable and e.exact_adds else "Add")(e, n)
-
-
-def _relu_kind(gm: fx.GraphModule, n: fx.Node) -> str | None:
+def relu_kind(gm: fx.GraphModule, n: fx.Node) -> str | None:
     """'relu' or 'relu6' for the ReLU forms the tracer leaves, else None."""
     if n.op == "call_module":
         m = gm.get_submodule(str(n.target))
@@ -427,87 +371,6 @@ def _relu_kind(gm: fx.GraphModule, n: fx.Node) -> str | None:
     return "relu" if n.op == "call_method" and n.target == "relu" else None
 
 
-def _relu(e: Emitter, n: fx.Node) -> str:
-    if n in e.fused_relu:  # applied by the IntConv before it
-        return e.arg(n.args[0])
-    return e.b.node("Relu", [e.arg(n.args[0])], n.name)
-
-
-def _relu6(e: Emitter, n: fx.Node) -> str:
-    if n.users and all(e.uniform_quantizer_input(u) for u in n.users):
-        # every user quantizes it: a ReLU here, the 6 applied to the codes (builder.qdq's ``upper``)
-        out = e.b.node("Relu", [e.arg(n.args[0])], n.name)
-        e.relu6.add(out)
-        return out
-    lo = e.b.const(f"{n.name}.min", np.asarray(0.0, np.float32))
-    hi = e.b.const(f"{n.name}.max", np.asarray(6.0, np.float32))
-    return e.b.node("Clip", [e.arg(n.args[0]), lo, hi], n.name)
-
-
-def _pool(e: Emitter, n: fx.Node) -> str:
-    m = e.module(n)
-    k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size, m.kernel_size)
-    s = m.stride if isinstance(m.stride, tuple) else (m.stride, m.stride)
-    p = m.padding if isinstance(m.padding, tuple) else (m.padding, m.padding)
-    if getattr(m, "dilation", 1) not in (1, (1, 1)) or getattr(m, "ceil_mode", False):
-        raise e.unsupported(n, f"{type(m).__name__} with dilation or ceil_mode")
-    op = "MaxPool" if isinstance(m, nn.MaxPool2d) else "AveragePool"
-    extra = {} if op == "MaxPool" else {"count_include_pad": int(m.count_include_pad)}
-    return e.b.node(
-        op, [e.arg(n.args[0])], n.name, kernel_shape=list(k), strides=list(s), pads=[p[0], p[1], p[0], p[1]], **extra
-    )
-
-
-def _adaptive_pool(e: Emitter, n: fx.Node) -> str:
-    m = e.module(n)
-    if m.output_size not in (1, (1, 1)):
-        raise e.unsupported(n, f"AdaptiveAvgPool2d({m.output_size})")
-    return e.b.node("GlobalAveragePool", [e.arg(n.args[0])], n.name)
-
-
-def _flatten(e: Emitter, n: fx.Node) -> str:
-    if n.op == "call_module":
-        start, end = e.module(n).start_dim, e.module(n).end_dim
-    else:
-        start = n.kwargs.get("start_dim", n.args[1] if len(n.args) > 1 else 0)
-        end = n.kwargs.get("end_dim", n.args[2] if len(n.args) > 2 else -1)
-    if end != -1 or start < 1:
-        raise e.unsupported(n, f"flatten({start}, {end})")
-    shape = e.ints(f"{n.name}.shape", [0] * start + [-1])
-    return e.b.node("Reshape", [e.arg(n.args[0]), shape], n.name)
-
-
-def _cat(e: Emitter, n: fx.Node) -> str:
-    dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0)
-    return e.b.node("Concat", [e.arg(a) for a in n.args[0]], n.name, axis=dim)
-
-
-def _mean(e: Emitter, n: fx.Node) -> str:
-    dims = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else None)
-    keep = int(n.kwargs.get("keepdim", n.args[2] if len(n.args) > 2 else False))
-    if dims is None:
-        raise e.unsupported(n, "mean over all dimensions")
-    dims = [dims] if isinstance(dims, int) else list(dims)
-    return e.b.node("ReduceMean", [e.arg(n.args[0]), e.ints(f"{n.name}.axes", dims)], n.name, keepdims=keep)
-
-
-def _gelu(e: Emitter, n: fx.Node) -> str:
-    approximate = e.module(n).approximate if n.op == "call_module" else n.kwargs.get("approximate", "none")
-    return e.b.node("Gelu", [e.arg(n.args[0])], n.name, approximate=approximate)
-
-
-def _softmax(e: Emitter, n: fx.Node) -> str:
-    dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else None)
-    if dim is None:
-        raise e.unsupported(n, "softmax without dim")
-    return e.b.node("Softmax", [e.arg(n.args[0])], n.name, axis=dim)
-
-
-def _matmul(e: Emitter, n: fx.Node) -> str:
-    a, b = (e.tensor(e.arg(v), f"{n.name}.const") for v in n.args[:2])
-    return e.b.node("MatMul", [a, b], n.name)
-
-
 def _rank(n: fx.Node) -> int:
     meta = n.meta.get("tensor_meta")
     if meta is None:
@@ -515,206 +378,4 @@ def _rank(n: fx.Node) -> int:
     return len(meta.shape)
 
 
-def _transpose(e: Emitter, n: fx.Node) -> str:
-    src = n.args[0]
-    assert isinstance(src, fx.Node)
-    rank = _rank(src)
-    a, b = (d % rank for d in n.args[1:3])
-    perm = list(range(rank))
-    perm[a], perm[b] = perm[b], perm[a]
-    return e.b.node("Transpose", [e.arg(src)], n.name, perm=perm)
-
-
-def _permute(e: Emitter, n: fx.Node) -> str:
-    dims = n.args[1] if len(n.args) == 2 and isinstance(n.args[1], (list, tuple)) else n.args[1:]
-    return e.b.node("Transpose", [e.arg(n.args[0])], n.name, perm=[int(d) for d in dims])
-
-
-def _reshape(e: Emitter, n: fx.Node) -> str:
-    """view / reshape / unflatten: reshape to the propagated output shape, with the batch dimension
-    copied (``0``) where the op keeps it in front, else inferred (``-1``, e.g. ``view(-1, C)``)."""
-    src = n.args[0]
-    assert isinstance(src, fx.Node)
-    out = list(n.meta["tensor_meta"].shape)
-    first = 0 if out and out[0] == src.meta["tensor_meta"].shape[0] else -1
-    return e.b.node("Reshape", [e.arg(src), e.ints(f"{n.name}.shape", [first, *out[1:]])], n.name)
-
-
-def _static_shape(src: fx.Node) -> list[Any]:
-    """The shape of a graph tensor: BATCH, then the sizes (static in the export)."""
-    return [BATCH, *list(src.meta["tensor_meta"].shape)[1:]]
-
-
-def _getattr(e: Emitter, n: fx.Node) -> Any:
-    src, attr = n.args
-    if attr != "shape" or not isinstance(src, fx.Node):
-        raise e.unsupported(n, f"reading .{attr}")
-    return _static_shape(src)
-
-
-def _getitem(e: Emitter, n: fx.Node) -> Any:
-    value, index = e.arg(n.args[0]), e.arg(n.args[1])
-    if isinstance(value, str):
-        raise e.unsupported(n, "indexing a tensor computed from the input")
-    return value[index]
-
-
-def _size(e: Emitter, n: fx.Node) -> Any:
-    src = n.args[0]
-    if not isinstance(src, fx.Node):
-        raise e.unsupported(n, "size() of a constant")
-    shape = _static_shape(src)
-    return shape if len(n.args) < 2 else shape[n.args[1]]
-
-
-MODULE_HANDLERS: list[tuple[type[nn.Module], Handler]] = [
-    (nn.Conv2d, Emitter.conv),
-    (nn.Linear, Emitter.linear),
-    (Quantizer, Emitter.glue),
-    (nn.BatchNorm2d, Emitter.batchnorm),
-    (nn.ReLU, _relu),
-    (nn.ReLU6, _relu6),
-    (nn.MaxPool2d, _pool),
-    (nn.AvgPool2d, _pool),
-    (nn.AdaptiveAvgPool2d, _adaptive_pool),
-    (nn.Flatten, _flatten),
-    (nn.Dropout, _identity),
-    (nn.Identity, _identity),
-    (nn.Sigmoid, _unary("Sigmoid")),
-    (nn.LayerNorm, Emitter.layernorm),
-    (nn.Embedding, Emitter.embedding),
-    (nn.GELU, _gelu),
-    (nn.Softmax, lambda e, n: e.b.node("Softmax", [e.arg(n.args[0])], n.name, axis=e.module(n).dim)),
-]
-FUNCTION_HANDLERS: dict[Any, Handler] = {
-    operator.add: _add, operator.iadd: _add, torch.add: _add,
-    operator.mul: _binary("Mul"), torch.mul: _binary("Mul"), operator.sub: _binary("Sub"),
-    operator.truediv: _binary("Div"), torch.relu: _relu, F.relu: _relu, F.relu6: _relu6,
-    torch.flatten: _flatten, torch.cat: _cat, torch.concat: _cat, torch.mean: _mean, torch.sigmoid: _unary("Sigmoid"),
-    F.dropout: _identity, torch.matmul: _matmul, operator.matmul: _matmul, torch.softmax: _softmax,
-    F.softmax: _softmax, F.gelu: _gelu, torch.transpose: _transpose, torch.reshape: _reshape, getattr: _getattr,
-    operator.getitem: _getitem, torch.permute: _permute,
-}  # fmt: skip
-METHOD_HANDLERS: dict[str, Handler] = {
-    "flatten": _flatten, "relu": _relu, "mean": _mean, "add": _add, "mul": _binary("Mul"),
-    "contiguous": _identity, "sigmoid": _unary("Sigmoid"), "transpose": _transpose, "permute": _permute,
-    "view": _reshape, "reshape": _reshape, "unflatten": _reshape, "softmax": _softmax, "size": _size,
-    "matmul": _matmul,
-}  # fmt: skip
-
-
-def _leaves(value: Any) -> list[Any]:
-    if isinstance(value, (list, tuple)):
-        return [x for v in value for x in _leaves(v)]
-    if isinstance(value, dict):
-        return _leaves(list(value.values()))
-    if isinstance(value, slice):
-        return _leaves([value.start, value.stop, value.step])
-    return [value]
-
-
-def _fold_constant(e: Emitter, node: fx.Node) -> tuple[bool, Any]:
-    """(True, value) when every input of a function / method node is a constant (a parameter,
-    a number, a static size): evaluated here, nothing emitted."""
-    if node.op not in ("call_function", "call_method"):
-        return False, None
-    args, kwargs = e.arg(node.args), {k: e.arg(v) for k, v in node.kwargs.items()}
-    if any(isinstance(v, (str, _Batch)) for v in _leaves([args, kwargs])):
-        return False, None
-    with torch.no_grad():
-        if node.op == "call_function":
-            return True, node.target(*args, **kwargs)
-        return True, getattr(args[0], str(node.target))(*args[1:], **kwargs)
-
-
-def emit_node(e: Emitter, node: fx.Node) -> Any:
-    folded, value = _fold_constant(e, node)
-    if folded:
-        return value
-    if node.op == "call_module":
-        mod = e.module(node)
-        for cls, handler in MODULE_HANDLERS:
-            if isinstance(mod, cls):
-                return handler(e, node)
-        raise e.unsupported(node, f"module {type(mod).__name__}")
-    if node.op == "call_function":
-        handler = FUNCTION_HANDLERS.get(node.target)
-        if handler is None:
-            raise e.unsupported(node, f"function {getattr(node.target, '__name__', node.target)}")
-        return handler(e, node)
-    if node.op == "call_method":
-        handler = METHOD_HANDLERS.get(str(node.target))
-        if handler is None:
-            raise e.unsupported(node, f"tensor method .{node.target}()")
-        return handler(e, node)
-    raise e.unsupported(node, f"graph node kind {node.op}")
-
-
-def _live_nodes(nodes: list[onnx.NodeProto], keep: set[str]) -> list[onnx.NodeProto]:
-    """``nodes`` without those whose outputs nothing reads (such as the DequantizeLinear of an input
-    quantizer whose layer takes the codes): onnxruntime would still compute them, every run."""
-    live, needed = [], set(keep)
-    for node in reversed(nodes):
-        if any(o and o in needed for o in node.output):
-            live.append(node)
-            needed.update(i for i in node.input if i)
-    return live[::-1]
-
-
-def to_onnx(model: nn.Module, input_shape: list[int], input_dtype: str = "float32", opset: int = 21,
-            packed: bool = True, adds: str = "auto") -> tuple[onnx.ModelProto, Emitter]:  # fmt: skip
-    """The ONNX model of ``model`` (eval mode) with a dynamic batch dimension."""
-    gm = model if isinstance(model, fx.GraphModule) else trace(model)
-    elem = {"float32": onnx.TensorProto.FLOAT, "int64": onnx.TensorProto.INT64}.get(input_dtype)
-    if elem is None:
-        raise QexportError(f"exporting models with {input_dtype} inputs is not supported: use float32 or int64")
-    # sizes of every tensor (batch 2, so that a kept batch dimension is told apart from a size-1 one)
-    example = torch.zeros([2, *input_shape[1:]], dtype=getattr(torch, input_dtype))
-    try:
-        with torch.no_grad():
-            ShapeProp(gm).propagate(example)
-    except Exception as exc:  # ShapeProp wraps the model's own error
-        cause = exc.__cause__ or exc
-        if isinstance(cause, QexportError):
-            raise cause from None
-        raise QexportError(
-            f"the model fails on an input of shape {list(example.shape)} ({type(cause).__name__}: {cause}); "
-            "pass the input_shape it takes"
-        ) from None
-    e = Emitter(gm, packed=packed, opset=opset, adds=adds)
-    inputs, outputs = [], []
-    for node in gm.graph.nodes:
-        if node.op == "placeholder":
-            if inputs:
-                raise e.unsupported(node, "a second model input")
-            e.env[node] = "input"
-            inputs.append(onnx.helper.make_tensor_value_info("input", elem, ["batch", *input_shape[1:]]))
-        elif node.op == "output":
-            result = node.args[0]
-            if not isinstance(result, fx.Node) or not isinstance(e.env[result], str):
-                raise e.unsupported(node, "a model output that is not one tensor computed from the input")
-            out = e.b.node("Identity", [e.env[result]], "output")
-            out_shape = list(result.meta["tensor_meta"].shape)
-            outputs.append(onnx.helper.make_tensor_value_info(out, onnx.TensorProto.FLOAT, ["batch", *out_shape[1:]]))
-        elif node.op == "get_attr":
-            e.env[node] = getattr(gm, str(node.target)) if "." not in str(node.target) else gm.get_parameter(
-                str(node.target))  # fmt: skip
-        else:
-            e.env[node] = emit_node(e, node)
-    keep = {o.name for o in outputs} | set(e.b.codes.values()) | set(e.b.steps.values())
-    nodes = _live_nodes(e.b.nodes, keep)
-    used_inputs = {i for n in nodes for i in n.input}
-    initializers = [t for t in e.b.initializers if t.name in used_inputs]
-    graph = onnx.helper.make_graph(nodes, gm.__class__.__name__, inputs, outputs, initializers)
-    used = {n.op_type for n in nodes if n.domain == DOMAIN}
-    model_proto = onnx.helper.make_model(
-        graph,
-        opset_imports=[onnx.helper.make_opsetid("", opset), onnx.helper.make_opsetid(DOMAIN, VERSION)],
-        producer_name="qexport",
-        functions=functions_for(used, opset),
-    )
-    model_proto.ir_version = min(model_proto.ir_version, 11 if opset >= 25 else 10)
-    return model_proto, e
-
-
-__all__ = ["Emitter", "to_onnx"]
+__all__ = ["Emitter", "relu_kind"]

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
+from torch.utils import _pytree as pytree
 
 from ..errors import QexportError
 from .base import Quantizer
@@ -70,6 +71,18 @@ _PASS_FUNCS: set[Any] = {
     torch.split,
     F.interpolate,
 }
+aten = torch.ops.aten
+# the same rules for the ATen ops of a torch.export capture (capture.py)
+_NONNEG_FUNCS |= {aten.relu.default, aten.relu_.default, aten.relu6.default, aten.sigmoid.default,
+                  aten.softmax.int, aten._softmax.default, aten.hardsigmoid.default}  # fmt: skip
+_PASS_FUNCS |= {
+    aten.max_pool2d.default, aten.avg_pool2d.default, aten.adaptive_avg_pool2d.default, aten.mean.dim,
+    aten.view.default, aten.reshape.default, aten.flatten.using_ints, aten.permute.default, aten.transpose.int,
+    aten.squeeze.dim, aten.squeeze.dims, aten.unsqueeze.default, aten.clone.default, aten.expand.default,
+    aten.slice.Tensor, aten.select.int, aten.split.Tensor, aten.chunk.default, aten.upsample_nearest2d.vec,
+    aten.upsample_bilinear2d.vec, aten.contiguous.default, aten._to_copy.default, aten.to.dtype,
+    aten.max_pool2d_with_indices.default, aten.unflatten.int, aten.t.default,
+}  # fmt: skip
 _NONNEG_METHODS = {"relu", "relu_", "sigmoid", "softmax"}
 _PASS_METHODS = {
     "view",
@@ -91,9 +104,9 @@ _PASS_METHODS = {
     "clone",
     "detach",
 }
-_ADD_FUNCS: set[Any] = {operator.add, operator.iadd, torch.add}
-_CAT_FUNCS: set[Any] = {torch.cat, torch.concat}
-_MATMUL_FUNCS: set[Any] = {operator.matmul, torch.matmul, torch.bmm}
+_ADD_FUNCS: set[Any] = {operator.add, operator.iadd, torch.add, aten.add.Tensor, aten.add_.Tensor}
+_CAT_FUNCS: set[Any] = {torch.cat, torch.concat, aten.cat.default}
+_MATMUL_FUNCS: set[Any] = {operator.matmul, torch.matmul, torch.bmm, aten.matmul.default, aten.bmm.default}
 _SHAPE_METHODS = {"size", "dim", "numel"}
 _SHAPE_ATTRS = {"shape", "ndim", "dtype", "device"}
 
@@ -107,6 +120,10 @@ class _Tracer(fx.Tracer):
 
 def _is_shape_value(node: fx.Node, shape_nodes: set[fx.Node]) -> bool:
     """True for values computed from tensor shapes (ints), not tensors."""
+    val = node.meta.get("val")  # a torch.export capture says what each value is
+    if val is not None or (node.op == "placeholder" and "val" in node.meta):
+        return not isinstance(val, torch.Tensor) and not (
+            isinstance(val, (tuple, list)) and any(isinstance(v, torch.Tensor) for v in val))
     if node.op == "call_method" and node.target in _SHAPE_METHODS:
         return True
     if node.op == "call_function" and node.target is getattr and node.args[1] in _SHAPE_ATTRS:
@@ -117,7 +134,7 @@ def _is_shape_value(node: fx.Node, shape_nodes: set[fx.Node]) -> bool:
 
 _OP_RULES: dict[str, tuple[set[Any], set[Any], set[Any]]] = {
     # op: (always non-negative, non-negative when the first input is, when all inputs are)
-    "call_function": (_NONNEG_FUNCS, _PASS_FUNCS, _ADD_FUNCS | _CAT_FUNCS | {operator.mul, torch.mul}),
+    "call_function": (_NONNEG_FUNCS, _PASS_FUNCS, _ADD_FUNCS | _CAT_FUNCS | {operator.mul, torch.mul, aten.mul.Tensor}),
     "call_method": (_NONNEG_METHODS, _PASS_METHODS, {"add", "add_", "mul"}),
 }
 
@@ -299,7 +316,8 @@ def apply_config(model: nn.Module, cfg: QuantConfig) -> nn.Module:
     source = model
     model = copy.deepcopy(model)
     try:
-        gm = trace(model)
+        # a torch.export capture (capture.py) is already a graph; other models are traced with fx
+        gm = model if getattr(source, "qexport_program", None) is not None else trace(model)
     except QexportError as exc:
         if cfg.placement != "paper":
             raise
@@ -349,7 +367,7 @@ def _finish(model: nn.Module, source: nn.Module, cfg: QuantConfig) -> None:
         if isinstance(m, Quantizer):
             m.path = name
     model.qexport_config = cfg.to_dict()
-    for attr in ("qexport_arch", "qexport_example"):
+    for attr in ("qexport_arch", "qexport_example", "qexport_program"):
         if hasattr(source, attr):
             setattr(model, attr, copy.deepcopy(getattr(source, attr)))
     model.train(source.training)
@@ -371,8 +389,16 @@ def quantize(
     max_bits: int = 8,
     overrides: dict[str, dict[str, Any] | None] | None = None,
     weight_range: str = "full",
+    example_inputs: Any = None,
+    example_kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Return a quantized copy of ``model`` (the original is left untouched).
+
+    example_inputs / example_kwargs: inputs the model takes (a tensor or a tuple of positional
+        inputs; keyword inputs such as ``attention_mask``).  With them the model is captured with
+        torch.export (any model it captures: Hugging Face, timm, a user's script) and the result is
+        a GraphModule that trains like the model, saves self-contained and exports; without them
+        the model is traced with torch.fx (models written for it, such as the zoo's).
 
     weight: ``lsq`` | ``nipq`` | ``post`` | ``pot`` | None (float weights).
     act: ``lsq`` | ``nipq`` | ``asq`` | None (float inputs).
@@ -406,7 +432,33 @@ def quantize(
         overrides=dict(overrides or {}),
         weight_range=weight_range,  # type: ignore[arg-type]
     )
-    return apply_config(model, cfg)
+    if example_inputs is None and example_kwargs is None:
+        return apply_config(model, cfg)
+    from .capture import capture
+
+    args = example_inputs if isinstance(example_inputs, tuple) else (
+        () if example_inputs is None else (example_inputs,))  # fmt: skip
+    gm, program = capture(copy.deepcopy(model), args, dict(example_kwargs or {}))
+    gm.qexport_program = program
+    gm.qexport_example = example_record(gm)
+    values = pytree.tree_leaves((args, example_kwargs or {}))
+    for spec, value in zip(gm.qexport_example["inputs"], values, strict=False):
+        if isinstance(value, torch.Tensor) and not value.is_floating_point() and value.numel():
+            spec["high"] = int(value.max()) + 1  # random check inputs stay in the range seen (token ids)
+    gm.train(model.training)
+    return apply_config(gm, cfg)
+
+
+def example_record(gm: fx.GraphModule) -> dict[str, Any]:
+    """The captured graph's inputs (name, shape at capture, dtype), in order: what export feeds."""
+    inputs = []
+    for node in gm.graph.nodes:
+        val = node.meta.get("val")
+        if node.op == "placeholder" and isinstance(val, torch.Tensor):
+            shape = [int(d) if isinstance(d, int) else int(d.node.hint or 2) for d in val.shape]
+            inputs.append({"name": str(node.target), "shape": shape, "dtype": str(val.dtype).removeprefix("torch.")})
+    first = inputs[0] if inputs else {"shape": [], "dtype": "float32"}
+    return {"shape": first["shape"], "dtype": first["dtype"], "inputs": inputs}
 
 
 def quantizers(model: nn.Module) -> list[Quantizer]:

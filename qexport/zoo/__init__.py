@@ -74,4 +74,25 @@ def example_input(model: nn.Module, batch: int = 1, *, size: int | None = None, 
     return torch.randn(shape, generator=gen)
 
 
-__all__ = ["MODELS", "create", "example_input", "mobilenetv2", "names", "resnet18", "resnet20", "transformer"]
+def example_inputs(model: nn.Module, batch: int = 1, *, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Random inputs for every input of ``model`` (a captured model records each: name, shape,
+    dtype, and for integer inputs the range seen at capture), in forward()'s order."""
+    example = getattr(model, "qexport_example", None)
+    if example is None or "inputs" not in example:
+        return (example_input(model, batch, seed=seed),)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for spec in example["inputs"]:
+        shape = [batch, *spec["shape"][1:]]
+        dtype = getattr(torch, spec["dtype"])
+        if dtype.is_floating_point:
+            out.append(torch.randn(shape, generator=gen).to(dtype))
+        else:
+            out.append(torch.randint(0, int(spec.get("high", 2)), shape, generator=gen).to(dtype))
+    return tuple(out)
+
+
+__all__ = [
+    "MODELS", "create", "example_input", "example_inputs", "mobilenetv2", "names", "resnet18", "resnet20",
+    "transformer",
+]  # fmt: skip

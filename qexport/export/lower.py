@@ -1,0 +1,357 @@
+"""Lowering through torch.onnx: every op of the model is written by PyTorch's own ONNX exporter
+(``torch.onnx.export(dynamo=True)``); qexport writes only the quantized units.
+
+1. On the quantized fx graph, each quantized unit -- a QuantConv2d with the BatchNorm it folds and
+   the ReLU an IntConv applies, a QuantLinear, a glue quantizer -- is replaced by a placeholder
+   custom op ``qexport_lower::unit(x, uid)`` (fake kernel: the unit's output shape, batch dynamic).
+   A ReLU6 whose every user is a uniform quantizer becomes a ReLU: the 6 is applied on the codes.
+2. torch.onnx exports that graph; the placeholder becomes a node ``qexport.lower.Unit`` through a
+   custom translation.
+3. Each ``Unit`` node is replaced by what the Emitter writes for its unit (QDQ, QLinear-fusable
+   patterns, IntConv / PostConv / AsqQuantize ...), and small ONNX passes finish the graph
+   (exact adds as ``Sum``, dead nodes dropped, the qexport function bodies attached).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+import onnxscript
+import torch
+import torch.nn.functional as F
+from onnx import defs
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from ..errors import QexportError
+from ..ops import DOMAIN, VERSION, functions_for
+from ..quant.base import Quantizer
+from ..quant.layers import QuantConv2d, QuantLinear
+from .emit import Emitter, relu_kind
+
+LOWER_DOMAIN = "qexport.lower"  # the placeholders' domain: never left in a written file
+EXAMPLE_BATCH = 3  # batch of the capture example: not 1 (torch.export specializes sizes 0 and 1)
+
+
+@dataclass
+class _Unit:
+    node: fx.Node  # the quantized layer or glue quantizer in the quantized graph
+    last: fx.Node  # the node whose value the unit's output stands for (the folded BN, the fused ReLU)
+    shape: list[int]  # output shape at the example batch
+    batched: bool  # whether dimension 0 is the (dynamic) batch
+
+
+@dataclass
+class _Plan:
+    units: list[_Unit] = field(default_factory=list)
+    absorbed: set[fx.Node] = field(default_factory=set)  # folded BNs and fused ReLUs
+    relu6_codes: set[fx.Node] = field(default_factory=set)  # ReLU6s written as ReLU, the 6 on the codes
+
+
+_ACTIVE: list[_Unit] = []  # the units of the lowering in progress (read by the fake kernel)
+
+
+@torch.library.custom_op("qexport_lower::unit", mutates_args=())
+def _unit(x: torch.Tensor, uid: int) -> torch.Tensor:
+    raise QexportError("qexport_lower::unit is a lowering placeholder: it only exists while exporting")
+
+
+@_unit.register_fake
+def _unit_fake(x: torch.Tensor, uid: int) -> torch.Tensor:
+    unit = _ACTIVE[uid]
+    shape = [x.shape[0], *unit.shape[1:]] if unit.batched else unit.shape
+    return x.new_empty(shape, dtype=torch.float32)
+
+
+def _register_schema() -> None:
+    if defs.has(  # a second import (tests reload modules) must not register twice
+        "Unit", LOWER_DOMAIN
+    ):
+        return
+    param = defs.OpSchema.FormalParameter
+    defs.register_schema(defs.OpSchema(
+        "Unit", LOWER_DOMAIN, 1,
+        inputs=[param("x", "T")], outputs=[param("y", "tensor(float)")],
+        type_constraints=[("T", ["tensor(float)", "tensor(int64)", "tensor(int32)"], "")],
+        attributes=[defs.OpSchema.Attribute("uid", defs.OpSchema.AttrType.INT, "unit index")],
+    ))  # fmt: skip
+
+
+_register_schema()
+_LOWER_OPSET = onnxscript.values.Opset(LOWER_DOMAIN, 1)
+
+
+def _unit_onnx(x: Any, uid: int) -> Any:
+    return _LOWER_OPSET.Unit(x, uid=uid)
+
+
+# -- 1. the plan: which nodes are units, what each absorbs -----------------------------------------
+def _is_unit(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op != "call_module":
+        return False
+    m = gm.get_submodule(str(node.target))
+    return isinstance(m, (QuantConv2d, QuantLinear, Quantizer))
+
+
+def _fuses_relu(e: Emitter, node: fx.Node) -> bool:
+    """Whether the Emitter writes conv ``node`` as an IntConv that applies the ReLU after it."""
+    layer = e.module(node)
+    if not isinstance(layer, QuantConv2d) or layer.act_quant is None:
+        return False
+    form, post = e.weight_form(layer)
+    int_conv = form is not None and (not layer.is_integer() or not e.output_quantized(node))
+    return not post and int_conv and e.relu_after(node) is not None
+
+
+def _plan(gm: fx.GraphModule, e: Emitter, batch: int) -> _Plan:
+    plan = _Plan()
+    for node in gm.graph.nodes:
+        if relu_kind(gm, node) == "relu6" and node.users and all(e.uniform_quantizer_input(u) for u in node.users):
+            plan.relu6_codes.add(node)
+        if not _is_unit(gm, node):
+            continue
+        last = node
+        if node in e.folds:
+            last = e.folds[node][0]
+            plan.absorbed.add(last)
+        if _fuses_relu(e, node):
+            relu = e.relu_after(node)
+            assert relu is not None
+            plan.absorbed.add(relu)
+            last = relu
+        meta = last.meta.get("tensor_meta")
+        if meta is None:
+            raise QexportError(f"no shape is known for '{node.target}': the example input never reached it")
+        source = node.args[0]
+        in_meta = source.meta.get("tensor_meta") if isinstance(source, fx.Node) else None
+        batched = in_meta is not None and len(in_meta.shape) > 0 and in_meta.shape[0] == batch
+        batched = batched and len(meta.shape) > 0 and meta.shape[0] == batch
+        plan.units.append(_Unit(node, last, list(meta.shape), batched))
+    return plan
+
+
+def _lowering_graph(gm: fx.GraphModule, plan: _Plan) -> fx.GraphModule:
+    """A copy of ``gm`` with each unit a placeholder call and the absorbed nodes gone."""
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    output = graph.graph_copy(gm.graph, env)
+    if output is not None:
+        graph.output(output)
+    for uid, unit in enumerate(plan.units):
+        new = env[unit.node]
+        source = unit.node.args[0]
+        with graph.inserting_before(new):
+            placeholder = graph.call_function(torch.ops.qexport_lower.unit.default, (env[source], uid))
+        env[unit.last].replace_all_uses_with(placeholder)
+        chain = [unit.last]  # the unit's nodes, last first: each was the only user of the one before
+        while chain[-1] is not unit.node:
+            chain.append(chain[-1].args[0])
+        for old in chain:
+            graph.erase_node(env[old])
+        env[unit.last] = placeholder  # later units read the unit's value through env
+    for node in plan.relu6_codes:
+        new = env[node]
+        with graph.inserting_before(new):
+            relu = graph.call_function(F.relu, (new.args[0],))
+        new.replace_all_uses_with(relu)
+        graph.erase_node(new)
+    lowered = fx.GraphModule(gm, graph, class_name=type(gm).__name__)
+    lowered.graph.eliminate_dead_code()
+    lowered.recompile()
+    return lowered
+
+
+@contextlib.contextmanager
+def _active(units: list[_Unit]) -> Iterator[None]:
+    _ACTIVE[:] = units
+    try:
+        yield
+    finally:
+        _ACTIVE.clear()
+
+
+# -- 2. torch.onnx ---------------------------------------------------------------------------------
+def _torch_onnx(lowered: fx.GraphModule, args: tuple[torch.Tensor, ...], names: list[str], opset: int,
+                dynamic: bool) -> onnx.ModelProto:  # fmt: skip
+    shapes = tuple({0: torch.export.Dim("batch")} if dynamic and a.dim() > 0 else {} for a in args)
+    try:
+        program = torch.onnx.export(
+            lowered, args, dynamo=True, opset_version=opset, input_names=names, optimize=True, verbose=False,
+            custom_translation_table={torch.ops.qexport_lower.unit.default: _unit_onnx},
+            dynamic_shapes=shapes if dynamic else None, report=False,
+        )  # fmt: skip
+    except Exception as exc:  # torch.export / torch.onnx raise many kinds
+        raise QexportError(f"torch.onnx could not export the model: {_first_line(exc)}") from None
+    assert program is not None
+    return program.model_proto
+
+
+def _first_line(exc: BaseException) -> str:
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line and not line.startswith(("Failed to", "-", "#", "Create an error")):
+            return f"{type(exc).__name__}: {line[:300]}"
+    return type(exc).__name__
+
+
+# -- 3. the units written in, and the finishing passes --------------------------------------------
+def _splice(proto: onnx.ModelProto, e: Emitter, plan: _Plan) -> None:
+    graph = proto.graph
+    e.b._used.update(
+        {n for node in graph.node for n in (*node.input, *node.output)}
+        | {t.name for t in graph.initializer} | {v.name for v in (*graph.input, *graph.output)}
+    )  # fmt: skip
+    constants = {t.name: t for t in graph.initializer}
+    rename: dict[str, str] = {}
+    nodes: list[onnx.NodeProto] = []
+    for node in graph.node:
+        node.input[:] = [rename.get(i, i) for i in node.input]
+        if node.domain != LOWER_DOMAIN:
+            nodes.append(node)
+            continue
+        unit = plan.units[next(a.i for a in node.attribute if a.name == "uid")]
+        source = unit.node.args[0]
+        name = node.input[0]
+        if name in constants:  # a quantizer of a constant (a positional embedding table)
+            e.env[source] = onnx.numpy_helper.to_array(constants[name])
+        else:
+            e.env[source] = name
+            if source in plan.relu6_codes:
+                e.relu6.add(name)
+        start = len(e.b.nodes)
+        out = e.emit_unit(unit.node)
+        nodes.extend(e.b.nodes[start:])
+        rename[node.output[0]] = out
+    for value in graph.output:
+        if value.name in rename:
+            # a unit's value is a graph output: give it the output's name through an Identity
+            nodes.append(onnx.helper.make_node("Identity", [rename[value.name]], [value.name]))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.initializer.extend(e.b.initializers)
+    del graph.value_info[:]  # the placeholders' shapes are gone; onnxruntime infers the rest
+
+
+def _exact_adds(graph: onnx.GraphProto) -> None:
+    """Add of two dequantized tensors read only by a QuantizeLinear -> Sum (see emit's ``_add``)."""
+    producers = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    for n in graph.node:
+        if n.op_type != "Add" or n.domain or len(n.input) != 2:
+            continue
+        dq = all(i in producers and producers[i].op_type == "DequantizeLinear" for i in n.input)
+        users = readers.get(n.output[0], [])
+        if dq and len(users) == 1 and users[0].op_type == "QuantizeLinear":
+            n.op_type = "Sum"
+
+
+def _transpose_codes(graph: onnx.GraphProto) -> None:
+    """DequantizeLinear (per-tensor) -> Transpose becomes Transpose of the codes -> DequantizeLinear:
+    the same numbers (dequantizing is elementwise), a quarter of the bytes moved, and no Transpose
+    between a DequantizeLinear and the next QuantizeLinear for onnxruntime's transpose optimizer to
+    push through them (it wrote a QuantizeLinear with a mismatched output_dtype on ConvNeXt)."""
+    producers = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    scalars = {t.name for t in graph.initializer if not t.dims}
+    for n in graph.node:
+        dq = producers.get(n.input[0]) if n.op_type == "Transpose" and not n.domain else None
+        if dq is None or dq.op_type != "DequantizeLinear" or readers.get(dq.output[0]) != 1:
+            continue
+        if not all(i in scalars for i in dq.input[1:]):
+            continue
+        codes, value, out = dq.input[0], dq.output[0], n.output[0]
+        perm = [a for a in n.attribute if a.name == "perm"]
+        moved = onnx.helper.make_node("Transpose", [codes], [f"{value}.t"], name=f"{n.name}.codes")
+        moved.attribute.extend(perm)
+        dequant = onnx.helper.make_node("DequantizeLinear", [f"{value}.t", *dq.input[1:]], [out], name=dq.name)
+        dequant.attribute.extend(dq.attribute)
+        dq.CopyFrom(moved)  # the codes are transposed where they were dequantized ...
+        n.CopyFrom(dequant)  # ... and dequantized where they were transposed
+
+
+def _live(graph: onnx.GraphProto, keep: set[str]) -> None:
+    live, needed = [], set(keep)
+    for node in reversed(graph.node):
+        if any(o and o in needed for o in node.output):
+            live.append(node)
+            needed.update(i for i in node.input if i)
+    del graph.node[:]
+    graph.node.extend(live[::-1])
+    used = {i for n in graph.node for i in n.input} | keep
+    kept = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+
+
+def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
+    if old == new:
+        return
+    for node in graph.node:
+        node.input[:] = [new if i == old else i for i in node.input]
+        node.output[:] = [new if o == old else o for o in node.output]
+    for value in (*graph.input, *graph.output):
+        if value.name == old:
+            value.name = new
+
+
+def to_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], opset: int = 21, packed: bool = True,
+            adds: str = "auto", dynamic: bool = True) -> tuple[onnx.ModelProto, Emitter]:  # fmt: skip
+    """The ONNX model of quantized ``model`` (an fx GraphModule, eval mode) on inputs like ``args``
+    (dimension 0 of every input is the dynamic batch)."""
+    from ..quant.placement import trace
+
+    gm = model if isinstance(model, fx.GraphModule) else trace(model)
+    gm.eval()
+    batch = EXAMPLE_BATCH
+    args = tuple(a[:1].expand(batch, *a.shape[1:]).contiguous() if a.dim() else a for a in args)
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*args)
+    except Exception as exc:  # ShapeProp wraps the model's own error
+        cause = exc.__cause__ or exc
+        if isinstance(cause, QexportError):
+            raise cause from None
+        shapes = [list(a.shape) for a in args]
+        raise QexportError(
+            f"the model fails on inputs of shape {shapes} ({type(cause).__name__}: {cause}); pass inputs it takes"
+        ) from None
+    e = Emitter(gm, packed=packed, opset=opset, adds=adds)
+    plan = _plan(gm, e, batch)
+    lowered = _lowering_graph(gm, plan)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    names = ["input"] if len(placeholders) == 1 else [str(p.target) for p in placeholders]
+    with _active(plan.units), torch.no_grad():
+        proto = _torch_onnx(copy.copy(lowered), args, names, opset, dynamic)
+    _splice(proto, e, plan)
+    graph = proto.graph
+    if len(graph.output) == 1:
+        _rename_value(graph, graph.output[0].name, "output")
+    if e.exact_adds:
+        _exact_adds(graph)
+    _transpose_codes(graph)
+    _live(graph, {o.name for o in graph.output} | set(e.b.codes.values()) | set(e.b.steps.values()))
+    used = {n.op_type for n in graph.node if n.domain == DOMAIN}
+    opsets = {o.domain: o.version for o in proto.opset_import if o.domain != LOWER_DOMAIN}
+    opsets[DOMAIN] = VERSION
+    del proto.opset_import[:]
+    proto.opset_import.extend(onnx.helper.make_opsetid(d, v) for d, v in opsets.items())
+    del proto.functions[:]
+    proto.functions.extend(functions_for(used, opset))
+    proto.producer_name = "qexport"
+    proto.ir_version = min(proto.ir_version, 11 if opset >= 25 else 10)
+    graph.name = type(gm).__name__
+    return proto, e
+
+
+__all__ = ["to_onnx"]
