@@ -464,17 +464,20 @@ def _graph_inputs(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return [i for i in proto.graph.input if i.name not in constants]
 
 
-def _default_inputs(model: nn.Module, proto: onnx.ModelProto, samples: int) -> torch.Tensor:
-    """``samples`` random inputs of a one-input model's example shape."""
-    from .zoo import example_input
+def _default_inputs(model: nn.Module, proto: onnx.ModelProto, samples: int) -> tuple[torch.Tensor, ...]:
+    """``samples`` random inputs for every input, as the model's example records them (zoo models:
+    images ~ N(0, 1) or token ids; captured models: each input's shape, dtype and integer range)."""
+    from .zoo import example_inputs
 
     names = [s.name for s in _graph_inputs(proto)]
-    if len(names) != 1:
-        raise QexportError(
-            f"the model takes {len(names)} inputs ({', '.join(names)}): pass check inputs as a tuple in "
-            "forward()'s order or a dict by name"
-        )
-    return torch.cat([example_input(model, 1, seed=i) for i in range(samples)])
+    takes = f"the model takes {len(names)} input{'s' if len(names) > 1 else ''} ({', '.join(names)})"
+    what = "pass check inputs (a tensor, a tuple in forward()'s order or a dict by name)"
+    if getattr(model, "qexport_example", None) is None:
+        raise QexportError(f"{takes} and records no example of them: {what}")
+    per_sample = [example_inputs(model, 1, seed=i) for i in range(samples)]
+    if len(per_sample[0]) != len(names):
+        raise QexportError(f"{takes} but its example describes {len(per_sample[0])}: {what}")
+    return tuple(torch.cat(column) for column in zip(*per_sample, strict=True))
 
 
 def _check_inputs(
@@ -546,8 +549,9 @@ def check(
 
     ``inputs``: a tensor (a one-input model), a tuple of tensors (the inputs in ``forward()``'s
     order) or a dict of ONNX input name -> tensor, each with the samples in dimension 0; default:
-    ``samples`` random inputs of a one-input model's example shape.  Every graph output is compared
-    with the model's output at the same place in its flattened outputs (see the module docstring)."""
+    ``samples`` random inputs as the model's example describes them (``qexport.zoo.example_inputs``).
+    Every graph output is compared with the model's output at the same place in its flattened
+    outputs (see the module docstring)."""
     if not os.path.isfile(onnx_path):
         raise QexportError(f"{onnx_path}: no such ONNX file")
     try:

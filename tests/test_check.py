@@ -314,3 +314,26 @@ def test_cli_check_on_given_inputs(
     assert main(["check", str(pt), str(path), "--input", str(tmp_path / "wrong.npz"), "--quiet"]) == 2
     data = tmp_path / "c.tar.gz"
     assert main(["check", str(pt), str(path), "--input", str(tmp_path / "x.npy"), "--data", str(data)]) == 2
+
+
+def test_captured_multi_input_checkpoint_checks_from_the_cli(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 2-input model captured with torch.export and saved self-contained: `qexport check` on named
+    .npy inputs, and check() on random inputs drawn as its example records them (ids below the
+    vocabulary, masks of 0/1)."""
+    torch.manual_seed(0)
+    ids, mask = token_inputs(16, seed=2)
+    q = qexport.quantize(test_runtime.TokenClassifier(), bits=8, example_inputs=(ids[:2], mask[:2]))
+    qexport.calibrate(q, [(ids, mask)])
+    pt = qexport.save(q, tmp_path / "tokens.pt")
+    path = export(q, tmp_path / "tokens.onnx", (ids[:1], mask[:1]))
+    default = check(pt, path, samples=12, reference_samples=2)
+    assert default.passed and default.samples == 12
+    np.save(tmp_path / "ids.npy", ids[:4].numpy())
+    np.save(tmp_path / "mask.npy", mask[:4].numpy())
+    named = ["--input", f"input_ids={tmp_path / 'ids.npy'}", "--input", f"attention_mask={tmp_path / 'mask.npy'}"]
+    assert main(["check", str(pt), str(path), *named, "--quiet"]) == 0
+    assert "parity: PASS on 4 samples" in capsys.readouterr().out
+    assert main(["check", str(pt), str(path), "--input", str(tmp_path / "ids.npy"), "--quiet"]) == 2
+    assert "takes 2 inputs (input_ids, attention_mask)" in capsys.readouterr().err
