@@ -10,7 +10,8 @@ exported graph (--zoo, --exported: the node's attributes, initializers and the a
 run, ASQ inputs rounded to multiples of 1/8), and then, usually, mutated:
 ranks and shapes, channels and groups, empty and huge-but-empty tensors, zero / negative / huge
 attribute values, wrong attribute types, out-of-range bits and codes, wrong dtypes, NaN / inf / zero /
-negative scales, missing and extra inputs, constant and per-run weights; some valid cases are also run
+negative scales, missing and extra inputs, truncated initializers, constant and per-run weights; some
+valid cases are also run
 from several threads at once.  Each case runs twice at ORT_DISABLE_ALL: with the native library
 registered and with the function bodies only.
 
@@ -24,8 +25,10 @@ The oracle is the op's schema (qexport/ops/*.py), restated in ``spec_violation``
   - an AsqQuantize node whose step or adapter inputs are not float32 finds no native kernel (the
     kernel's declared types, register.cc): onnxruntime runs its function body, which must then give
     what it gives without the library (outcome "body").
-Outcomes per case: ran, error (clean, as the oracle wants), limit, body, crash (the worker process died:
-segfault, abort, sanitizer report), hang (no answer within --timeout), disagree.
+Outcomes per case: ran, error (clean, as the oracle wants), limit, body, skipped (a valid conv whose output
+has 2^24 to 2^31 elements: work, not a test; beyond, the kernel must refuse it as a limit and the body is
+not run), crash (the worker process died: segfault, abort, sanitizer
+report), hang (no answer within --timeout), disagree.
 
 Cases run in a worker subprocess that announces each case before running it; a parent restarts it
 when it dies or hangs.  A case is a pure function of (seed, index): failing cases are saved under
@@ -76,7 +79,7 @@ OUTPUTS = {
     "StepQuantize": ["y", "codes"], "AsqAdapter": ["beta"],
 }  # fmt: skip
 LIMIT = "a native kernel limit"
-OUTCOMES = ("ran", "error", "limit", "body", "crash", "hang", "disagree")
+OUTCOMES = ("ran", "error", "limit", "body", "skipped", "crash", "hang", "disagree")
 HUGE = [2**31, 2**40, 2**62, 2**63 - 1]
 DTYPES = [np.float32, np.float64, np.float16, np.int8, np.uint8, np.int32, np.int64, ml_dtypes.uint4, ml_dtypes.int4]
 UINT4, INT4 = np.dtype(ml_dtypes.uint4), np.dtype(ml_dtypes.int4)
@@ -96,6 +99,7 @@ class Case:
     attrs: dict[str, Attr]
     mutations: list[str] = field(default_factory=list)
     concurrent: bool = False  # also run the native session from several threads at once
+    truncated: list[int] = field(default_factory=list)  # initializers whose data is cut short
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -241,8 +245,13 @@ def m_attr_type(case: Case, rng: np.random.Generator) -> None:
     name = _pick(rng, sorted(case.attrs))
     a = case.attrs[name]
     kind = _pick(rng, [k for k in ("int", "ints", "float", "floats", "string") if k != a.kind])
-    scalar = a.value if a.kind == "int" else (a.value[0] if a.value else 1)
-    values = a.value if a.kind == "ints" else [scalar]
+    if a.kind in ("int", "float"):
+        scalar = int(a.value)
+    elif a.kind in ("ints", "floats"):
+        scalar = int(a.value[0]) if a.value else 1
+    else:
+        scalar = int(a.value) if str(a.value).lstrip("-").isdigit() else 1
+    values = [int(v) for v in a.value] if a.kind in ("ints", "floats") else [scalar]
     converted = {"int": scalar, "ints": values, "float": float(scalar), "floats": [float(v) for v in values],
                  "string": str(scalar)}  # fmt: skip
     case.attrs[name] = Attr(converted[kind], kind)
@@ -368,6 +377,13 @@ def m_extra(case: Case, rng: np.random.Generator) -> None:
     case.mutations.append("an extra input")
 
 
+def m_truncate(case: Case, rng: np.random.Generator) -> None:
+    i = _pick(rng, [i for i in _present(case) if case.inputs[i].size > 1])  # type: ignore[union-attr]
+    case.constant[i] = True
+    case.truncated.append(i)
+    case.mutations.append(f"input {i} a truncated initializer")
+
+
 def m_constness(case: Case, rng: np.random.Generator) -> None:
     i = _pick(rng, _present(case))
     case.constant[i] = not case.constant[i]
@@ -431,7 +447,9 @@ def m_conv_shapes(case: Case, rng: np.random.Generator) -> None:
 
 def m_conv_attrs(case: Case, rng: np.random.Generator) -> None:
     name = _pick(rng, ["strides", "dilations", "pads"])
-    v = _pick(rng, [1000, 2**20, 2**31, 2**40, 2**62])
+    # big enough to overflow or to pass a kernel limit; not merely big (a valid conv of 10^9 outputs is work,
+    # not a test)
+    v = _pick(rng, [2**31, 2**40, 2**62, 2**63 - 1] + ([1000, 10**6] if name == "strides" else []))
     values = [v, 1] if name != "pads" else [v, 0, v, 0]
     if rng.integers(2):
         values = values[::-1] if name != "pads" else [0, v, 0, v]
@@ -493,7 +511,7 @@ def m_asq(case: Case, rng: np.random.Generator) -> None:
 
 
 GENERIC = [m_attr_drop, m_attr_type, m_attr_value, m_attr_add, m_rank, m_dim, m_huge_empty, m_dtype, m_values,
-           m_missing, m_extra, m_constness]  # fmt: skip
+           m_missing, m_extra, m_constness, m_truncate]  # fmt: skip
 SPECIFIC = {
     "PostConv": [m_conv_channels, m_conv_shapes, m_conv_attrs, m_post_codes],
     "IntConv": [m_conv_channels, m_conv_shapes, m_conv_attrs],
@@ -594,6 +612,7 @@ def make_case(seed: int, index: int, bases: list[Case] | None = None) -> Case:
             mutate = _pick(rng, pool)
             with contextlib.suppress(Skip, ValueError):  # ValueError: an array numpy cannot make
                 mutate(case, rng)
+            case.inputs = [None if v is None else np.asarray(v) for v in case.inputs]
     case.concurrent = op in NATIVE_OPS and rng.random() < 0.2
     return case
 
@@ -624,6 +643,8 @@ def spec_violation(case: Case) -> str | None:
     op = case.op
     if op not in NATIVE_OPS:
         return None
+    if case.truncated:
+        return "a truncated initializer"
     if op in ("PostConv", "IntConv"):
         group, why = _int_attr(case, "group", op == "PostConv", 1)  # PostConv's body reads group
         if why:
@@ -740,6 +761,14 @@ def build(case: Case) -> tuple[Any, dict[str, np.ndarray]]:
         names.append(name)
         if const:
             inits.append(numpy_helper.from_array(v, name))
+            if i in case.truncated:
+                t = inits[-1]
+                if t.raw_data:
+                    t.raw_data = t.raw_data[: len(t.raw_data) // 2]
+                else:
+                    for fld in ("float_data", "int32_data", "int64_data", "double_data"):
+                        values = getattr(t, fld)
+                        del values[len(values) // 2 :]
         elif v.dtype in (UINT4, INT4):  # not a feed: a Cast that ORT_DISABLE_ALL keeps (not constant)
             raw = v.astype(np.uint8 if v.dtype == UINT4 else np.int8)
             inits.append(numpy_helper.from_array(raw, name + "_raw"))
@@ -870,10 +899,34 @@ def _typed_inputs_not_float(case: Case) -> bool:
     return any(v is not None and i != 2 and v.dtype != np.float32 for i, v in enumerate(case.inputs[:7]))
 
 
+def conv_outputs(case: Case) -> int:
+    """Elements of a valid conv case's output (0 for other ops)."""
+    if case.op not in ("PostConv", "IntConv") or spec_violation(case) is not None:
+        return 0
+    x, w = case.inputs[0], case.inputs[2]
+    assert x is not None and w is not None
+    strides = case.attrs["strides"].value if "strides" in case.attrs else [1, 1]
+    pads = case.attrs["pads"].value if "pads" in case.attrs else [0] * 4
+    dil = case.attrs["dilations"].value if "dilations" in case.attrs else [1, 1]
+    ho = (x.shape[2] + pads[0] + pads[2] - dil[0] * (w.shape[2] - 1) - 1) // strides[0] + 1
+    wo = (x.shape[3] + pads[1] + pads[3] - dil[1] * (w.shape[3] - 1) - 1) // strides[1] + 1
+    return int(x.shape[0]) * int(w.shape[0]) * ho * wo
+
+
+MAX_OUTPUTS = 2**24  # a valid case with a bigger output is not run (it is work, not a test): "skipped"
+
+
 def run_case(case: Case) -> dict[str, Any]:
+    outputs = conv_outputs(case)
+    if MAX_OUTPUTS < outputs < 2**31:
+        return {"outcome": "skipped", "why": f"valid, {outputs} outputs", "native": "", "body": ""}
     model, feeds = build(case)
     data = model.SerializeToString()
     native_out, native_err, session = _run(data, feeds, True)
+    if outputs >= 2**31:  # beyond the kernels' limit: the kernel must say so (the body is not run)
+        ok = native_out is None and LIMIT in native_err
+        why = "" if ok else f"{outputs} outputs: {native_err or 'ran'}"
+        return {"outcome": "limit" if ok else "disagree", "why": why, "native": native_err or "ran", "body": "not run"}
     if case.op in NATIVE_OPS and spec_violation(case) is not None and not (
         case.op == "AsqQuantize" and _typed_inputs_not_float(case)
     ):
@@ -902,10 +955,13 @@ def worker(seed: int, exported: list[Path]) -> None:
         index = int(line)
         out.write(f"start {index}\n")
         out.flush()
-        case = make_case(seed, index, bases)
-        with contextlib.redirect_stdout(io.StringIO()):
-            result = run_case(case)
-        result.update(op=case.op, mutations=case.mutations)
+        try:
+            case = make_case(seed, index, bases)
+            with contextlib.redirect_stdout(io.StringIO()):
+                result = run_case(case)
+            result.update(op=case.op, mutations=case.mutations)
+        except Exception as e:
+            result = {"outcome": "fuzzer-bug", "why": f"{type(e).__name__}: {e}", "op": "?", "mutations": []}
         out.write(f"done {index} {json.dumps(result)}\n")
         out.flush()
 
@@ -979,6 +1035,9 @@ def fuzz(cases: int, seed: int, timeout: float, out: Path, exported: list[Path] 
             line = w.line(time.monotonic() + timeout)
             if line and line.startswith(f"done {index} "):
                 result = json.loads(line.split(" ", 2)[2])
+        if result is not None and result["outcome"] == "fuzzer-bug":
+            w.stop()
+            raise SystemExit(f"tools/fuzz.py: a bug in the fuzzer at case {index} (seed {seed}): {result['why']}")
         if result is None:  # died or hung: the announced case is the culprit
             with contextlib.suppress(subprocess.TimeoutExpired):
                 w.proc.wait(timeout=1.0)  # a worker that died has closed its output: let it be reaped
