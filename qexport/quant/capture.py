@@ -17,7 +17,9 @@ module's own pytree code.
 
 from __future__ import annotations
 
+import copy
 import io
+import re
 import traceback
 from typing import Any
 
@@ -314,10 +316,48 @@ def _input_names(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
     return names
 
 
+def _node_line(gm: fx.GraphModule, op: str) -> str:
+    """' at file:line: code' of the user's source for the first node calling ``op`` (an ATen name;
+    the capture may hold the op it decomposes into: linalg_cholesky for linalg_cholesky_ex)."""
+    base = op.removeprefix("aten.")
+    for node in gm.graph.nodes:
+        name = str(node.target).removeprefix("aten.").rsplit(".", 1)[0]
+        if node.op == "call_function" and (base == name or base.startswith(name + "_")):
+            frames = [f for f in str(node.meta.get("stack_trace", "")).split('File "')[1:] if "/torch/" not in f]
+            frames = [f for f in frames if "/qexport/" not in f.split('"')[0]]
+            if frames:
+                path, _, rest = frames[-1].partition('", line ')
+                number, _, code = rest.partition("\n")
+                return f" at {path}:{number.split(',')[0]}: {code.strip()}"
+    return ""
+
+
+def check_lowerable(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> None:
+    """A dry run of torch.onnx on the float program: an op it cannot write fails now, naming the op
+    and the user's source line, not after a day of QAT."""
+    flat = copy.deepcopy(gm)
+    flat.graph._codegen = fx.graph.CodeGen()  # the program's own flat inputs and outputs
+    flat.recompile()
+    flat.eval()
+    try:
+        torch.onnx.export(flat, inputs, dynamo=True, optimize=False, verbose=False, report=False)
+    except Exception as exc:
+        text = str(exc)
+        found = re.search(r"No ONNX function found for <OpOverload\(op='([\w.]+)', overload='(\w+)'", text)
+        if found is None:
+            raise QexportError(f"torch.onnx cannot export {type(gm).__name__}: {_first_line(exc)}") from None
+        op = found.group(1)
+        raise QexportError(
+            f"{op}.{found.group(2)}{_node_line(gm, op)} has no ONNX lowering in torch.onnx, so the model could "
+            "train but never deploy: rewrite that line with ops ONNX has, or keep it out of the exported model"
+        ) from None
+
+
 def capture(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[fx.GraphModule, bytes]:
     """(trainable GraphModule with the user's modules at their paths, the float program's bytes)."""
     ep = export_program(model, args, kwargs)
     gm = to_graph_module(ep, model)
+    check_lowerable(gm, (*args, *kwargs.values()))
     restore_signature(gm, model, args, kwargs)
     return gm, program_bytes(ep)
 
