@@ -18,16 +18,16 @@ level x batch, with or without the native kernels, or onnx's ReferenceEvaluator)
 Inputs and outputs: the model may take several inputs (float32 or int64, each with the batch in
 dimension 0), given as a tuple in ``forward()``'s order or as a dict keyed by the ONNX input names,
 and may return several tensors (any nesting: compared in ``torch.utils._pytree.tree_leaves`` order
-with the ONNX graph outputs).  Each output is judged by its kind:
+with the ONNX graph outputs).  Every output's values, teacher-forced, must lie within
+``MAX_FORCED_REL`` (0.1%) of its scale (max - min of the PyTorch output over all samples, or its
+largest magnitude where that is larger, as for one sample of a one-value output): with the codes
+forced equal, only float accumulation order and float ops after the last quantizer remain (seen:
+at most 2e-5%, on the zoo at 2-8 bits and small models; a last-layer weight scale 1% off gives
+0.4-0.7%, which top-1 alone never sees: scaling logits moves no argmax).  Then by kind:
 - classifier-like (2-D ``[batch, classes]``, ``classes > 1``, float): top-1 agreement as above;
-- dense (anything else: segmentation maps, box regressions, embeddings, token logits): the error
-  relative to the output's scale (max - min of the PyTorch output over all samples, or its largest
-  magnitude where that is larger, as for one sample of a one-value output).  Teacher-forced
-  the largest difference must stay within ``DENSE_MAX_FORCED`` (0.1%) of the scale: with the codes
-  forced equal, only float accumulation order and float ops after the last quantizer remain (seen:
-  under 0.01%; a weight scale 1% off in the last layer gives 0.45%).  Free-running the mean
-  difference must stay within ``DENSE_MAX_FREE_MEAN`` (1%) of the scale: the
-  one-step ties contract 2 allows move a dense output locally, while a real error moves most of it.
+- dense (anything else: segmentation maps, box regressions, embeddings, token logits): free-running
+  the mean difference must stay within ``DENSE_MAX_FREE_MEAN`` (1%) of the scale: the one-step ties
+  contract 2 allows move a dense output locally, while a real error moves most of it.
 """
 
 from __future__ import annotations
@@ -66,9 +66,9 @@ MIN_TOP1 = 0.999  # teacher-forced
 MIN_FREE_TOP1 = 0.90
 # ... or at most this many samples differ (on a few samples one flip is already more than 10%)
 MAX_FREE_FLIPS = 1
-# dense outputs, relative to the output's scale over the samples: teacher-forced largest difference,
-# free-running mean difference (see the module docstring)
-DENSE_MAX_FORCED = 1e-3
+# relative to an output's scale over the samples (see the module docstring): teacher-forced largest
+# difference (every output), free-running mean difference (dense outputs)
+MAX_FORCED_REL = 1e-3
 DENSE_MAX_FREE_MEAN = 1e-2
 LEVELS = {
     "disable_all": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
@@ -119,25 +119,29 @@ class OutputReport:
 
     @property
     def passed(self) -> bool:
+        if self.forced_rel > MAX_FORCED_REL:
+            return False
         if self.kind == "top-1":
             assert self.top1_agreement is not None and self.free_top1_agreement is not None
             flips = round((1.0 - self.free_top1_agreement) * self.samples)
             free_ok = self.free_top1_agreement >= MIN_FREE_TOP1 or flips <= MAX_FREE_FLIPS
             return self.top1_agreement >= MIN_TOP1 and free_ok
-        return self.forced_rel <= DENSE_MAX_FORCED and self.free_mean_rel <= DENSE_MAX_FREE_MEAN
+        return self.free_mean_rel <= DENSE_MAX_FREE_MEAN
 
     def summary(self) -> str:
+        forced = (
+            f"max |diff| {self.forced_max_abs_diff:.3g} forced ({100 * self.forced_rel:.3f}% of scale "
+            f"{self.scale:.3g}, limit {100 * MAX_FORCED_REL:g}%)"
+        )
         if self.kind == "top-1":
             assert self.top1_agreement is not None and self.free_top1_agreement is not None
             return (
                 f"top-1 agreement {100 * self.top1_agreement:.2f}% forced, {100 * self.free_top1_agreement:.2f}% "
-                f"free-running  max |diff| {self.max_abs_diff:.3g}"
+                f"free-running; {forced}, {self.max_abs_diff:.3g} free-running"
             )
         return (
-            f"dense, scale {self.scale:.3g}: max |diff| {self.forced_max_abs_diff:.3g} forced "
-            f"({100 * self.forced_rel:.3f}% of scale, limit {100 * DENSE_MAX_FORCED:g}%), free-running max "
-            f"{self.max_abs_diff:.3g}, mean {self.mean_abs_diff:.3g} ({100 * self.free_mean_rel:.3f}%, "
-            f"limit {100 * DENSE_MAX_FREE_MEAN:g}%)"
+            f"dense: {forced}; free-running max {self.max_abs_diff:.3g}, mean {self.mean_abs_diff:.3g} "
+            f"({100 * self.free_mean_rel:.3f}%, limit {100 * DENSE_MAX_FREE_MEAN:g}%)"
         )
 
 
@@ -213,7 +217,7 @@ class CheckReport:
         lines = []
         for r in self.runs:
             verdict = "PASS" if r.passed else "FAIL"
-            if len(r.outputs) <= 1 and all(o.kind == "top-1" for o in r.outputs):
+            if len(r.outputs) <= 1 and all(o.kind == "top-1" and o.passed for o in r.outputs):
                 lines.append(
                     f"{r.name} ({r.samples} samples): {verdict}  top-1 agreement {100 * r.top1_agreement:.2f}% forced,"
                     f" {100 * r.free_top1_agreement:.2f}% free-running  max |diff| {r.max_abs_diff:.3g}"

@@ -13,7 +13,7 @@ from onnx import numpy_helper
 
 import qexport
 from qexport import native, zoo
-from qexport.check import DENSE_MAX_FORCED, check
+from qexport.check import MAX_FORCED_REL, check
 from qexport.cli import main
 from qexport.errors import QexportError
 from qexport.export import export
@@ -234,8 +234,8 @@ def test_multi_input_model_passes_and_a_tampered_scale_fails(
 
 
 def test_every_output_is_compared_by_its_kind(two_heads: tuple[torch.nn.Module, Path], tmp_path: Path) -> None:
-    """[B, 3] logits by top-1 agreement, the [B, 1, 4] embedding by its error against its scale: a
-    last-layer weight scale 1% off changes no code and no top-1, only the dense output."""
+    """[B, 3] logits by top-1 agreement, the [B, 1, 4] embedding by its error against its scale; both
+    by their teacher-forced values: a last-layer weight scale 1% off changes no code and no top-1."""
     model, path = two_heads
     x = two_heads_inputs(32, seed=3)
     names = [o.name for o in onnx.load(path).graph.output]
@@ -251,10 +251,17 @@ def test_every_output_is_compared_by_its_kind(two_heads: tuple[torch.nn.Module, 
     for run in bad.runs:
         logits, embedding = run.outputs
         assert logits.passed and not embedding.passed and all(t.passed for t in run.tensors)
-        assert embedding.forced_rel > DENSE_MAX_FORCED
+        assert embedding.forced_rel > MAX_FORCED_REL
     data = json.loads(bad.to_json())
     assert [o["passed"] for o in data["runs"][0]["outputs"]] == [True, False]
     assert f"output {names[1]}: FAIL  dense" in bad.table()
+    # the same on the classifier: every top-1 still agrees (scaling logits moves no argmax), their values do not
+    bad = check(model, _scaled(path, tmp_path / "bad_cls.onnx", "cls.scale", 1.01), x, batch=8, reference_samples=0)
+    assert not bad.passed
+    for run in bad.runs:
+        logits, embedding = run.outputs
+        assert logits.top1_agreement == logits.free_top1_agreement == 1.0 and logits.forced_rel > MAX_FORCED_REL
+        assert not logits.passed and embedding.passed
 
 
 def test_multi_input_errors(
@@ -291,13 +298,16 @@ def test_output_rules() -> None:
             "o", "dense", 8, max_abs_diff=mean, mean_abs_diff=mean, forced_max_abs_diff=forced, scale=2.0
         )
 
-    assert dense(0.0, 0.0).passed and dense(2 * DENSE_MAX_FORCED, 2 * DENSE_MAX_FREE_MEAN).passed
-    assert not dense(2.1 * DENSE_MAX_FORCED, 0.0).passed and not dense(0.0, 2.1 * DENSE_MAX_FREE_MEAN).passed
+    assert dense(0.0, 0.0).passed and dense(2 * MAX_FORCED_REL, 2 * DENSE_MAX_FREE_MEAN).passed
+    assert not dense(2.1 * MAX_FORCED_REL, 0.0).passed and not dense(0.0, 2.1 * DENSE_MAX_FREE_MEAN).passed
 
-    def top1(forced: float, free: float) -> OutputReport:
-        return OutputReport("o", "top-1", 8, 0.0, 0.0, 0.0, 1.0, top1_agreement=forced, free_top1_agreement=free)
+    def top1(forced: float, free: float, forced_diff: float = 0.0) -> OutputReport:
+        return OutputReport(
+            "o", "top-1", 8, 0.0, 0.0, forced_diff, 1.0, top1_agreement=forced, free_top1_agreement=free
+        )
 
     assert top1(1.0, 7 / 8).passed and not top1(1.0, 6 / 8).passed and not top1(7 / 8, 1.0).passed
+    assert top1(1.0, 1.0, MAX_FORCED_REL).passed and not top1(1.0, 1.0, 1.1 * MAX_FORCED_REL).passed
 
 
 def test_cli_check_on_given_inputs(
