@@ -221,7 +221,10 @@ class InferenceSession:
                 )
             return self.run(None, {self.inputs[0].name: output_names})[0]
         if input_feed is None:
-            raise QexportError("run() needs an input feed: run(output_names, {name: array, ...})")
+            given = "no input feed" if output_names is None else f"a {type(output_names).__name__}"
+            raise QexportError(
+                f"run() got {given}: call run(output_names, {{name: array, ...}}), or run(x) with a numpy array"
+            )
         if isinstance(output_names, (str, np.ndarray)):
             raise QexportError("output_names must be a list of output names or None")
         feed = validate_feed(self.inputs, input_feed, self.overridable)

@@ -169,6 +169,8 @@ def test_bad_calls_and_float_checks(token_model: tuple[nn.Module, Path], two_hea
         session.run(_token_feed()["input_ids"])
     with pytest.raises(QexportError, match="no output named 'logits': its outputs are output"):
         session.run(["logits"], _token_feed())
+    with pytest.raises(QexportError, match="run\\(\\) got a Tensor: call run\\(output_names, "):
+        session.run(torch.zeros(2, 7, dtype=torch.int64))  # type: ignore[call-overload]
     with pytest.raises(QexportError, match="pass a dict of input name"):
         session.run(None, [_token_feed()["input_ids"]])  # type: ignore[arg-type]
     heads = qexport.InferenceSession(two_heads[1])
