@@ -211,6 +211,11 @@ def build(
     if "module" in payload:
         return payload["module"]
     model = _build(payload["arch"], arch, trust, path, payload.get("program"))
+    inputs = (payload.get("example") or {}).get("inputs")
+    if payload["arch"].get("source") == "program" and isinstance(inputs, list):
+        from .quant.capture import name_inputs
+
+        name_inputs(model, [str(spec.get("name")) for spec in inputs if isinstance(spec, dict)])
     if payload.get("quant") is not None:
         model = apply_config(model, QuantConfig.from_dict(payload["quant"]))
     try:

@@ -288,6 +288,20 @@ def restore_signature(gm: fx.GraphModule, model: nn.Module, args: tuple[Any, ...
     gm.recompile()
 
 
+def name_inputs(gm: fx.GraphModule, names: list[str]) -> None:
+    """Give a loaded program's inputs their forward() names (recorded at capture), positionally."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    taken = {n.name for n in gm.graph.nodes} - {p.name for p in placeholders}
+    if len(names) != len(placeholders) or len(set(names)) != len(names) or taken & set(names):
+        return
+    for node, name in zip(placeholders, names, strict=True):
+        node.target = node.name = name
+    info = getattr(gm.graph._codegen, "pytree_info", None)
+    if info is not None:
+        gm.graph._codegen.pytree_info = info._replace(orig_args=list(names))
+    gm.recompile()
+
+
 def program_bytes(ep: torch.export.ExportedProgram) -> bytes:
     buffer = io.BytesIO()
     torch.export.save(ep, buffer)
