@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 from onnx import defs
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils import _pytree as pytree
 
 from ..errors import QexportError
 from ..ops import DOMAIN, VERSION, functions_for
@@ -42,8 +44,20 @@ EXAMPLE_BATCH = 3  # batch of the capture example: not 1 (torch.export specializ
 class _Unit:
     node: fx.Node  # the quantized layer or glue quantizer in the quantized graph
     last: fx.Node  # the node whose value the unit's output stands for (the folded BN, the fused ReLU)
-    shape: list[int]  # output shape at the example batch
-    batched: bool  # whether dimension 0 is the (dynamic) batch
+    module: nn.Module
+
+    def output_shape(self, x: torch.Tensor) -> list[Any]:
+        """The unit's output shape for input ``x`` (symbolic sizes stay symbolic: dynamic axes)."""
+        m = self.module
+        if isinstance(m, QuantLinear):
+            return [*x.shape[:-1], m.out_features]
+        if isinstance(m, QuantConv2d):
+            sizes = [
+                (x.shape[2 + i] + 2 * m.padding[i] - m.dilation[i] * (m.kernel_size[i] - 1) - 1) // m.stride[i] + 1
+                for i in range(2)
+            ]
+            return [x.shape[0], m.out_channels, *sizes]
+        return list(x.shape)  # a glue quantizer
 
 
 @dataclass
@@ -63,9 +77,7 @@ def _unit(x: torch.Tensor, uid: int) -> torch.Tensor:
 
 @_unit.register_fake
 def _unit_fake(x: torch.Tensor, uid: int) -> torch.Tensor:
-    unit = _ACTIVE[uid]
-    shape = [x.shape[0], *unit.shape[1:]] if unit.batched else unit.shape
-    return x.new_empty(shape, dtype=torch.float32)
+    return x.new_empty(_ACTIVE[uid].output_shape(x), dtype=torch.float32)
 
 
 def _register_schema() -> None:
@@ -108,7 +120,7 @@ def _fuses_relu(e: Emitter, node: fx.Node) -> bool:
     return not post and int_conv and e.relu_after(node) is not None
 
 
-def _plan(gm: fx.GraphModule, e: Emitter, batch: int) -> _Plan:
+def _plan(gm: fx.GraphModule, e: Emitter) -> _Plan:
     plan = _Plan()
     for node in gm.graph.nodes:
         if relu_kind(gm, node) == "relu6" and node.users and all(e.uniform_quantizer_input(u) for u in node.users):
@@ -124,14 +136,7 @@ def _plan(gm: fx.GraphModule, e: Emitter, batch: int) -> _Plan:
             assert relu is not None
             plan.absorbed.add(relu)
             last = relu
-        meta = last.meta.get("tensor_meta")
-        if meta is None:
-            raise QexportError(f"no shape is known for '{node.target}': the example input never reached it")
-        source = node.args[0]
-        in_meta = source.meta.get("tensor_meta") if isinstance(source, fx.Node) else None
-        batched = in_meta is not None and len(in_meta.shape) > 0 and in_meta.shape[0] == batch
-        batched = batched and len(meta.shape) > 0 and meta.shape[0] == batch
-        plan.units.append(_Unit(node, last, list(meta.shape), batched))
+        plan.units.append(_Unit(node, last, gm.get_submodule(str(node.target))))
     return plan
 
 
@@ -178,7 +183,15 @@ def _active(units: list[_Unit]) -> Iterator[None]:
 # -- 2. torch.onnx ---------------------------------------------------------------------------------
 def _torch_onnx(lowered: fx.GraphModule, args: tuple[torch.Tensor, ...], names: list[str], opset: int,
                 dynamic: bool) -> onnx.ModelProto:  # fmt: skip
-    shapes = tuple({0: torch.export.Dim("batch")} if dynamic and a.dim() > 0 else {} for a in args)
+    def axes(a: torch.Tensor) -> dict[int, Any]:
+        """The batch free everywhere; sequences (inputs of rank 2-3: token ids, masks, [B, T, C]
+        features) free along every axis the model allows (Dim.AUTO keeps an axis static where the
+        model needs it so); images keep their size."""
+        if not dynamic or a.dim() == 0:
+            return {}
+        return dict.fromkeys(range(a.dim() if a.dim() <= 3 else 1), torch.export.Dim.AUTO)
+
+    shapes = tuple(axes(a) for a in args)
     try:
         program = torch.onnx.export(
             lowered, args, dynamo=True, opset_version=opset, input_names=names, optimize=True, verbose=False,
@@ -305,6 +318,40 @@ def _rename_value(graph: onnx.GraphProto, old: str, new: str) -> None:
             value.name = new
 
 
+def _output_names(gm: fx.GraphModule, count: int) -> list[str]:
+    """'output' for one output; else the user's names: the keys of a dict / ModelOutput
+    ('logits', 'hidden_states.0'), 'output_i' for tuple positions."""
+    if count == 1:
+        return ["output"]
+    info = getattr(gm.graph._codegen, "pytree_info", None)
+    names = [f"output_{i}" for i in range(count)]
+    if info is not None and info.out_spec is not None and info.out_spec.num_leaves == count:
+        paths = pytree.tree_flatten_with_path(pytree.tree_unflatten(list(range(count)), info.out_spec))[0]
+        keyed = [re.sub(r"[^A-Za-z0-9_.]+", "", pytree.keystr(path).replace("][", ".")) for path, _ in paths]
+        keyed = [k.replace("'", "").strip(".") or f"output_{i}" for i, k in enumerate(keyed)]
+        keyed = [k if not k[0].isdigit() else f"output_{k}" for k in keyed]
+        if len(set(keyed)) == count:
+            names = keyed
+    return names
+
+
+def _name_axes(graph: onnx.GraphProto) -> None:
+    """torch.onnx's symbolic sizes (s0, s35 ...) named as users read them: 'batch' for dimension 0 of
+    the inputs, 'sequence' for dimension 1 of sequence inputs; outputs share the names."""
+    names: dict[str, str] = {}
+    for value in graph.input:
+        t = value.type.tensor_type
+        dims = t.shape.dim
+        if dims and dims[0].dim_param:
+            names.setdefault(dims[0].dim_param, "batch")
+        if 2 <= len(dims) <= 3 and dims[1].dim_param:
+            names.setdefault(dims[1].dim_param, "sequence")
+    for value in (*graph.input, *graph.output):
+        for d in value.type.tensor_type.shape.dim:
+            if d.dim_param in names:
+                d.dim_param = names[d.dim_param]
+
+
 def to_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], opset: int = 21, packed: bool = True,
             adds: str = "auto", dynamic: bool = True) -> tuple[onnx.ModelProto, Emitter]:  # fmt: skip
     """The ONNX model of quantized ``model`` (an fx GraphModule, eval mode) on inputs like ``args``
@@ -327,7 +374,7 @@ def to_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], opset: int = 21, p
             f"the model fails on inputs of shape {shapes} ({type(cause).__name__}: {cause}); pass inputs it takes"
         ) from None
     e = Emitter(gm, packed=packed, opset=opset, adds=adds)
-    plan = _plan(gm, e, batch)
+    plan = _plan(gm, e)
     lowered = _lowering_graph(gm, plan)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     names = ["input"] if len(placeholders) == 1 else [str(p.target) for p in placeholders]
@@ -335,11 +382,12 @@ def to_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], opset: int = 21, p
         proto = _torch_onnx(copy.copy(lowered), args, names, opset, dynamic)
     _splice(proto, e, plan)
     graph = proto.graph
-    if len(graph.output) == 1:
-        _rename_value(graph, graph.output[0].name, "output")
+    for value, name in zip(list(graph.output), _output_names(gm, len(graph.output)), strict=True):
+        _rename_value(graph, value.name, name)
     if e.exact_adds:
         _exact_adds(graph)
     _transpose_codes(graph)
+    _name_axes(graph)
     _live(graph, {o.name for o in graph.output} | set(e.b.codes.values()) | set(e.b.steps.values()))
     used = {n.op_type for n in graph.node if n.domain == DOMAIN}
     opsets = {o.domain: o.version for o in proto.opset_import if o.domain != LOWER_DOMAIN}
