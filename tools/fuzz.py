@@ -106,27 +106,43 @@ class Case:
 # valid random nodes
 
 
+class Skip(Exception):
+    """A mutation that does not apply to this case."""
+
+
+def small(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape``, when it holds few enough elements to make (else the mutation does not apply)."""
+    if int(np.prod(shape, dtype=object)) > 2**22:  # e.g. a huge empty tensor's empty dimension made 1
+        raise Skip
+    return shape
+
+
 def dyadic(rng: np.random.Generator, shape: tuple[int, ...], lo: int = -64, hi: int = 64, den: int = 8) -> np.ndarray:
     """Multiples of 1/den: sums and powers-of-two products stay exact in float32."""
+    shape = small(shape)
     return (rng.integers(lo, hi, size=shape) / den).astype(np.float32)
 
 
 def pow2(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """0 or +-2^k: products with any float are exact."""
+    shape = small(shape)
     v = rng.choice(np.float32([0, 0.25, 0.5, 1, 2, -0.25, -0.5, -1, -2]), size=shape)
     return np.asarray(v, np.float32)
 
 
 def codes(rng: np.random.Generator, shape: tuple[int, ...], signed: bool) -> np.ndarray:
     """Activation codes over the whole 8-bit range."""
+    shape = small(shape)
     return rng.integers(-128 if signed else 0, 128 if signed else 256, shape).astype(np.int8 if signed else np.uint8)
 
 
 def steps(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    shape = small(shape)
     return (rng.integers(1, 64, size=shape) / 32).astype(np.float32)
 
 
 def post_codes(rng: np.random.Generator, shape: tuple[int, ...], bits: int) -> np.ndarray:
+    shape = small(shape)
     m = 2 ** (bits - 1) - 1
     return (rng.integers(0, m + 1, size=shape) + 8 * rng.integers(0, 2, size=shape)).astype(UINT4)
 
@@ -206,8 +222,10 @@ def base_case(op: str, rng: np.random.Generator) -> Case:
 
 def regen(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     dtype = np.dtype(dtype)
-    if int(np.prod(shape, dtype=object)) == 0:
+    size = int(np.prod(shape, dtype=object))
+    if size == 0:
         return np.zeros(shape, dtype)
+    small(shape)
     if dtype.kind == "f":
         return dyadic(rng, shape).astype(dtype)
     if dtype in (UINT4,):
@@ -216,10 +234,6 @@ def regen(rng: np.random.Generator, shape: tuple[int, ...], dtype: np.dtype) -> 
         return rng.integers(-8, 8, shape).astype(dtype)
     info = np.iinfo(dtype)
     return rng.integers(max(info.min, -128), min(info.max, 255) + 1, shape).astype(dtype)
-
-
-class Skip(Exception):
-    """A mutation that does not apply to this case."""
 
 
 def _pick(rng: np.random.Generator, items: list) -> Any:
@@ -293,7 +307,7 @@ def m_rank(case: Case, rng: np.random.Generator) -> None:
     v = case.inputs[i]
     assert v is not None
     if v.ndim and rng.integers(2):
-        new = v[..., 0] if v.shape[-1] else np.zeros(v.shape[:-1], v.dtype)
+        new = v[..., 0] if v.shape[-1] else np.zeros(small(v.shape[:-1]), v.dtype)
     else:
         new = v.reshape((1, *v.shape))
     case.inputs[i] = np.ascontiguousarray(new)
@@ -412,7 +426,7 @@ def m_conv_channels(case: Case, rng: np.random.Generator) -> None:
         wd = 0
     elif which == "group":  # depthwise, or a group that does not divide
         group = int(_pick(rng, [c, c + 1, 2]))
-        cg = max(c // group, 1)
+        cg = max(c // max(group, 1), 1)
         m = group * max(m // max(group, 1), 1)
         case.attrs["group"] = Attr(group, "int")
     else:
@@ -426,8 +440,8 @@ def m_conv_channels(case: Case, rng: np.random.Generator) -> None:
                                     if case.attrs.get("bits", Attr(4, "int")).value in (2, 3, 4) else 4)  # fmt: skip
     else:
         case.inputs[2] = regen(rng, (m, cg, kh, kw), wdtype)
-    case.inputs[3] = (rng.random(m) + 0.05).astype(np.float32)
-    case.inputs[4] = rng.standard_normal(m).astype(np.float32)
+    case.inputs[3] = (rng.random(small((m,))) + 0.05).astype(np.float32)
+    case.inputs[4] = rng.standard_normal(small((m,))).astype(np.float32)
     case.mutations.append(f"conv {which}: x {[n, c, h, wd]}, w {[m, cg, kh, kw]}, group {group}")
 
 
@@ -946,8 +960,15 @@ def run_case(case: Case) -> dict[str, Any]:
 # worker and parent
 
 
+WORKER_MEMORY = 4 << 30  # bytes of address space: a malformed node asking for more gets an allocation error
+
+
 def worker(seed: int, exported: list[Path]) -> None:
     """Read case indices on stdin; announce each ('start i') before running it, then its result."""
+    if "asan" not in os.environ.get("LD_PRELOAD", ""):  # ASan reserves terabytes: there ASAN_OPTIONS bound it
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY, WORKER_MEMORY))
     out = sys.stdout
     with contextlib.redirect_stdout(io.StringIO()):
         bases = load_bases(exported)
@@ -1020,6 +1041,10 @@ def fuzz(cases: int, seed: int, timeout: float, out: Path, exported: list[Path] 
          quiet: bool = False) -> dict[str, Counter]:  # fmt: skip
     exported = exported or []
     bases = load_bases(exported)
+    if "asan" not in os.environ.get("LD_PRELOAD", ""):  # regenerating a case must not exhaust the machine
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY, WORKER_MEMORY))
     log = out / f"worker-s{seed}.log"
     out.mkdir(parents=True, exist_ok=True)
     log.write_bytes(b"")

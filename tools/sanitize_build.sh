@@ -10,7 +10,9 @@
 # (LD_PRELOAD) and libstdc++ with it (otherwise the C++ exceptions the kernels throw for a malformed
 # node abort the process).  QEXPORT_NATIVE_LIB makes qexport register this library instead of the
 # installed one.  Every report is fatal (halt_on_error, -fno-sanitize-recover): the fuzzer counts it as a
-# crash and saves the case.  Leak checking is off (CPython and onnxruntime keep memory until exit).
+# crash and saves the case.  Leak checking is off (CPython and onnxruntime keep memory until exit); an
+# allocation over 4 GiB fails (returns null: onnxruntime reports it) rather than exhausting the machine,
+# as the fuzzer's RLIMIT_AS does without ASan.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CXX="${CXX:-g++}"
@@ -29,7 +31,7 @@ mkdir -p "$(dirname "$OUT")"
   -fPIC -shared -I"$INCLUDE" -I"$ROOT/custom_ops" "$ROOT"/custom_ops/*.cc -o "$OUT"
 PRELOAD="$("$CXX" -print-file-name=libasan.so) $("$CXX" -print-file-name=libstdc++.so)"
 ENV=(LD_PRELOAD="$PRELOAD" QEXPORT_NATIVE_LIB="$OUT"
-     ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:alloc_dealloc_mismatch=0"
+     ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:alloc_dealloc_mismatch=0:allocator_may_return_null=1:max_allocation_size_mb=4096"
      UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
 echo "built $OUT"
 echo "run under it with:"
