@@ -51,7 +51,9 @@ def _check_plain(value: Any, where: str) -> None:
 def _arch_of(model: nn.Module, arch: str | Callable[..., nn.Module] | None, kwargs: dict[str, Any] | None) -> dict:
     if arch is None and getattr(model, "qexport_program", None) is not None:
         # captured with torch.export: the program itself is the architecture
-        return {"source": "program", "name": type(model).__name__, "kwargs": {}}
+        return {"source": "program", "name": type(model).__name__, "kwargs": {},
+                "modules": dict(getattr(model, "qexport_modules", {}) or {}),
+                "outputs": getattr(model, "qexport_outputs", None)}  # fmt: skip
     if arch is None:
         stored = getattr(model, "qexport_arch", None)
         if stored is None:
@@ -161,13 +163,17 @@ def _build(record: dict[str, Any], arch: Callable[..., nn.Module] | None, trust:
            program: torch.Tensor | None = None) -> nn.Module:  # fmt: skip
     kwargs = record.get("kwargs", {})
     if record.get("source") == "program":
-        from .quant.capture import load_program, to_graph_module
+        from .quant.capture import load_program, restore_outputs, to_graph_module
 
         if not isinstance(program, torch.Tensor) or program.dtype != torch.uint8:
             raise QexportError(f"{path}: names a captured program but holds none; re-save it with qexport.save")
         data = program.numpy().tobytes()
-        model = to_graph_module(load_program(data, str(path)), None)
-        model.qexport_program = data
+        modules = record.get("modules")
+        if not isinstance(modules, dict):
+            raise QexportError(f"{path}: its captured program has no module record; re-save it with qexport.save")
+        model = to_graph_module(load_program(data, str(path)), None, modules)
+        restore_outputs(model, record.get("outputs"))
+        model.qexport_program, model.qexport_outputs = data, record.get("outputs")
         return model
     if arch is not None:
         model = arch(**kwargs)

@@ -24,8 +24,8 @@ from torch.utils import _pytree as pytree
 
 import qexport
 from qexport import QexportError
-from qexport.quant.nipq import NipqQuantizer, theta_for_bits
 from tests.frontend_models import CONFIGS, MODELS
+from tests.test_matrix import _mix_bits
 
 pytest.importorskip("transformers", reason="transformers is in the test extra (pip install -e '.[test]')")
 
@@ -36,14 +36,6 @@ FAST = {  # the default run: each family once
 CASES = [
     pytest.param(m, c, marks=() if (m, c) in FAST else pytest.mark.slow, id=f"{m}-{c}") for m in MODELS for c in CONFIGS
 ]
-
-
-def _mix_bits(model: torch.nn.Module) -> None:
-    """NIPQ learned widths spread over 3..6 bits (as training would leave them), fixed ends untouched."""
-    widths = [3, 4, 5, 6]
-    for i, q in enumerate(m for m in model.modules() if isinstance(m, NipqQuantizer) and m.learn_bits):
-        with torch.no_grad():
-            q.theta.fill_(theta_for_bits(widths[i % len(widths)]))
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
@@ -57,7 +49,7 @@ def test_model_deploys(tmp_path: Path, name: str, config: str) -> None:
     model, args, kwargs = MODELS[name]()
     q = qexport.quantize(model, example_inputs=args, example_kwargs=kwargs, **CONFIGS[config])
     if config == "nipq-mixed":
-        _mix_bits(q)
+        _mix_bits(q, seed=len(name))  # widths 2..8 per layer, frozen, as after training
     batch = (*args, *kwargs.values())
     qexport.calibrate(q, [batch])
     # it trains like the user's model: same call, same output structure, gradients reach the weights

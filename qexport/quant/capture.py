@@ -21,6 +21,7 @@ import copy
 import io
 import re
 import traceback
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -148,9 +149,13 @@ def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, name, module)
 
 
-def to_graph_module(ep: torch.export.ExportedProgram, source: nn.Module | None) -> fx.GraphModule:
+def to_graph_module(ep: torch.export.ExportedProgram, source: nn.Module | None,
+                    modules: dict[str, str] | None = None) -> fx.GraphModule:  # fmt: skip
     """The trainable GraphModule of a captured program: conv / linear / batch norm / dropout nodes
-    made module calls (``source``: the user's modules; None: rebuilt from the program alone)."""
+    made module calls.  ``source``: the user's modules, whose types decide (the paths converted are
+    recorded in ``gm.qexport_modules``); None: a loaded program, where ``modules`` (that record) says
+    which nodes were converted, so the graph is the one that was trained."""
+    converted: dict[str, str] = {}
     gm = _reroot(ep.module())
     graph = gm.graph
     for node in list(graph.nodes):
@@ -160,9 +165,18 @@ def to_graph_module(ep: torch.export.ExportedProgram, source: nn.Module | None) 
         if node.op != "call_function":
             continue
         if node.target in _CONV | _LINEAR | _BATCHNORM:
-            path = _module_for(source, gm, node) if source is not None else _rebuilt(gm, node)
+            kind = "conv" if node.target in _CONV else "linear" if node.target in _LINEAR else "batchnorm"
+            if source is not None:
+                path = _module_for(source, gm, node)
+            else:
+                path = _batchnorm_owner(gm, node) if kind == "batchnorm" else _owner(gm, node.args[1])
+                if not path or (modules or {}).get(path) != kind:
+                    continue
+                if path not in converted:
+                    _rebuilt(gm, node)
             if path is None:
                 continue
+            converted[path] = kind
             if source is not None:
                 _set_submodule(gm, path, source.get_submodule(path))
             with graph.inserting_before(node):
@@ -187,6 +201,7 @@ def to_graph_module(ep: torch.export.ExportedProgram, source: nn.Module | None) 
     graph.eliminate_dead_code(is_impure_node=lambda n: n.op in ("placeholder", "output") or n.op == "call_module")
     graph.lint()
     gm.recompile()
+    gm.qexport_modules = converted
     return gm
 
 
@@ -224,7 +239,10 @@ def _rebuilt(gm: fx.GraphModule, node: fx.Node) -> str | None:
             return None
         eps = float(node.args[7]) if len(node.args) > 7 else 1e-5
         momentum = float(node.args[6]) if len(node.args) > 6 else 0.1
-        bn = nn.BatchNorm2d(mean.numel(), eps=eps, momentum=momentum, affine=hasattr(holder, "weight"))
+        val = node.args[0].meta.get("val") if isinstance(node.args[0], fx.Node) else None
+        rank = val.dim() if isinstance(val, torch.Tensor) else 4
+        kind = nn.BatchNorm1d if rank in (2, 3) else nn.BatchNorm3d if rank == 5 else nn.BatchNorm2d
+        bn = kind(mean.numel(), eps=eps, momentum=momentum, affine=hasattr(holder, "weight"))
         _adopt(bn, holder)
         _set_submodule(gm, path, bn)
         return path
@@ -273,6 +291,7 @@ def restore_signature(gm: fx.GraphModule, model: nn.Module, args: tuple[Any, ...
         finally:
             model.train(was)
     leaves, out_spec = pytree.tree_flatten(out)
+    gm.qexport_outputs = _spec_text(out)
     in_leaves, in_spec = pytree.tree_flatten((tuple(args), dict(kwargs)))
     names = _input_names(model, args, kwargs)
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
@@ -286,6 +305,30 @@ def restore_signature(gm: fx.GraphModule, model: nn.Module, args: tuple[Any, ...
             info = info._replace(orig_args=names, in_spec=in_spec)
     codegen.pytree_info = info
     gm.recompile()
+
+
+def _spec_text(out: Any) -> str | None:
+    """The output structure as pytree's JSON (a ModelOutput as the dict of its fields), for loading."""
+    if isinstance(out, Mapping) and type(out) is not dict:
+        out = dict(out)
+    try:
+        return pytree.treespec_dumps(pytree.tree_flatten(out)[1])
+    except Exception:  # a structure pytree cannot serialize: the loaded model returns a flat tuple
+        return None
+
+
+def restore_outputs(gm: fx.GraphModule, text: str | None) -> None:
+    """A loaded program returns the recorded structure (a tensor, a dict, a tuple ...)."""
+    info = getattr(gm.graph._codegen, "pytree_info", None)
+    if info is None or not text:
+        return
+    try:
+        spec = pytree.treespec_loads(text)
+    except Exception:  # noqa: BLE001 -- an unreadable record: keep the flat tuple
+        return
+    if spec.num_leaves == info.out_spec.num_leaves:
+        gm.graph._codegen.pytree_info = info._replace(out_spec=spec)
+        gm.recompile()
 
 
 def name_inputs(gm: fx.GraphModule, names: list[str]) -> None:

@@ -367,7 +367,7 @@ def _finish(model: nn.Module, source: nn.Module, cfg: QuantConfig) -> None:
         if isinstance(m, Quantizer):
             m.path = name
     model.qexport_config = cfg.to_dict()
-    for attr in ("qexport_arch", "qexport_example", "qexport_program"):
+    for attr in ("qexport_arch", "qexport_example", "qexport_program", "qexport_modules", "qexport_outputs"):
         if hasattr(source, attr):
             setattr(model, attr, copy.deepcopy(getattr(source, attr)))
     model.train(source.training)
