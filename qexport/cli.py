@@ -375,7 +375,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("zoo", help="list the model zoo")
     s.set_defaults(func=_zoo)
+
+    s = sub.add_parser("support", help="what exports, what runs as integer kernels, what stays float")
+    s.add_argument("op", nargs="?", help="an ATen op (aten.gelu, upsample_nearest2d.vec): does torch.onnx write it?")
+    s.add_argument("--markdown", action="store_true", help="the page docs/SUPPORTED.md is")
+    s.set_defaults(func=_support)
     return p
+
+
+def _support(args: argparse.Namespace) -> int:
+    from . import support
+
+    if args.op:
+        ok = support.lowers(args.op)
+        verdict = "torch.onnx writes it (float, unless a quantized unit)" if ok else "no ONNX lowering"
+        print(f"{args.op}: {verdict}")
+        return 0 if ok else 1
+    print(support.text(markdown=args.markdown), end="")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
