@@ -140,7 +140,7 @@ class Untraceable(nn.Module):
 def test_untraceable_model_names_the_construct() -> None:
     with pytest.raises(QexportError, match=r"test_placement\.py:\d+: if x\.mean\(\) > 0") as err:
         qexport.quantize(Untraceable())
-    assert "placement='paper'" in str(err.value) and "\n" not in str(err.value)
+    assert "example_inputs=" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_untraceable_model_in_paper_placement_swaps_modules(capsys: pytest.CaptureFixture[str]) -> None:

@@ -184,9 +184,8 @@ def trace(model: nn.Module) -> fx.GraphModule:
     except Exception as exc:  # fx raises TraceError, TypeError, RuntimeError ... for untraceable code
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise QexportError(
-            f"cannot trace {type(model).__name__} with torch.fx{_user_frame(exc)} ({first}); make that "
-            "construct traceable (no Python if/for that depends on tensor values) or use "
-            "placement='paper', which swaps layers without tracing"
+            f"cannot trace {type(model).__name__} with torch.fx{_user_frame(exc)} ({first}); pass "
+            "example_inputs= (and example_kwargs=) to quantize() to capture it with torch.export instead"
         ) from None
     return fx.GraphModule(model, graph, class_name=type(model).__name__)
 
