@@ -84,7 +84,7 @@ def export_program(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
     """torch.export (non-strict, train mode) of ``model`` with flattened outputs; a QexportError names
     the failing construct and the user's source line."""
     flat = _Flat(model, list(kwargs))
-    flat.train(model.training)
+    flat.train(True)  # as PT2E's QAT flow: dropout and batch statistics in the graph (module calls after)
     inputs = (*args, *kwargs.values())
     try:
         try:
