@@ -324,7 +324,7 @@ def restore_outputs(gm: fx.GraphModule, text: str | None) -> None:
         return
     try:
         spec = pytree.treespec_loads(text)
-    except Exception:  # noqa: BLE001 -- an unreadable record: keep the flat tuple
+    except Exception:  # an unreadable record: keep the flat tuple
         return
     if spec.num_leaves == info.out_spec.num_leaves:
         gm.graph._codegen.pytree_info = info._replace(out_spec=spec)
