@@ -91,6 +91,10 @@ Tensor input(OrtKernelContext* context, size_t index, const std::string& what) {
 }
 
 void* output(OrtKernelContext* context, size_t index, const std::vector<int64_t>& shape) {
+  int64_t count = 1;
+  for (int64_t d : shape) count = checked_mul(count, d, "output shape " + shape_text(shape));
+  if (count > std::numeric_limits<int32_t>::max())  // asked of onnxruntime's allocator, it may abort
+    fail("output " + shape_text(shape) + " of more than 2^31 - 1 elements (a native kernel limit)");
   OrtValue* value = nullptr;
   check(api->KernelContext_GetOutput(context, index, shape.data(), shape.size(), &value));
   if (value == nullptr) return nullptr;

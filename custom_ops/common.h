@@ -44,8 +44,8 @@ int64_t checked_add(int64_t a, int64_t b, const std::string& what);
 Tensor describe(const OrtValue* value, const std::string& what);
 // Input ``index`` of the running node; ``what`` names it in errors ("PostConv input x_codes").
 Tensor input(OrtKernelContext* context, size_t index, const std::string& what);
-// Output ``index`` allocated with ``shape``; returns its data pointer (nullptr for an optional output
-// the node leaves out).
+// Output ``index`` allocated with ``shape`` (at most 2^31 - 1 elements, else a native kernel limit
+// error); returns its data pointer (nullptr for an optional output the node leaves out).
 void* output(OrtKernelContext* context, size_t index, const std::vector<int64_t>& shape);
 
 void expect_type(const Tensor& t, ONNXTensorElementDataType type, const std::string& what);

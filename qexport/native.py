@@ -2,7 +2,8 @@
 when onnxruntime's headers are found).  A registered kernel replaces the model's ONNX function of the
 same name; without the library the function bodies run (exact, slower).
 
-Environment: ``QEXPORT_NATIVE_LIB`` points at another build of the library; ``QEXPORT_NATIVE=0``
+Environment: ``QEXPORT_NATIVE_LIB`` points at another build of the library (tools/sanitize_build.sh
+makes an AddressSanitizer + UBSan one, docs/FUZZ.md says how to load it); ``QEXPORT_NATIVE=0``
 disables it; ``QEXPORT_ISA`` = ``scalar`` | ``avx2`` | ``avx512vnni`` forces a kernel path (the
 library refuses, with an error status, a path the CPU lacks)."""
 

@@ -28,7 +28,8 @@ The oracle is the op's schema (qexport/ops/*.py), restated in ``spec_violation``
 Outcomes per case: ran (bit for bit), close (AsqQuantize only: equal but for float summation order, see
 ``asq_close``), error (clean, as the oracle wants), limit, body, skipped (a valid conv whose output
 has 2^24 to 2^31 elements: work, not a test; beyond, the kernel must refuse it as a limit and the body is
-not run), crash (the worker process died: segfault, abort, sanitizer
+not run; under ASan, also a case that runs a function body only and has a dimension of 2^31 or more,
+whose output onnxruntime's allocator would abort on), crash (the worker process died: segfault, abort, sanitizer
 report), hang (no answer within --timeout), disagree.
 
 Cases run in a worker subprocess that announces each case before running it; a parent restarts it
@@ -960,7 +961,12 @@ def _typed_inputs_not_float(case: Case) -> bool:
 
 
 def conv_outputs(case: Case) -> int:
-    """Elements of a valid conv case's output (0 for other ops)."""
+    """Elements of a valid case's largest output (0 for other cases): a conv's y, AsqQuantize's y or its
+    per-sample steps (N of them, also when x is empty)."""
+    if case.op == "AsqQuantize" and spec_violation(case) is None:
+        x = case.inputs[0]
+        assert x is not None
+        return max(int(x.size), int(x.shape[0]))
     if case.op not in ("PostConv", "IntConv") or spec_violation(case) is not None:
         return 0
     x, w = case.inputs[0], case.inputs[2]
@@ -976,7 +982,15 @@ def conv_outputs(case: Case) -> int:
 MAX_OUTPUTS = 2**24  # a valid case with a bigger output is not run (it is work, not a test): "skipped"
 
 
+UNDER_ASAN = "asan" in os.environ.get("LD_PRELOAD", "")
+
+
 def run_case(case: Case) -> dict[str, Any]:
+    body_only = case.op not in NATIVE_OPS or (case.op == "AsqQuantize" and _typed_inputs_not_float(case))
+    if UNDER_ASAN and body_only and any(v is not None and max(v.shape, default=0) >= 2**31 for v in case.inputs):
+        # onnxruntime's own allocation of a huge output aborts under ASan (its operator new cannot fail
+        # softly there): not a finding about the kernels, which these ops do not have
+        return {"outcome": "skipped", "why": "huge dimension under ASan", "native": "", "body": ""}
     outputs = conv_outputs(case)
     if MAX_OUTPUTS < outputs < 2**31:
         return {"outcome": "skipped", "why": f"valid, {outputs} outputs", "native": "", "body": ""}
@@ -1011,7 +1025,7 @@ WORKER_MEMORY = 4 << 30  # bytes of address space: a malformed node asking for m
 
 def worker(seed: int, exported: list[Path]) -> None:
     """Read case indices on stdin; announce each ('start i') before running it, then its result."""
-    if "asan" not in os.environ.get("LD_PRELOAD", ""):  # ASan reserves terabytes: there ASAN_OPTIONS bound it
+    if not UNDER_ASAN:  # ASan reserves terabytes of address space: there ASAN_OPTIONS bound allocations
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY, WORKER_MEMORY))
@@ -1087,7 +1101,7 @@ def fuzz(cases: int, seed: int, timeout: float, out: Path, exported: list[Path] 
          quiet: bool = False) -> dict[str, Counter]:  # fmt: skip
     exported = exported or []
     bases = load_bases(exported)
-    if "asan" not in os.environ.get("LD_PRELOAD", ""):  # regenerating a case must not exhaust the machine
+    if not UNDER_ASAN:  # regenerating a case must not exhaust the machine
         import resource
 
         resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY, WORKER_MEMORY))
