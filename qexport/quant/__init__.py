@@ -8,6 +8,7 @@ from .lsq import LsqQuantizer
 from .nipq import NipqQuantizer
 from .placement import apply_config, calibrate, quantize, quantizers
 from .post import PostQuantizer
+from .post2 import Post2Quantizer
 from .pot import PotQuantizer
 from .resource import average_bits, average_weight_bits, finalize, gbops, resource_loss
 
@@ -16,6 +17,7 @@ __all__ = [
     "AsqQuantizer",
     "LsqQuantizer",
     "NipqQuantizer",
+    "Post2Quantizer",
     "PostQuantizer",
     "PotQuantizer",
     "QuantConfig",

@@ -12,9 +12,10 @@ from .base import Quantizer
 from .lsq import LsqQuantizer
 from .nipq import NipqQuantizer
 from .post import PostQuantizer
+from .post2 import Post2Quantizer
 from .pot import PotQuantizer
 
-WEIGHT_METHODS = ("lsq", "nipq", "post", "pot")
+WEIGHT_METHODS = ("lsq", "nipq", "post", "pot", "post2")
 ACT_METHODS = ("lsq", "nipq", "asq")
 PLACEMENTS = ("deployable", "paper")
 WEIGHT_RANGES = ("full", "narrow")
@@ -100,6 +101,8 @@ def make_weight_quantizer(method: str, bits: int, out_channels: int, cfg: QuantC
         return PostQuantizer(bits, out_channels)
     if method == "pot":
         return PotQuantizer(bits, out_channels)
+    if method == "post2":
+        return Post2Quantizer(bits, out_channels)
     raise QexportError(f"unknown weight method {method!r}")
 
 

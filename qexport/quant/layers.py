@@ -113,7 +113,7 @@ class QuantConv2d(_Quantized, nn.Conv2d):
 
     def _integer_weights(self) -> bool:
         w = self.weight_quant
-        return w is not None and (w.kind == "uniform" or w.method == "pot")
+        return w is not None and (w.kind == "uniform" or w.method in ("pot", "post2"))
 
     def integer_eval(self) -> bool:
         """Whether eval runs the integer arithmetic of the deployed conv: integer or POST weights, and

@@ -197,7 +197,7 @@ def _plan(path: str, index: int, count: int, cfg: QuantConfig) -> LayerPlan | No
     abits = cfg.act_bits or cfg.bits
     if cfg.first_last_bits is not None and index in (0, count - 1):
         wbits = abits = cfg.first_last_bits
-        if weight in ("post", "pot") and wbits not in (2, 3, 4):
+        if weight in ("post", "pot", "post2") and wbits not in (2, 3, 4):
             weight = "lsq"  # POST/POT levels are not defined at 8 bits: the 8-bit ends use uniform LSQ
     for pattern, spec in cfg.overrides.items():
         if not fnmatch.fnmatchcase(path, pattern):
