@@ -30,6 +30,7 @@ class QTensor(NamedTuple):
 # weight storage -> (ONNX element type, lowest code, highest code, lowest opset)
 STORAGE = {
     "int8": (TensorProto.INT8, -128, 127, 10),
+    "int16": (TensorProto.INT16, -32768, 32767, 21),  # codes past int8 (base-2 POST at 4 bits, NIPQ > 8 bits)
     "int4": (TensorProto.INT4, -8, 7, 21),
     "int2": (TensorProto.INT2, -2, 1, 25),
 }
@@ -103,11 +104,14 @@ class GraphBuilder:
         code_lo, code_hi = spec.qmin, spec.qmax
         if upper is not None:  # Q(upper) as QuantizeLinear computes it: float32 division, half to even
             code_lo, code_hi = max(code_lo, 0), min(code_hi, int(np.round(np.float32(upper) / step)))
-        shift = 128 if offset and spec.signed and (code_lo, code_hi) != (-128, 127) else 0
+        wide = spec.bits > 8  # NIPQ's learned widths reach 14 bits: a 16-bit container (no integer fusion)
+        shift = 128 if offset and spec.signed and not wide and (code_lo, code_hi) != (-128, 127) else 0
         dtype = np.int8 if spec.signed and not shift else np.uint8
+        if wide:
+            dtype = np.int16 if spec.signed else np.uint16
         zp = self.const(f"{path}.zero_point", np.array(shift, dtype))
         codes = self.node("QuantizeLinear", [x, scale, zp], f"{path}.q")
-        lo, hi = (-128, 127) if dtype == np.int8 else (0, 255)
+        lo, hi = int(np.iinfo(dtype).min), int(np.iinfo(dtype).max)
         code_lo, code_hi = code_lo + shift, code_hi + shift
         if shift:
             self.code_offsets[path] = shift
@@ -125,15 +129,15 @@ class GraphBuilder:
         elem, lo, hi, _ = STORAGE[storage]
         if codes.size and (codes.min() < lo or codes.max() > hi):
             raise ValueError(f"weight codes of {path} do not fit {storage}")
-        if storage == "int8":
-            return self.const(f"{path}.weight_codes", codes.astype(np.int8))
+        if storage in ("int8", "int16"):
+            return self.const(f"{path}.weight_codes", codes.astype(np.int8 if storage == "int8" else np.int16))
         packed = self.packed_const(f"{path}.weight_codes", elem, codes)
         return self.node("Cast", [packed], f"{path}.weight_int8", to=TensorProto.INT8)
 
     def dq_weight(self, codes: np.ndarray, scale: np.ndarray, axis: int, path: str, storage: str = "int8") -> str:
         """Integer weight codes (int8, or packed int4 / int2) behind a per-channel DequantizeLinear."""
         w = self.weight_codes(codes, path, storage)
-        zp = self.const(f"{path}.weight_zero_point", np.zeros(scale.shape, np.int8))
+        zp = self.const(f"{path}.weight_zero_point", np.zeros(scale.shape, np.int16 if storage == "int16" else np.int8))
         s = self.const(f"{path}.weight_scale", scale.astype(np.float32))
         return self.node("DequantizeLinear", [w, s, zp], f"{path}.weight", axis=axis)
 

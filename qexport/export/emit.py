@@ -100,7 +100,7 @@ class Emitter:
             _, qmin, qmax, opset = STORAGE[kind]
             if self.packed and self.opset >= opset and qmin <= lo and hi <= qmax:
                 return kind
-        return "int8"
+        return "int8" if -128 <= lo and hi <= 127 else "int16"
 
     # -- quantized activations -----------------------------------------------------------------
     def activation(self, q: Quantizer, x: str, path: str, codes_used: bool = False) -> QTensor:
@@ -200,7 +200,7 @@ class Emitter:
         form, post = self.weight_form(layer)
         # IntConv: integer weights, but an input step QLinearConv cannot take (ASQ) or an output it
         # would leave float
-        int_conv = form is not None and (not layer.is_integer() or not self.output_quantized(node))
+        int_conv = self.writes_int_conv(layer, node, form)
         xq = self.layer_input(layer, x, path, post or int_conv) if isinstance(layer, QuantConv2d) else None
         x = xq.value if xq is not None else x
         k, shift = bn_factors(bn, layer.out_channels)
@@ -237,6 +237,13 @@ class Emitter:
         if isinstance(layer, QuantConv2d):
             self.record(path, layer, "Conv", storage if layer.weight_quant is not None else "float32")
         return self.b.node("Conv", inputs, path, kernel_shape=list(layer.kernel_size), **attrs)
+
+    def writes_int_conv(self, layer: nn.Module, node: fx.Node, form: tuple[torch.Tensor, torch.Tensor] | None) -> bool:
+        """Whether conv ``node`` (integer weights ``form``) is written as an IntConv.  Codes past 8 bits
+        (int16 weights or activations) run as a float Conv of dequantized values instead."""
+        if form is None or not isinstance(layer, QuantConv2d) or _wide(layer, form):
+            return False
+        return not layer.is_integer() or not self.output_quantized(node)
 
     def output_quantized(self, node: fx.Node) -> bool:
         """Whether a conv's output (after its folded BatchNorm and a ReLU) goes into exactly one uniform
@@ -297,7 +304,7 @@ class Emitter:
         asq = isinstance(layer, QuantLinear) and layer.act_quant is not None and layer.act_quant.kind == "asq"
         # MatMulInteger for a per-row step, and for a 2-D input (DequantizeLinear -> MatMul plus the bias
         # becomes a float Gemm there; from 3-D on, onnxruntime fuses it into MatMulIntegerToFloat)
-        integer = form is not None and (asq or _rank(node.args[0]) == 2)
+        integer = form is not None and not _wide(layer, form) and (asq or _rank(node.args[0]) == 2)
         xq = self.layer_input(layer, x, path, post or integer) if isinstance(layer, QuantLinear) else None
         x = xq.value if xq is not None else x
         if post:
@@ -369,6 +376,16 @@ def relu_kind(gm: fx.GraphModule, n: fx.Node) -> str | None:
     if n.op == "call_function":
         return "relu" if n.target in (torch.relu, F.relu) else "relu6" if n.target is F.relu6 else None
     return "relu" if n.op == "call_method" and n.target == "relu" else None
+
+
+def _wide(layer: nn.Module, form: tuple[torch.Tensor, torch.Tensor]) -> bool:
+    """Whether a layer's weight codes or input codes need more than 8 bits (no integer kernel takes them)."""
+    act, weight = getattr(layer, "act_quant", None), getattr(layer, "weight_quant", None)
+    lo, hi = (int(form[0].min()), int(form[0].max())) if form[0].numel() else (0, 0)
+    # a symmetric level set can be negated by a BatchNorm sign fold: -128 would become 128
+    symmetric = weight is not None and weight.code_range.qmin == -weight.code_range.qmax
+    wide_weights = hi > 127 or lo < -128 or (symmetric and lo < -127)
+    return wide_weights or (act is not None and act.code_range.bits > 8)
 
 
 def _rank(n: fx.Node) -> int:

@@ -116,8 +116,7 @@ def _fuses_relu(e: Emitter, node: fx.Node) -> bool:
     if not isinstance(layer, QuantConv2d) or layer.act_quant is None:
         return False
     form, post = e.weight_form(layer)
-    int_conv = form is not None and (not layer.is_integer() or not e.output_quantized(node))
-    return not post and int_conv and e.relu_after(node) is not None
+    return not post and e.writes_int_conv(layer, node, form) and e.relu_after(node) is not None
 
 
 def _plan(gm: fx.GraphModule, e: Emitter) -> _Plan:
