@@ -116,6 +116,23 @@ def _quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import(args: argparse.Namespace) -> int:
+    from .importers import import_checkpoint
+
+    act = None if args.nipq_act is None else args.nipq_act == "on"
+    result = import_checkpoint(
+        args.checkpoint, args.source, bits=args.bits, arch=args.arch, act=act, weights=args.asq_weights,
+        measure=not args.no_measure, image_size=args.image_size,
+    )  # fmt: skip
+    meta = {"imported_from": result.source, "source_file": Path(args.checkpoint).name, "import_notes": result.notes}
+    save(result.model, args.output, meta=meta)
+    for note in result.notes:
+        print(f"  {note}")
+    print(f"wrote {args.output}: {result.arch} from an official {result.source} checkpoint; next: "
+          f"qexport {args.output} --format onnx")  # fmt: skip
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from .export import export
 
@@ -316,6 +333,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trust", action="store_true")
     s.add_argument("-o", "--output", required=True)
     s.set_defaults(func=_quantize)
+
+    s = sub.add_parser("import", help="import a checkpoint trained with the official NIPQ or ASQ-POST code")
+    s.add_argument("checkpoint", help="the official .pth / .ckpt / .pth.tar file")
+    s.add_argument("--from", dest="source", required=True, choices=["nipq", "asq-post"])
+    s.add_argument("--bits", type=int, help="ASQ-POST bit-width, when the file's 'arch' entry does not name it")
+    s.add_argument("--arch", help="the architecture expected (nipq: mobilenetv2, asq-post: resnet18)")
+    s.add_argument("--nipq-act", choices=["on", "off"], help="NIPQ: was activation quantization on (--a_scale > 0)?")
+    s.add_argument("--asq-weights", choices=["post", "lsq"], help="ASQ-POST: POST (Q_ResNet18_PA) or LSQ weights")
+    s.add_argument("--image-size", type=int, default=224, help="input side the model.pt records (default 224)")
+    s.add_argument("--no-measure", action="store_true", help="skip measuring qexport's eval against the official")
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=_import)
 
     s = sub.add_parser(
         "export", help="export a model.pt to ONNX and check parity (also: qexport model.pt --format onnx)"
