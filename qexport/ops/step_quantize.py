@@ -7,9 +7,10 @@ Outputs y = codes * step (float32), codes (the zero point's type)
 
 ``codes = clip(round_half_even(x / step), qmin, qmax)``: a division by the float32 step, as
 QuantizeLinear does.  NaN: where ``round(x / step)`` is NaN (x NaN, a NaN step, 0 / 0, inf / inf) y is
-NaN and the code is 0 (onnxruntime's Cast of NaN to an 8-bit integer; the native kernels do the same).  Div/Round/Clip rather than QuantizeLinear(axis=0): a per-sample
-DequantizeLinear scale feeding a Conv is fused by onnxruntime into kernels that reject it at batch > 1
-(research/onnxruntime.md), and a per-row step is beyond QuantizeLinear's ``axis``.
+NaN and the code is 0 (onnxruntime's Cast of NaN to an 8-bit integer; the native kernels do the same).
+Div/Round/Clip rather than QuantizeLinear(axis=0): a per-sample DequantizeLinear scale feeding a Conv
+is fused by onnxruntime into kernels that reject it at batch > 1 (research/onnxruntime.md), and a
+per-row step is beyond QuantizeLinear's ``axis``.
 """
 
 from __future__ import annotations
