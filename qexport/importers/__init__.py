@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,13 +81,19 @@ def read_official(path: str | os.PathLike[str]) -> OfficialFile:
     return OfficialFile(path, tensors, extras)
 
 
-def load_mapped(model: nn.Module, mapped: dict[str, Tensor], what: str) -> None:
-    """Load ``mapped`` into ``model`` strictly; a missing or surplus tensor is one error line."""
+def load_mapped(
+    model: nn.Module, mapped: dict[str, Tensor], what: str, official_name: Callable[[str], str] | None = None
+) -> None:
+    """Load ``mapped`` into ``model`` strictly; a missing or surplus tensor is one error line (a missing
+    one named as the official file would name it, by ``official_name``)."""
     own = model.state_dict()
     missing = [k for k in own if k not in mapped]
     unexpected = [k for k in mapped if k not in own]
     if missing or unexpected:
-        part = f"lacks {len(missing)} tensor(s), e.g. '{missing[0]}'" if missing else ""
+        part = ""
+        if missing:
+            names = list(dict.fromkeys(official_name(k) for k in missing)) if official_name else missing
+            part = f"lacks {len(names)} tensor(s), e.g. '{names[0]}'"
         if unexpected:
             part += ("; " if part else "") + f"has {len(unexpected)} unknown, e.g. '{unexpected[0]}'"
         raise QexportError(f"{what}: the mapped checkpoint {part}: a different architecture or a partial file?")

@@ -123,6 +123,29 @@ def _map(tensors: dict[str, Tensor], weight: str, where: str) -> dict[str, Tenso
     return mapped
 
 
+def official_name(name: str) -> str:
+    """The official key a qexport tensor comes from (the inverse of ``_map``)."""
+    for ours, theirs in (("stem.0.", "quant_init_block_convbn.conv."), ("stem.1.", "quant_init_block_convbn.bn."),
+                         ("fc.", "quant_output.linear.")):  # fmt: skip
+        if name.startswith(ours):
+            return theirs + name.removeprefix(ours)
+    m = re.match(r"^layers\.(\d)\.(\d+)\.(conv1|bn1|conv2|bn2|shortcut\.0|shortcut\.1)\.(.+)$", name)
+    if m is None:
+        return name
+    part = {"1": "quant_convbn1", "2": "quant_convbn2"}.get(m.group(3)[-1], "quant_identity_convbn")
+    part = "quant_identity_convbn" if m.group(3).startswith("shortcut") else part
+    base, rest = f"layer{int(m.group(1)) + 1}.unit{int(m.group(2)) + 1}.{part}.", m.group(4)
+    if m.group(3).startswith(("bn", "shortcut.1")):
+        return f"{base}bn.{rest}"
+    if rest.startswith("weight_quant."):
+        return f"{base}quan_w_fn.s"
+    if rest.startswith("act_quant.adapter."):
+        return f"{base}adapter.net.{0 if '.fc1.' in rest else 2}.{rest.rsplit('.', 1)[1]}"
+    if rest.startswith("act_quant."):
+        return f"{base}quan_a_fn.s"
+    return f"{base}conv.{rest}"
+
+
 def _weight_changes(model: Any, weight: str) -> str | None:
     """LSQ full-range weights: qexport applies the range to the weight mirrored by sign(BN gamma) (so a
     folded code stays in range); count the weights whose quantized value moves because of it."""
@@ -166,7 +189,7 @@ def import_asq_post(official: OfficialFile, *, arch: str | None, bits: int | Non
     )  # fmt: skip
     num_classes = int(t["quant_output.linear.weight"].shape[0])
     model = apply_config(zoo.create(ARCH, num_classes=num_classes), cfg)
-    load_mapped(model, _map(t, weight, where), where)
+    load_mapped(model, _map(t, weight, where), where, official_name)
     model.eval()
     names = {"post2": "POST (base 2, Q_ResNet18_PA)", "lsq": "LSQ"}
     notes = [f"{b}-bit {names[weight]} weights, {act.upper()} inputs; stem conv and fc FP32 as in the official code"]

@@ -47,6 +47,16 @@ def _qexport_name(key: str) -> str:
     return re.sub(r"\.alpha$", ".weight_quant.alpha_param", key)
 
 
+def official_name(name: str) -> str:
+    """The official key a qexport tensor comes from (the inverse of ``_qexport_name``)."""
+    name = re.sub(r"\.act_quant\.alpha_param$", ".act_func.alpha", name)
+    name = re.sub(r"\.act_quant\.\w+$", ".act_func.bit", name)
+    name = re.sub(r"\.weight_quant\.alpha_param$", ".alpha", name)
+    name = re.sub(r"\.weight_quant\.\w+$", ".bit", name)
+    name = re.sub(r"^features\.(\d+)\.block\.", r"features.\1.conv.", name)
+    return re.sub(r"^fc\.", "classifier.1.", name)
+
+
 def _signed_officially(path: str) -> bool:
     """Q_Sym inputs: the expand 1x1 conv of blocks 2..17 and the last conv (features.18.0)."""
     m = re.fullmatch(r"features\.(\d+)\.block\.0\.0", path)
@@ -105,7 +115,7 @@ def import_nipq(official: OfficialFile, *, arch: str | None, act: bool | None) -
     )  # fmt: skip
     num_classes = int(t["classifier.1.weight"].shape[0])
     model = apply_config(zoo.create(ARCH, num_classes=num_classes), cfg)
-    load_mapped(model, mapped, where)
+    load_mapped(model, mapped, where, official_name)
     for name, m in model.named_modules():
         if isinstance(m, NipqQuantizer) and m.role == "act" and m.signed != _signed_officially(name.rsplit(".", 1)[0]):
             raise QexportError(f"{where}: qexport's sign analysis disagrees with the official code at '{name}'")
