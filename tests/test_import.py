@@ -319,6 +319,7 @@ def test_nipq_export_check(tmp_path: Path) -> None:
     path = _save(nipq_state_dict(seed=3), tmp_path / "best.pth")
     imported = import_checkpoint(path, "nipq", act=True, image_size=SIZE)
     assert any("16-bit" in n for n in imported.notes) and any("rounding ties" in n for n in imported.notes)
+    assert any(n.startswith("per conv, fed the same input") for n in imported.notes)  # BN folded: measured
     out = qexport.save(imported.model, tmp_path / "model.pt")
     onnx_path = qexport.export(out, tmp_path / "model.onnx")
     report = qexport.check(out, onnx_path, samples=8, reference_samples=0)

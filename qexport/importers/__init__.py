@@ -134,6 +134,39 @@ def measure_eval_difference(model: nn.Module, example: Tensor) -> str:
     )
 
 
+def measure_layer_differences(model: nn.Module, example: Tensor) -> str | None:
+    """One line: per conv that qexport evaluates as its deployed integer conv, fed the same input, how far
+    its output is from the official fake-quant conv + float BatchNorm (relative to the largest output).
+    Logits of a low-bit network amplify any difference; this shows where it comes from.  None: no such conv."""
+    rel: dict[str, float] = {}
+    names = {m: n for n, m in model.named_modules()}
+
+    def hook(conv: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> None:
+        assert isinstance(conv, QuantConv2d)
+        if not (conv.integer_eval() and conv._deployable_now()):
+            return
+        theirs = conv._conv_forward(*conv.quantized_operands(inputs[0]), conv.bias)
+        if conv.folded_bn is not None:
+            theirs = nn.BatchNorm2d.forward(conv.folded_bn, theirs)
+        rel[names[conv]] = float((out - theirs).abs().max()) / (float(theirs.abs().max()) or 1.0)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, QuantConv2d)]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        for h in handles:
+            h.remove()
+    if not rel:
+        return None
+    worst = max(rel, key=rel.__getitem__)
+    median = sorted(rel.values())[len(rel) // 2]
+    return (
+        f"per conv, fed the same input: qexport's deployed conv vs the official fake-quant conv + float BatchNorm "
+        f"differ by up to {100 * rel[worst]:.3g}% of the largest output (at '{worst}'), median {100 * median:.3g}%"
+    )
+
+
 def import_checkpoint(
     path: str | os.PathLike[str],
     source: str,
@@ -172,6 +205,9 @@ def import_checkpoint(
     if measure:
         example = zoo.example_input(result.model, batch=4, seed=0)
         result.notes.append(measure_eval_difference(result.model, example))
+        per_layer = measure_layer_differences(result.model, example)
+        if per_layer is not None:
+            result.notes.append(per_layer)
         if source == "nipq":
             from .nipq import formula_difference
 
