@@ -142,7 +142,8 @@ def _export(args: argparse.Namespace) -> int:
     out = Path(args.output or Path(args.model).with_suffix(".onnx"))
     export(model, out, opset=args.opset, packed=not args.int8_weights, adds=args.adds)
     layers = [m for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
-    methods = sorted({f"{q.method}{q.code_range.bits}" for m in layers for q in (m.weight_quant, m.act_quant) if q})
+    quants = [q for m in layers for q in (m.weight_quant, m.act_quant) if q]
+    methods = sorted({f"{q.method}{'-' * q.method[-1].isdigit()}{q.code_range.bits}" for q in quants})  # post2-4
     size_mb = out.stat().st_size / 1e6
     storage = "int8 weights" if args.int8_weights else "packed weights"
     print(

@@ -105,7 +105,8 @@ def onnx_summary(path: str) -> str:
         total += nbytes
         scale = inits.get(f"{p}.weight_scale")
         w, a = (layer.get(side) for side in ("weight", "act"))
-        methods = [f"{q['method']}{q['bits']}" if q else "float" for q in (w, a)]
+        # a method name ending in a digit gets a dash before its bits: post2-4
+        methods = [f"{q['method']}{'-' * q['method'][-1:].isdigit()}{q['bits']}" if q else "float" for q in (w, a)]
         scales = _scale_range(numpy_helper.to_array(scale)) if scale is not None else "-"
         rows.append([p, layer["type"], *methods, layer["weight_storage"], scales, f"{nbytes / 1e3:.1f}"])
     lines.append(format_table(rows, ["layer", "op", "weights", "input", "storage", "weight scale", "kB"]))
