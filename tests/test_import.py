@@ -74,7 +74,8 @@ def nipq_state_dict(seed: int = 0, act: bool = True, wide: bool = True, classes:
         w = torch.randn(cout, cin // groups, k, k, generator=gen) * math.sqrt(2.0 / (k * k * cin // groups))
         sd[f"{prefix}.weight"] = w
         b = bit_choices[int(torch.randint(len(bit_choices), (1,), generator=gen))]
-        sd[f"{prefix}.bit"] = _theta(10.0 if wide and prefix == "features.18.0" else b)
+        b = 10.0 if wide and prefix == "features.18.0" else b  # past 8 bits: 16-bit codes in export
+        sd[f"{prefix}.bit"] = _theta(b)
         sd[f"{prefix}.alpha"] = _softplus_inv(float(w.abs().max()) * (0.5 + 0.4 * float(torch.rand(1, generator=gen))))
         if sign is not None:
             init = 3.0 if sign == "signed" else 6.0
@@ -283,6 +284,7 @@ def test_nipq_matches_official_forward(tmp_path: Path, x: Tensor) -> None:
     imported = import_checkpoint(path, "nipq", act=True, measure=False, image_size=SIZE)
     model = imported.model
     assert model.get_submodule("features.18.0").weight_quant.code_range.bits == 10
+    assert model.get_submodule("features.18.0").act_quant.code_range.bits == 10
     assert model.get_submodule("features.0.0").act_quant is None
     assert model.get_submodule("features.2.block.0.0").act_quant.signed
     with torch.no_grad(), official_eval(model):

@@ -115,7 +115,14 @@ class GraphBuilder:
         code_lo, code_hi = code_lo + shift, code_hi + shift
         if shift:
             self.code_offsets[path] = shift
-        if (code_lo, code_hi) != (lo, hi):  # the container is 8-bit: limit to the code range
+        if wide:  # onnxruntime has no 16-bit Clip kernel: clip the codes as int32
+            wide_codes = self.node("Cast", [codes], f"{path}.codes32", to=TensorProto.INT32)
+            qmin = self.const(f"{path}.qmin", np.array(code_lo, np.int32))
+            qmax = self.const(f"{path}.qmax", np.array(code_hi, np.int32))
+            wide_codes = self.node("Clip", [wide_codes, qmin, qmax], f"{path}.clipped")
+            elem = TensorProto.INT16 if dtype == np.int16 else TensorProto.UINT16
+            codes = self.node("Cast", [wide_codes], f"{path}.codes", to=elem)
+        elif (code_lo, code_hi) != (lo, hi):  # the container is 8-bit: limit to the code range
             qmin = self.const(f"{path}.qmin", np.array(code_lo, dtype))
             qmax = self.const(f"{path}.qmax", np.array(code_hi, dtype))
             codes = self.node("Clip", [codes, qmin, qmax], f"{path}.codes")
