@@ -19,6 +19,7 @@ import qexport
 from qexport.cli import main
 from qexport.errors import QexportError
 from qexport.importers import import_checkpoint, official_eval
+from qexport.importers.asq_post import official_name
 from qexport.quant import Post2Quantizer
 from qexport.zoo.mobilenetv2 import SETTINGS
 
@@ -121,7 +122,9 @@ def _asq_conv(sd: dict, prefix: str, cin: int, cout: int, k: int, order: str, ge
         sd[f"{prefix}.quan_w_fn.s"], sd[f"{prefix}.quan_a_fn.s"] = w_s, a_s
 
 
-def asq_state_dict(seed: int = 0, order: str = "post", classes: int = 10) -> dict[str, Tensor]:
+def asq_state_dict(
+    seed: int = 0, order: str = "post", classes: int = 10, negative: bool | None = None
+) -> dict[str, Tensor]:
     gen = torch.Generator().manual_seed(seed)
     sd: dict[str, Tensor] = OrderedDict()
     sd["quant_init_block_convbn.conv.weight"] = torch.randn(64, 3, 7, 7, generator=gen) * math.sqrt(2 / 147)
@@ -131,7 +134,8 @@ def asq_state_dict(seed: int = 0, order: str = "post", classes: int = 10) -> dic
         for j in (1, 2):
             p = f"layer{i}.unit{j}"
             stride_in = cin if j == 1 else width
-            neg = order == "post"  # LSQ weights with a negative gamma are mirrored by qexport (measured apart)
+            # LSQ weights with a negative gamma are mirrored by qexport (test_lsq_mirroring_is_reported)
+            neg = order == "post" if negative is None else negative
             _asq_conv(sd, f"{p}.quant_convbn1", stride_in, width, 3, order, gen, neg)
             _asq_conv(sd, f"{p}.quant_convbn2", width, width, 3, order, gen, neg)
             if j == 1 and i > 1:
@@ -351,3 +355,19 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     nipq = {k: v for k, v in nipq_state_dict(seed=5).items() if k != "features.3.conv.1.0.alpha"}
     with pytest.raises(QexportError, match=r"lacks 1 tensor\(s\), e\.g\. 'features\.3\.conv\.1\.0\.alpha'"):
         import_checkpoint(_save(nipq, tmp_path / "n.pth"), "nipq", act=True, measure=False)
+
+
+def test_lsq_mirroring_is_reported(tmp_path: Path) -> None:
+    """Full-range LSQ weights in a channel with a negative BatchNorm gamma: qexport quantizes the mirrored
+    weight (folding stays in range), which moves codes at the range ends; the import says how many."""
+    sd = asq_state_dict(seed=6, order="lsq", negative=True)
+    path = _save({"arch": "resnet18_3", "state_dict": sd}, tmp_path / "lsq.pth.tar")
+    imported = import_checkpoint(path, "asq-post", measure=False, image_size=SIZE)
+    (note,) = [n for n in imported.notes if n.startswith("LSQ weights mirrored")]
+    moved = 0
+    for name, m in imported.model.named_modules():
+        if getattr(m, "weight_quant", None) is not None:  # the official weights, from the file's own tensors
+            ref = lsq_w_ref(sd[official_name(f"{name}.weight")], sd[official_name(f"{name}.weight_quant.step")], 3)
+            with torch.no_grad():
+                moved += int((m.quantized_weight() != ref).sum())
+    assert moved > 0 and f": {moved} of " in note
