@@ -347,6 +347,8 @@ def test_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str])
          _save(partial, tmp_path / "p.pth"),
          "lacks 1 tensor(s), e.g. 'layer2.unit1.quant_identity_convbn.quan_a_fn.s'"),
         (["--from", "nipq"], tmp_path / "missing.pth", "no such checkpoint"),
+        (["--from", "nipq", "--bits", "4"], bare, "--bits does not apply to --from nipq"),
+        (["--from", "asq-post", "--bits", "5"], bare, "5-bit base-2 POST"),
     ]  # fmt: skip
     for flags, path, message in cases:
         assert main(["import", str(path), *flags, "--no-measure", "-o", str(tmp_path / "o.pt")]) == 2

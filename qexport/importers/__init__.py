@@ -192,6 +192,10 @@ def import_checkpoint(
         raise QexportError(f"unknown checkpoint source {source!r}: choose one of {', '.join(SOURCES)}")
     if not 32 <= image_size <= 1024:
         raise QexportError(f"image_size={image_size}: use 32 to 1024 pixels")
+    flags = {"nipq": (("--bits", bits), ("--asq-weights", weights)), "asq-post": (("--nipq-act", act),)}[source]
+    for flag, value in flags:
+        if value is not None:
+            raise QexportError(f"{flag} does not apply to --from {source} checkpoints")
     official = read_official(path)
     if source == "nipq":
         from .nipq import import_nipq

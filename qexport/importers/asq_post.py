@@ -183,6 +183,11 @@ def import_asq_post(official: OfficialFile, *, arch: str | None, bits: int | Non
         raise QexportError(f"{where}: {blocks} blocks per stage; only ResNet-18 ([2, 2, 2, 2]) is importable")
     b = _bits_of(official, bits, where)
     weight, act = _variant(t, weights, where)
+    if weight == "post2" and b not in (2, 3, 4):
+        raise QexportError(
+            f"{where}: {b}-bit base-2 POST needs integer weights up to 2^{2 ** (b - 1) - 1}, past int16; "
+            "2 to 4 bits import"
+        )
     cfg = QuantConfig(
         weight=weight, act=act, bits=b, placement="paper", first_last_bits=None,
         overrides={"stem.0": None, "fc": None}, weight_range="full",
