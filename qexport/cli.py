@@ -34,6 +34,7 @@ EPILOG = """examples:
   qexport eval models/resnet20_lsq_w4a4.pt           CIFAR-10 test top-1 of the fake-quant model
   qexport quantize resnet20 --init fp32.pt --weight post --act asq --bits 4 -o calibrated.pt
   qexport zoo                                        the model zoo
+  qexport import best.pth --from nipq --nipq-act on -o nipq.pt   a checkpoint of the official NIPQ / ASQ-POST code
 """
 
 
