@@ -126,6 +126,14 @@ def save(
     return path
 
 
+def _looks_like_pickle(path: Path) -> bool:
+    """A pickle of protocol 2 or newer opens with PROTO (0x80) and the protocol number; a zip (what
+    torch.save writes) with 'PK'."""
+    with open(path, "rb") as f:
+        head = f.read(2)
+    return head[:2] == b"PK" or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+
+
 def read(path: str | os.PathLike[str], *, trust: bool = False) -> dict[str, Any]:
     """The raw checkpoint dict, validated; a QexportError names what is wrong with a bad file."""
     path = Path(path)
@@ -134,6 +142,11 @@ def read(path: str | os.PathLike[str], *, trust: bool = False) -> dict[str, Any]
     try:
         payload = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError:
+        if not _looks_like_pickle(path):  # garbage: --trust would not help, and must not be suggested
+            raise QexportError(
+                f"{path}: not a checkpoint (neither a torch.save archive nor a pickle); re-save it with "
+                "qexport.save(model, path)"
+            ) from None
         raise QexportError(
             f"{path}: holds Python objects that a safe load refuses (not a qexport checkpoint, or an "
             "arbitrary pickle); load it with trust=True (CLI: --trust) only if you trust where it came from"

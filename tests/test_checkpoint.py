@@ -131,7 +131,7 @@ def test_corrupt_truncated_foreign_and_version(tmp_path: Path) -> None:
     torch.save(payload, tmp_path / "missing.pt")
     cases = {
         "trunc.pt": "truncated or corrupt",
-        "noise.pt": "truncated or corrupt|refuses",
+        "noise.pt": "truncated or corrupt|not a checkpoint",
         "empty.pt": "truncated or corrupt",
         "foreign.pt": "not a qexport checkpoint",
         "future.pt": "format version 99",
@@ -139,10 +139,14 @@ def test_corrupt_truncated_foreign_and_version(tmp_path: Path) -> None:
         "nothere.pt": "no such checkpoint",
         "plainpickle.pt": "truncated or corrupt|refuses|not a qexport",
     }
+    (tmp_path / "seven.pt").write_bytes(b"garbage")
+    cases["seven.pt"] = "not a checkpoint"
     for name, pattern in cases.items():
         with pytest.raises(QexportError, match=pattern) as err:
             qexport.load(tmp_path / name)
         assert "\n" not in str(err.value), name
+        if name in ("seven.pt", "noise.pt"):  # garbage is no pickle: --trust is no advice for it
+            assert "trust" not in str(err.value), name
 
 
 def test_cli_bad_files_exit_2_without_traceback(tmp_path: Path) -> None:
