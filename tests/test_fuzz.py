@@ -29,15 +29,17 @@ def _fuzz_module():
     return module
 
 
-def test_short_fuzz_run_finds_no_crash_hang_or_disagreement(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("cases", "seed"), [(150, 22), pytest.param(3000, 5, marks=pytest.mark.slow)])
+def test_fuzz_run_finds_no_crash_hang_or_disagreement(tmp_path: Path, cases: int, seed: int) -> None:
+    """150 cases in the default run; 3000 with another seed in the slow set."""
     fuzz = _fuzz_module()
-    table = fuzz.fuzz(150, seed=22, timeout=30.0, out=tmp_path, quiet=True)
+    table = fuzz.fuzz(cases, seed=seed, timeout=30.0, out=tmp_path, quiet=True)
     counts = {o: sum(row[o] for row in table.values()) for o in fuzz.OUTCOMES}
-    assert sum(counts.values()) == 150
+    assert sum(counts.values()) == cases
     assert set(table) == set(fuzz.OPS), "every qexport op was fuzzed"
     bad = {o: counts[o] for o in ("crash", "hang", "disagree") if counts[o]}
     saved = sorted(p.name for p in tmp_path.glob("*.onnx"))
-    assert not bad, f"{bad}; cases saved: {saved} (replay: python tools/fuzz.py --seed 22 --replay INDEX)"
+    assert not bad, f"{bad}; cases saved: {saved} (replay: python tools/fuzz.py --seed {seed} --replay INDEX)"
     assert counts["ran"] > 30 and counts["error"] > 30, counts  # both valid and rejected cases were exercised
 
 
