@@ -251,7 +251,7 @@ def _code_outputs(proto: onnx.ModelProto) -> tuple[dict[str, str], dict[str, str
     zero point its stored codes carry) from the metadata."""
     meta = {p.key: p.value for p in proto.metadata_props}
     if "codes" not in meta:
-        raise QexportError("this ONNX file was not written by qexport (no code-tensor map in its metadata)")
+        raise QexportError("not written by qexport (no code-tensor map in its metadata): export it with qexport")
     return json.loads(meta["codes"]), json.loads(meta.get("steps", "{}")), json.loads(meta.get("code_offsets", "{}"))
 
 
@@ -564,7 +564,10 @@ def check(
         proto = onnx.load(str(onnx_path))
     except Exception as exc:  # protobuf raises DecodeError and friends
         raise QexportError(f"{onnx_path}: not a readable ONNX file ({type(exc).__name__})") from None
-    codes, steps, offsets = _code_outputs(proto)
+    try:
+        codes, steps, offsets = _code_outputs(proto)
+    except QexportError as exc:
+        raise QexportError(f"{onnx_path}: {exc}") from None
     xs = _check_inputs(proto, inputs) if inputs is not None else None  # bad inputs fail before a model.pt loads
     if not isinstance(model, nn.Module):
         model = load(model)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import onnx
 import torch
 
 from . import __version__, zoo
@@ -273,6 +274,10 @@ def _bench(args: argparse.Namespace) -> int:
     for p in paths.values():
         if not os.path.isfile(p):
             raise QexportError(f"{p}: no such ONNX file")
+        try:
+            onnx.checker.check_model(onnx.load(p, load_external_data=False))
+        except Exception as exc:  # protobuf DecodeError, ValidationError ...
+            raise QexportError(f"{p}: not a valid ONNX model ({type(exc).__name__})") from None
     shape, _ = bench.input_shape(next(iter(paths.values())))
     vocab = bench.vocab_size(next(iter(paths.values())))
     print(f"native kernels: {native.library_path() or 'not built (function bodies run)'}")
@@ -280,7 +285,12 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"{name}: {bench.optimized_kernels(p).text()}")
     for b in args.batch:
         for t in args.threads:
-            timings = bench.time_interleaved(paths, bench.random_feeds(b, shape, vocab), t, budget_s=args.budget)
+            try:
+                timings = bench.time_interleaved(paths, bench.random_feeds(b, shape, vocab), t, budget_s=args.budget)
+            except (RuntimeError, ValueError, KeyError) as exc:  # onnxruntime's Fail / InvalidArgument ...
+                first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                names = ", ".join(map(str, paths.values()))
+                raise QexportError(f"{names}: onnxruntime cannot run it ({first})") from None
             base = timings[0].median_ms if args.fp32 else None
             print(f"batch {b}, {t} thread(s):")
             for x in timings:
