@@ -4,35 +4,21 @@ ops' schema.  No crash, no hang, no disagreement."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from qexport import native
+from tests.test_native_hostile import _load_fuzz  # one loader of tools/fuzz.py
 
-ROOT = Path(__file__).resolve().parents[1]
-if os.environ.get("QEXPORT_REQUIRE_NATIVE") == "1":
-    assert native.available(), "QEXPORT_REQUIRE_NATIVE=1 but the native library was not built"
 pytestmark = pytest.mark.skipif(not native.available(), reason="native library not built (README: set-up)")
-
-
-def _fuzz_module():
-    spec = importlib.util.spec_from_file_location("qexport_fuzz", ROOT / "tools" / "fuzz.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["qexport_fuzz"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize(("cases", "seed"), [(150, 22), pytest.param(3000, 5, marks=pytest.mark.slow)])
 def test_fuzz_run_finds_no_crash_hang_or_disagreement(tmp_path: Path, cases: int, seed: int) -> None:
     """150 cases in the default run; 3000 with another seed in the slow set."""
-    fuzz = _fuzz_module()
+    fuzz = _load_fuzz()
     table = fuzz.fuzz(cases, seed=seed, timeout=30.0, out=tmp_path, quiet=True)
     counts = {o: sum(row[o] for row in table.values()) for o in fuzz.OUTCOMES}
     assert sum(counts.values()) == cases
@@ -44,7 +30,7 @@ def test_fuzz_run_finds_no_crash_hang_or_disagreement(tmp_path: Path, cases: int
 
 
 def test_fuzz_oracle_flags_a_kernel_that_accepts_what_the_schema_rejects() -> None:
-    fuzz = _fuzz_module()
+    fuzz = _load_fuzz()
     inputs = [np.zeros((1, 1, 3, 3), np.uint8), np.float32(1), np.zeros((1, 1, 1, 1), np.int8),
               np.ones((1, 1, 1), np.float32), np.zeros(1, np.float32)]  # fmt: skip
     case = fuzz.Case("IntConv", inputs, [False, True, True, True, True], {"relu": fuzz.Attr(0, "int")})
