@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 from torch.utils import _pytree as pytree
 
@@ -34,6 +35,23 @@ _CONV = {torch.ops.aten.conv2d.default}
 _LINEAR = {torch.ops.aten.linear.default}
 _BATCHNORM = {torch.ops.aten.batch_norm.default, torch.ops.aten._native_batch_norm_legit_no_training.default}
 _DROPOUT = {torch.ops.aten.dropout.default, torch.ops.aten.dropout_.default}
+_ATTENTION = torch.ops.aten.scaled_dot_product_attention.default
+
+
+class Attention(nn.Module):
+    """``F.scaled_dot_product_attention`` whose dropout follows ``train()`` / ``eval()``: a train-mode
+    capture bakes the attention dropout into the op's arguments, where eval would still apply it."""
+
+    def __init__(self, dropout_p: float, is_causal: bool, scale: float | None, enable_gqa: bool) -> None:
+        super().__init__()
+        self.dropout_p, self.is_causal, self.scale, self.enable_gqa = dropout_p, is_causal, scale, enable_gqa
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        p = self.dropout_p if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, mask, p, self.is_causal, scale=self.scale,
+                                              enable_gqa=self.enable_gqa)  # fmt: skip
+
 
 
 class _Flat(nn.Module):
@@ -181,6 +199,19 @@ def to_graph_module(ep: torch.export.ExportedProgram, source: nn.Module | None,
                 _set_submodule(gm, path, source.get_submodule(path))
             with graph.inserting_before(node):
                 call = graph.call_module(path, (node.args[0],))
+            call.meta = dict(node.meta)
+            node.replace_all_uses_with(call)
+            graph.erase_node(node)
+        elif node.target is _ATTENTION:
+            names = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal")
+            given = {**dict(zip(names, node.args, strict=False)), **node.kwargs}
+            if float(given.get("dropout_p", 0.0)) == 0.0:
+                continue  # nothing that depends on the mode
+            name = f"attention_{node.name}"
+            gm.add_submodule(name, Attention(float(given["dropout_p"]), bool(given.get("is_causal", False)),
+                                             given.get("scale"), bool(given.get("enable_gqa", False))))  # fmt: skip
+            with graph.inserting_before(node):
+                call = graph.call_module(name, (given["query"], given["key"], given["value"], given.get("attn_mask")))
             call.meta = dict(node.meta)
             node.replace_all_uses_with(call)
             graph.erase_node(node)
