@@ -532,6 +532,16 @@ def _check_inputs(
             where = "input" if len(specs) == 1 else f"input {spec.name!r}"
             raise QexportError(f"inputs of shape {list(t.shape)} do not fit the model {where} [batch, {shown}]")
         xs[spec.name] = t
+    sizes: dict[str, tuple[str, int]] = {}  # a named axis (sequence) is one size in every input
+    for spec in specs:
+        for axis, d in enumerate(list(spec.type.tensor_type.shape.dim)[1:], start=1):
+            if d.dim_param:
+                seen = sizes.setdefault(d.dim_param, (spec.name, int(xs[spec.name].shape[axis])))
+                if seen[1] != xs[spec.name].shape[axis]:
+                    raise QexportError(
+                        f"check inputs {seen[0]!r} and {spec.name!r} disagree on axis {d.dim_param!r} "
+                        f"({seen[1]} vs {xs[spec.name].shape[axis]}): give every input the same size there"
+                    )
     counts = {k: len(t) for k, t in xs.items()}
     if len(set(counts.values())) > 1:
         shown = ", ".join(f"{k}: {v}" for k, v in counts.items())

@@ -276,7 +276,8 @@ def test_multi_input_errors(
         ({"input_ids": ids, "mask": mask}, "has no input named 'mask'"),
         ({"input_ids": ids}, "needs input 'attention_mask'"),
         ((ids, mask.int()), "check input 'attention_mask' is torch.int32; the model takes torch.int64"),
-        ((ids[:, :5], mask), "inputs of shape \\[4, 5\\] do not fit the model input 'input_ids' \\[batch, 7\\]"),
+        ((ids[:, :5], mask), "'input_ids' and 'attention_mask' disagree on axis 'sequence' \\(5 vs 7\\)"),
+        ((ids[None], mask), "inputs of shape \\[1, 4, 7\\] do not fit the model input 'input_ids'"),
         ((ids, mask[:3]), "different numbers of samples \\(input_ids: 4, attention_mask: 3\\)"),
     ]
     for inputs, message in cases:
