@@ -178,6 +178,7 @@ def test_deployed_conv_math() -> None:
     assert dep.bias_codes.tolist() == [-14, -8]
 
 
+@pytest.mark.slow  # CPU time: in the slow set (CI runs it)
 def test_calibration_sees_batchnorm_and_ptq_keeps_accuracy() -> None:
     """Calibration runs the plain conv, so the BatchNorm after it must still apply (a regression:
     skipping it calibrated every scale on un-normalised activations, 10% top-1)."""

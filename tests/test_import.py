@@ -321,6 +321,7 @@ def test_asq_post_cli_export_check(tmp_path: Path, capsys: pytest.CaptureFixture
     assert report.passed, report
 
 
+@pytest.mark.slow  # CPU time: in the slow set (CI runs it)
 def test_nipq_export_check(tmp_path: Path) -> None:
     path = _save(nipq_state_dict(seed=3), tmp_path / "best.pth")
     imported = import_checkpoint(path, "nipq", act=True, image_size=SIZE)

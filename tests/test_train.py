@@ -190,6 +190,7 @@ def test_nipq_mixed_precision_run(tiny_cifar: Path, tmp_path: Path) -> None:
     assert nipq and all(m._hard and not m.learns_bits for m in nipq)
 
 
+@pytest.mark.slow  # CPU time: in the slow set (CI runs it)
 def test_ddp_two_cpu_ranks_stay_identical(tiny_cifar: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
