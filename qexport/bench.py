@@ -245,8 +245,16 @@ def random_feeds(batch: int, shape: list[int], vocab: int = 1000, seed: int = 0)
 
 
 def input_shape(path: str | os.PathLike[str]) -> tuple[list[int], str]:
-    inp = onnx.load(str(path), load_external_data=False).graph.input[0]
-    dims = [d.dim_value if d.HasField("dim_value") else 1 for d in inp.type.tensor_type.shape.dim]
+    """The first input's shape: fixed sizes as the file says; a dynamic axis past the batch (a
+    sequence) at the size the model was exported with (metadata ``example_shapes``), else 1."""
+    model = onnx.load(str(path), load_external_data=False)
+    inp = model.graph.input[0]
+    meta = {p.key: p.value for p in model.metadata_props}
+    example = json.loads(meta["example_shapes"])[0] if "example_shapes" in meta else []
+    dims = [
+        d.dim_value if d.HasField("dim_value") else (example[i] if 0 < i < len(example) else 1)
+        for i, d in enumerate(inp.type.tensor_type.shape.dim)
+    ]
     return dims, onnx.helper.tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type).name
 
 

@@ -77,6 +77,8 @@ def export(
         "steps": json.dumps(emitter.b.steps),
         "code_offsets": json.dumps(emitter.b.code_offsets),
         "exact_adds": json.dumps(emitter.exact_adds),
+        # the example each input was exported with: benchmarks feed its sizes on dynamic axes
+        "example_shapes": json.dumps([list(a.shape) for a in args]),
     }
     onnx.helper.set_model_props(proto, meta)
     onnx.checker.check_model(proto, full_check=True)
