@@ -512,6 +512,7 @@ def _check_inputs(
     else:
         raise QexportError(f"check inputs are a {type(inputs).__name__}: pass a tensor, a tuple or a dict of tensors")
     xs: Inputs = {}
+    sizes: dict[str, tuple[str, int]] = {}  # named axis -> (first input with it, its size)
     for spec in specs:
         t = given[spec.name]
         t = torch.from_numpy(t) if isinstance(t, np.ndarray) else t
@@ -531,17 +532,15 @@ def _check_inputs(
             shown = ", ".join("?" if f is None else str(f) for f in fixed)
             where = "input" if len(specs) == 1 else f"input {spec.name!r}"
             raise QexportError(f"inputs of shape {list(t.shape)} do not fit the model {where} [batch, {shown}]")
-        xs[spec.name] = t
-    sizes: dict[str, tuple[str, int]] = {}  # a named axis (sequence) is one size in every input
-    for spec in specs:
-        for axis, d in enumerate(list(spec.type.tensor_type.shape.dim)[1:], start=1):
+        for axis, d in enumerate(dims[1:], start=1):  # a named axis (sequence) is one size in every input
             if d.dim_param:
-                seen = sizes.setdefault(d.dim_param, (spec.name, int(xs[spec.name].shape[axis])))
-                if seen[1] != xs[spec.name].shape[axis]:
+                seen = sizes.setdefault(d.dim_param, (spec.name, int(t.shape[axis])))
+                if seen[1] != t.shape[axis]:
                     raise QexportError(
                         f"check inputs {seen[0]!r} and {spec.name!r} disagree on axis {d.dim_param!r} "
-                        f"({seen[1]} vs {xs[spec.name].shape[axis]}): give every input the same size there"
+                        f"({seen[1]} vs {t.shape[axis]}): give every input the same size there"
                     )
+        xs[spec.name] = t
     counts = {k: len(t) for k, t in xs.items()}
     if len(set(counts.values())) > 1:
         shown = ", ".join(f"{k}: {v}" for k, v in counts.items())

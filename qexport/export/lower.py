@@ -33,6 +33,7 @@ from torch.utils import _pytree as pytree
 from ..errors import QexportError
 from ..ops import DOMAIN, VERSION, functions_for
 from ..quant.base import Quantizer
+from ..quant.capture import first_line
 from ..quant.layers import QuantConv2d, QuantLinear
 from .emit import Emitter, relu_kind
 
@@ -63,7 +64,6 @@ class _Unit:
 @dataclass
 class _Plan:
     units: list[_Unit] = field(default_factory=list)
-    absorbed: set[fx.Node] = field(default_factory=set)  # folded BNs and fused ReLUs
     relu6_codes: set[fx.Node] = field(default_factory=set)  # ReLU6s written as ReLU, the 6 on the codes
 
 
@@ -81,9 +81,7 @@ def _unit_fake(x: torch.Tensor, uid: int) -> torch.Tensor:
 
 
 def _register_schema() -> None:
-    if defs.has(  # a second import (tests reload modules) must not register twice
-        "Unit", LOWER_DOMAIN
-    ):
+    if defs.has("Unit", LOWER_DOMAIN):  # a second import (tests reload modules) must not register twice
         return
     param = defs.OpSchema.FormalParameter
     defs.register_schema(defs.OpSchema(
@@ -127,13 +125,11 @@ def _plan(gm: fx.GraphModule, e: Emitter) -> _Plan:
         if not _is_unit(gm, node):
             continue
         last = node
-        if node in e.folds:
+        if node in e.folds:  # the folded BatchNorm
             last = e.folds[node][0]
-            plan.absorbed.add(last)
         if _fuses_relu(e, node):
             relu = e.relu_after(node)
             assert relu is not None
-            plan.absorbed.add(relu)
             last = relu
         plan.units.append(_Unit(node, last, gm.get_submodule(str(node.target))))
     return plan
@@ -198,17 +194,9 @@ def _torch_onnx(lowered: fx.GraphModule, args: tuple[torch.Tensor, ...], names: 
             dynamic_shapes=shapes if dynamic else None, report=False,
         )  # fmt: skip
     except Exception as exc:  # torch.export / torch.onnx raise many kinds
-        raise QexportError(f"torch.onnx could not export the model: {_first_line(exc)}") from None
+        raise QexportError(f"torch.onnx could not export the model: {type(exc).__name__}: {first_line(exc)}") from None
     assert program is not None
     return program.model_proto
-
-
-def _first_line(exc: BaseException) -> str:
-    for line in str(exc).splitlines():
-        line = line.strip()
-        if line and not line.startswith(("Failed to", "-", "#", "Create an error")):
-            return f"{type(exc).__name__}: {line[:300]}"
-    return type(exc).__name__
 
 
 # -- 3. the units written in, and the finishing passes --------------------------------------------

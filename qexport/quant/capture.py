@@ -30,6 +30,7 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 
 from ..errors import QexportError
+from .placement import _set_submodule
 
 _CONV = {torch.ops.aten.conv2d.default}
 _LINEAR = {torch.ops.aten.linear.default}
@@ -78,10 +79,12 @@ def _user_line(exc: BaseException) -> str:
     return ""
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """The first informative line of a torch.export / torch.onnx error (torch.onnx opens with a
+    generic preamble: 'Failed to convert ...', '- If there is ...', '## Exception summary')."""
     for line in str(exc).splitlines():
         line = line.strip()
-        if line:
+        if line and not line.startswith(("Failed to", "-", "#", "Create an error")):
             return line[:240]
     return type(exc).__name__
 
@@ -112,7 +115,7 @@ def export_program(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
     except Exception as exc:
         raise QexportError(
             f"cannot capture {type(model).__name__} with torch.export{_user_line(exc)} ({type(exc).__name__}: "
-            f"{_first_line(exc)}); see https://pytorch.org/docs/stable/export.html for what it captures"
+            f"{first_line(exc)}); see https://pytorch.org/docs/stable/export.html for what it captures"
         ) from None
 
 
@@ -160,11 +163,6 @@ def _conv_matches(conv: nn.Conv2d, node: fx.Node) -> bool:
     return (pair(args[3]) == list(conv.stride) and pair(args[4]) == list(conv.padding)
             and pair(args[5]) == list(conv.dilation) and args[6] == conv.groups
             and (args[2] is None) == (conv.bias is None))  # fmt: skip
-
-
-def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(root.get_submodule(parent) if parent else root, name, module)
 
 
 def to_graph_module(ep: torch.export.ExportedProgram, source: nn.Module | None,
@@ -386,7 +384,7 @@ def load_program(data: bytes, where: str) -> torch.export.ExportedProgram:
     try:
         return torch.export.load(io.BytesIO(data))
     except Exception as exc:
-        raise QexportError(f"{where}: its captured program does not load ({_first_line(exc)})") from None
+        raise QexportError(f"{where}: its captured program does not load ({first_line(exc)})") from None
 
 
 def _input_names(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[str]:
@@ -433,7 +431,7 @@ def check_lowerable(gm: fx.GraphModule, inputs: tuple[Any, ...]) -> None:
         text = str(exc)
         found = re.search(r"No ONNX function found for <OpOverload\(op='([\w.]+)', overload='(\w+)'", text)
         if found is None:
-            raise QexportError(f"torch.onnx cannot export {type(gm).__name__}: {_first_line(exc)}") from None
+            raise QexportError(f"torch.onnx cannot export {type(gm).__name__}: {first_line(exc)}") from None
         op = found.group(1)
         raise QexportError(
             f"{op}.{found.group(2)}{_node_line(gm, op)} has no ONNX lowering in torch.onnx, so the model could "
