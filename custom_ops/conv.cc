@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -47,8 +48,16 @@ ConvShape ConvShape::of(const Tensor& x, const std::vector<int64_t>& ws, const C
   return s;
 }
 
+int64_t packed_groups(const ConvShape& s, const ConvAttrs& a) { return s.cg == 1 && s.m == a.group ? 1 : a.group; }
+
 KLayout KLayout::of(const ConvShape& s, const ConvAttrs& a) {
   KLayout k;
+  if (s.cg == 1 && s.m == a.group) {
+    k.depthwise = true;
+    k.cg4 = 1;
+    k.k4 = (s.kh * s.kw + 1) / 2;
+    return k;
+  }
   k.span = a.group == 1 && a.dilations[1] == 1 && s.cg % 4 != 0;
   k.cg4 = k.span ? s.cg : (s.cg + 3) / 4 * 4;
   k.row_quads = k.span ? (s.kw * s.cg + 3) / 4 : k.cg4 / 4;
@@ -56,15 +65,16 @@ KLayout KLayout::of(const ConvShape& s, const ConvAttrs& a) {
   return k;
 }
 
-void PackedWeights::pack(const ConvShape& s, const KLayout& layout, int64_t group, int64_t real_lanes,
+void PackedWeights::pack(const ConvShape& s, const KLayout& layout, int64_t group, int64_t real,
                          const std::function<int8_t(int64_t, int64_t, int64_t, int64_t, int64_t)>& value) {
   groups = group;
+  real_lanes = real;
   lanes = (real_lanes + int64_t(kTileLanes) - 1) / int64_t(kTileLanes) * int64_t(kTileLanes);
   k4 = layout.k4;
   const std::string what = "packed weights";
   const int64_t bytes = checked_mul(checked_mul(checked_mul(groups, lanes, what), k4, what), 4, what);
   if (bytes > (int64_t(1) << 30)) fail("packed weights over 1 GiB (a native kernel limit)");
-  data.assign(size_t(bytes), 0);
+  data.assign(size_t(bytes), 0);  // depthwise: 64 bytes per tap pair and block of 32 lanes, the same size
   sums.assign(size_t(groups * lanes), 0);
   for (int64_t g = 0; g < groups; ++g)
     for (int64_t lane = 0; lane < real_lanes; ++lane) {
@@ -74,13 +84,23 @@ void PackedWeights::pack(const ConvShape& s, const KLayout& layout, int64_t grou
       for (int64_t i = 0; i < s.kh; ++i)
         for (int64_t j = 0; j < s.kw; ++j)
           for (int64_t c = 0; c < s.cg; ++c) {
-            const int64_t k = layout.index(s, i, j, c);
             const int8_t v = value(g, lane, c, i, j);
-            block[k / 4 * int64_t(kLaneStep) + l * 4 + k % 4] = v;
+            if (layout.depthwise) {
+              const int64_t t = i * s.kw + j;
+              block[t / 2 * 64 + int64_t(depthwise_byte(size_t(l), size_t(t % 2)))] = v;
+            } else {
+              const int64_t k = layout.index(s, i, j, c);
+              block[k / 4 * int64_t(kLaneStep) + l * 4 + k % 4] = v;
+            }
             sum += v;
           }
       sums[size_t(g * lanes + lane)] = sum;
     }
+  // both layouts keep what vpmaddubsw adds together in adjacent bytes (even, odd)
+  int32_t max_pair = 0;
+  for (size_t i = 0; i + 1 < data.size(); i += 2)
+    max_pair = std::max(max_pair, std::abs(int32_t(data[i])) + std::abs(int32_t(data[i + 1])));
+  plan = Int16Plan::of(max_pair);
 }
 
 std::vector<float> sample_scales(const Tensor& scale, int64_t n, const std::string& what) {
@@ -122,15 +142,15 @@ ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTe
 }
 
 void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& a, const Tensor& x,
-              const PackedWeights& w, const ConvOutput& output) {
+              const PackedWeights& w, bool dup16, const ConvOutput& output) {
   const bool is_signed = x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
   const uint8_t offset = is_signed ? 128 : 0;
   const KLayout layout = KLayout::of(s, a);
-  const int64_t cg4 = layout.cg4, groups = a.group;
+  const int64_t cg4 = layout.cg4, groups = w.groups;
   const int64_t pt = a.pads[0], pl = a.pads[1];
   const int64_t hp = s.hp, wp = s.wp;
   const std::string what = "padded input " + shape_text({s.n, s.c, hp, wp});
-  const int64_t pixel_bytes = checked_mul(groups, cg4, what);
+  const int64_t pixel_bytes = checked_mul(a.group, cg4, what);
   const int64_t image_bytes = checked_mul(checked_mul(hp, wp, what), pixel_bytes, what);
   if (image_bytes > (int64_t(1) << 30) || checked_mul(s.n, image_bytes, what) > (int64_t(1) << 31))
     fail(what + " too large for the native conv: over 1 GiB per sample or 2 GiB in all (a native kernel limit)");
@@ -138,7 +158,8 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
   // other threads, so they use the pointer, never the thread_local itself.  One per thread: runs on
   // other threads (concurrent Run() calls) have their own.
   thread_local std::vector<uint8_t> scratch;
-  scratch.assign(size_t(s.n * image_bytes + 4), offset);  // + 4: a span layout's last quad reads past the end
+  // + 64: a span layout's last quad, and a depthwise block's 32-byte loads, read past the end
+  scratch.assign(size_t(s.n * image_bytes + 64), offset);
   uint8_t* const nhwc = scratch.data();
   std::vector<int64_t> channel_at(size_t(s.c));  // input channel -> byte within an NHWC pixel
   for (int64_t c = 0; c < s.c; ++c) channel_at[size_t(c)] = c / s.cg * cg4 + c % s.cg;
@@ -157,9 +178,15 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
       for (int64_t c = 0; c < channels; ++c) out[at[c]] = uint8_t(in[c * plane + x0] + add);
     }
   });
-  // byte offset of each k quad from a pixel's window origin
-  std::vector<int32_t> k_offset(size_t(layout.k4));
+  // byte offset of each k quad (depthwise: each tap, an even count) from a pixel's window origin
+  std::vector<int32_t> k_offset(size_t(layout.depthwise ? 2 * layout.k4 : layout.k4));
   for (int64_t i = 0, q = 0; i < s.kh; ++i) {
+    if (layout.depthwise) {
+      for (int64_t j = 0; j < s.kw; ++j)
+        k_offset[size_t(q++)] = int32_t((i * a.dilations[0] * wp + j * a.dilations[1]) * pixel_bytes);
+      if (i == s.kh - 1 && q < int64_t(k_offset.size())) k_offset[size_t(q)] = k_offset[0];  // zero weights
+      continue;
+    }
     const int64_t row = i * a.dilations[0] * wp * pixel_bytes;
     if (layout.span) {
       for (int64_t r = 0; r < layout.row_quads; ++r) k_offset[size_t(q++)] = int32_t(row + 4 * r);
@@ -176,7 +203,10 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
     const int64_t t = int64_t(task);
     const int64_t n = t / (groups * blocks * chunks), g = t / (blocks * chunks) % groups;
     const int64_t block = t / chunks % blocks, first = t % chunks * chunk;
-    const uint8_t* image = nhwc + n * image_bytes + g * cg4;
+    // a depthwise block's first channel; else the group's first byte
+    const int64_t first_byte = layout.depthwise ? block * int64_t(kTileLanes) / (dup16 ? 2 : 1) : g * cg4;
+    const uint8_t* image = nhwc + n * image_bytes + first_byte;
+    const size_t live = size_t(std::min(int64_t(kTileLanes), w.real_lanes - block * int64_t(kTileLanes)));
     const int8_t* weights = w.data.data() + (g * w.lanes + block * int64_t(kTileLanes)) * w.k4 * 4;
     const int32_t* sums = w.sums.data() + g * w.lanes + block * int64_t(kTileLanes);
     TileOutput out;
@@ -189,7 +219,10 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
         const int64_t q = p < count ? p0 + p : p0;  // past the end: a real pixel again, never written
         pixel[p] = image + (q / s.wo * a.strides[0] * wp + q % s.wo * a.strides[1]) * pixel_bytes;
       }
-      conv_tile(isa, pixel, k_offset.data(), weights, size_t(w.k4), out, size_t(p0), size_t(count));
+      if (layout.depthwise)
+        depthwise_tile(isa, pixel, k_offset.data(), weights, size_t(w.k4), w.plan, dup16, out, size_t(p0), size_t(count));
+      else
+        conv_tile(isa, pixel, k_offset.data(), weights, size_t(w.k4), w.plan, live, out, size_t(p0), size_t(count));
     }
   });
 }

@@ -36,15 +36,18 @@ struct ConvShape {
 };
 
 // How K = (kernel row, kernel column, channel) is cut into the tile's 4-byte groups ("quads").
+// A depthwise conv (one input and one output channel per group) has no quads: its channels are
+// packed contiguously (1 byte per group) and it runs depthwise_tile over its kernel taps.
 // Usually each quad is 4 channels of one input pixel, a group's channels padded to a multiple of 4.
 // With one group, no column dilation and channels not a multiple of 4 (a 3-channel image stem), a
 // kernel row's kw * C bytes are contiguous in the NHWC image and are cut into quads directly: 6 quads
 // per 7x7 row of 3 channels instead of 7.
 struct KLayout {
+  bool depthwise = false;
   bool span = false;
   int64_t cg4 = 0;        // bytes of one group in an NHWC pixel
   int64_t row_quads = 0;  // quads per kernel row (span) or per kernel position
-  int64_t k4 = 0;         // quads in all
+  int64_t k4 = 0;         // quads in all (depthwise: tap pairs)
   static KLayout of(const ConvShape& s, const ConvAttrs& a);
   int64_t index(const ConvShape& s, int64_t i, int64_t j, int64_t c) const {
     return span ? i * row_quads * 4 + j * s.cg + c : (i * s.kw + j) * cg4 + c;
@@ -55,21 +58,28 @@ struct KLayout {
 // one per output channel, or two for POST's even and odd sums) padded to a multiple of 32, in
 // blocks [k4][32 lanes][4] with k in (kh, kw, channel) order and zero padding; and each lane's sum
 // (to take the activation offset back out).
+// A depthwise conv packs as one group whose lanes are its channels (see depthwise.cc).
 struct PackedWeights {
-  int64_t groups = 0, lanes = 0, k4 = 0;  // lanes per group, padded
+  int64_t groups = 0, lanes = 0, real_lanes = 0, k4 = 0;  // lanes per group: padded, holding weights
   std::vector<int8_t> data;
   std::vector<int32_t> sums;
-  // value(g, lane, channel_in_group, i, j) for lanes 0..real_lanes-1 of each group
+  Int16Plan plan;  // for the AVX2 paths, from the largest pair of weight magnitudes
+  // value(g, lane, channel_in_group, i, j) for lanes 0..real_lanes-1 of each group (depthwise: g = 0,
+  // channel 0)
   void pack(const ConvShape& s, const KLayout& layout, int64_t group, int64_t real_lanes,
             const std::function<int8_t(int64_t g, int64_t lane, int64_t c, int64_t i, int64_t j)>& value);
 };
 
-// Fills the row pointers (at pixel 0), scales and biases of lanes [lane0, lane0 + 32) of group g for
-// sample n; run_conv adds the offset corrections and runs every pixel tile into it.
+// Groups as the kernels see them: 1 for a depthwise conv (its channels are the lanes), else the attribute.
+int64_t packed_groups(const ConvShape& s, const ConvAttrs& a);
+
+// Fills the row pointers (at pixel 0), scales and biases of lanes [lane0, lane0 + 32) of group g (of
+// packed_groups) for sample n; run_conv adds the offset corrections and runs every pixel tile into it.
 using ConvOutput = std::function<void(int64_t n, int64_t g, int64_t lane0, TileOutput& out)>;
 
+// ``dup16``: lanes 16-31 of a depthwise block read the channels of lanes 0-15 (PostConv's odd sums).
 void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& attrs, const Tensor& x,
-              const PackedWeights& w, const ConvOutput& output);
+              const PackedWeights& w, bool dup16, const ConvOutput& output);
 
 // The five inputs of every qexport conv op (x_codes, x_scale, w_codes, w_scale, bias), validated
 // exactly as the ops' schema says: x_codes int8/uint8 [N, C, H, W]; x_scale float32 [] or [N, 1, 1, 1]

@@ -1,5 +1,6 @@
 #include "gemm.h"
 
+#include <algorithm>
 #include <cstring>
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -7,6 +8,20 @@
 #endif
 
 namespace qx {
+
+Int16Plan Int16Plan::of(int32_t max_pair) {
+  Int16Plan plan;
+  if (max_pair <= 0) {  // all weights zero: nothing can overflow
+    plan.run = 1 << 20;
+    return plan;
+  }
+  plan.run = size_t(32767 / (255 * max_pair));
+  if (plan.run == 0) {  // a nibble is at most 15; max_pair <= 256 keeps run >= 8
+    plan.split = true;
+    plan.run = size_t(32767 / (15 * max_pair));
+  }
+  return plan;
+}
 
 namespace {
 
@@ -16,8 +31,7 @@ inline uint32_t word_at(const uint8_t* p) {
   return v;
 }
 
-// The epilogue of the scalar and AVX2 paths (c: int32 [8][32]).
-void finish(const int32_t* c, const TileOutput& out, size_t p0, size_t count) {
+void store_scalar(const int32_t* c, const TileOutput& out, size_t p0, size_t count) {
   const size_t lanes = out.post_pairs ? kTileLanes / 2 : kTileLanes;
   for (size_t l = 0; l < lanes; ++l) {
     if (out.row[l] == nullptr) continue;
@@ -45,6 +59,61 @@ void tile_scalar(const uint8_t* const* pixel, const int32_t* k_offset, const int
 }
 
 #if defined(__x86_64__) || defined(__i386__)
+
+// y[p] holds 8 floats of lanes lane0 .. lane0 + 7 for pixel p: stored transposed, to the rows of
+// those lanes at p0 (the first ``count`` pixels).
+__attribute__((target("avx2"))) inline void transpose_store(const __m256* y, const TileOutput& out, size_t lane0,
+                                                            size_t p0, size_t count) {
+  const __m256 t0 = _mm256_unpacklo_ps(y[0], y[1]), t1 = _mm256_unpackhi_ps(y[0], y[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(y[2], y[3]), t3 = _mm256_unpackhi_ps(y[2], y[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(y[4], y[5]), t5 = _mm256_unpackhi_ps(y[4], y[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(y[6], y[7]), t7 = _mm256_unpackhi_ps(y[6], y[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  const __m256 col[8] = {
+      _mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
+      _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
+      _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
+      _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+  // lane i of the mask is set for pixels i < count
+  const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  for (size_t l = 0; l < 8; ++l) {
+    float* row = out.row[lane0 + l];
+    if (row == nullptr) continue;
+    if (count == kTilePixels)
+      _mm256_storeu_ps(row + p0, col[l]);
+    else
+      _mm256_maskstore_ps(row + p0, mask, col[l]);
+  }
+}
+
+__attribute__((target("avx2"))) void store_avx2(const int32_t* c, const TileOutput& out, size_t p0, size_t count) {
+  const size_t octets = out.post_pairs ? 2 : 4;
+  for (size_t o = 0; o < octets; ++o) {
+    const size_t l0 = 8 * o;
+    bool any = false;
+    for (size_t l = 0; l < 8; ++l) any = any || out.row[l0 + l] != nullptr;
+    if (!any) continue;
+    const __m256 scale = _mm256_loadu_ps(out.scale + l0), bias = _mm256_loadu_ps(out.bias + l0);
+    const __m256i corr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(out.correction + l0));
+    const __m256i corr_odd = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(out.correction + l0 + 16));
+    __m256 y[8];
+    for (size_t p = 0; p < kTilePixels; ++p) {
+      const int32_t* at = c + p * kTileLanes + l0;
+      __m256 sum = _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(at)), corr));
+      if (out.post_pairs) {
+        const __m256i odd = _mm256_sub_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(at + 16)), corr_odd);
+        sum = _mm256_add_ps(sum, _mm256_mul_ps(_mm256_cvtepi32_ps(odd), _mm256_set1_ps(kSqrtHalf)));
+      }
+      const __m256 v = _mm256_add_ps(_mm256_mul_ps(sum, scale), bias);
+      // max(0, v) returns its second operand v for a NaN or a zero of either sign: v < 0 ? 0 : v
+      y[p] = out.relu ? _mm256_max_ps(_mm256_setzero_ps(), v) : v;
+    }
+    transpose_store(y, out, l0, p0, count);
+  }
+}
 
 // 16 accumulators in named registers (an array of them gets copied every step by the compiler).
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_vnni(
@@ -85,61 +154,70 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_vnni(
         sum = _mm512_cvtepi32_ps(_mm512_sub_epi32(h ? hi[p] : lo[p], h ? corr_hi : corr_lo));
       }
       const __m512 v = _mm512_add_ps(_mm512_mul_ps(sum, scale), bias);
-      // max(0, v) returns its second operand v for a NaN or a zero of either sign: v < 0 ? 0 : v
-      _mm512_store_ps(y[p], out.relu ? _mm512_max_ps(_mm512_setzero_ps(), v) : v);
+      _mm512_store_ps(y[p], out.relu ? _mm512_max_ps(_mm512_setzero_ps(), v) : v);  // as in store_avx2
     }
-    // 8 x 16 -> 16 x 8: two 8 x 8 transposes of ymm halves
     for (int part = 0; part < 2; ++part) {
       __m256 r[8];
       for (int p = 0; p < 8; ++p) r[p] = _mm256_load_ps(y[p] + 8 * part);
-      const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-      const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-      const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-      const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-      const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-      const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-      const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-      const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-      const __m256 col[8] = {
-          _mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
-          _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
-          _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
-          _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
-      const __mmask8 mask = __mmask8((1u << count) - 1);
-      for (int l = 0; l < 8; ++l) {
-        float* row = out.row[16 * h + 8 * part + l];
-        if (row == nullptr) continue;
-        if (count == 8)
-          _mm256_storeu_ps(row + p0, col[l]);
-        else
-          _mm256_mask_storeu_ps(row + p0, mask, col[l]);
-      }
+      transpose_store(r, out, size_t(16 * h + 8 * part), p0, count);
     }
   }
 }
 
-// AVX2 has no u8 x s8 dot product without int16 saturation (vpmaddubsw), so both sides are widened
-// to int16 and multiplied pairwise (vpmaddwd, exact): lane pairs hold (k0+k1, k2+k3) per weight lane
-// and are summed when stored.
+// AVX2 has no uint8 x int8 dot product into int32: vpmaddubsw sums 2 products into a saturating int16
+// (kept exact by Int16Plan: ``run`` quads summed in int16, then vpmaddwd by 1 widens to int32).  Lanes
+// 16 at a time (two ymm of 8 lanes x 4 bytes), 4 pixels at a time: 8 int32 accumulators; the weights
+// stay in L1 and are read as memory operands.  kSplit: the activation's low and high nibbles apart
+// (high sums widened with vpmaddwd by 16).
+template <bool kSplit>
 __attribute__((target("avx2"))) void tile_avx2(const uint8_t* const* pixel, const int32_t* k_offset, const int8_t* w,
-                                              size_t k4, int32_t* c) {
-  for (size_t p = 0; p < kTilePixels; ++p) {
-    __m256i acc[8];
-    for (auto& v : acc) v = _mm256_setzero_si256();
-    for (size_t q = 0; q < k4; ++q) {
-      const uint8_t* a = pixel[p] + k_offset[q];
-      const int64_t a4 = int64_t(a[0]) | int64_t(a[1]) << 16 | int64_t(a[2]) << 32 | int64_t(a[3]) << 48;
-      const __m256i av = _mm256_set1_epi64x(a4);
-      const int8_t* wq = w + q * kLaneStep;
-      for (size_t v = 0; v < 8; ++v) {
-        const __m256i wv = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wq + 16 * v)));
-        acc[v] = _mm256_add_epi32(acc[v], _mm256_madd_epi16(wv, av));
-      }
+                                              size_t k4, size_t run, size_t live, int32_t* c) {
+  const __m256i ones = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi16(16), nibble = _mm256_set1_epi8(0x0F);
+  for (size_t half = 0; half < 2; ++half) {
+    if (16 * half >= live) {  // padding lanes: zero sums, as their zero weights give
+      for (size_t p = 0; p < kTilePixels; ++p) std::memset(c + p * kTileLanes + 16 * half, 0, 16 * sizeof(int32_t));
+      continue;
     }
-    alignas(32) int32_t pairs[8][8];
-    for (size_t v = 0; v < 8; ++v) _mm256_store_si256(reinterpret_cast<__m256i*>(pairs[v]), acc[v]);
-    for (size_t v = 0; v < 8; ++v)
-      for (size_t l = 0; l < 4; ++l) c[p * kTileLanes + 4 * v + l] = pairs[v][2 * l] + pairs[v][2 * l + 1];
+    const int8_t* wh = w + 64 * half;
+    for (size_t pg = 0; pg < kTilePixels; pg += 4) {
+      __m256i a00 = _mm256_setzero_si256(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00,
+              a31 = a00;
+      const uint8_t *x0 = pixel[pg], *x1 = pixel[pg + 1], *x2 = pixel[pg + 2], *x3 = pixel[pg + 3];
+      for (size_t q0 = 0; q0 < k4; q0 += run) {
+        const size_t q1 = std::min(k4, q0 + run);
+#define QX_PIXEL(X, A0, A1)                                                                               \
+  {                                                                                                       \
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, t0 = s0, t1 = s0;                                       \
+    for (size_t q = q0; q < q1; ++q) {                                                                    \
+      const __m256i a = _mm256_set1_epi32(static_cast<int>(word_at(X + k_offset[q])));                   \
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh + q * kLaneStep));        \
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh + q * kLaneStep + 32));   \
+      if (kSplit) {                                                                                       \
+        const __m256i lo = _mm256_and_si256(a, nibble), hi = _mm256_and_si256(_mm256_srli_epi16(a, 4), nibble); \
+        s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(lo, w0));                                          \
+        s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(lo, w1));                                          \
+        t0 = _mm256_add_epi16(t0, _mm256_maddubs_epi16(hi, w0));                                          \
+        t1 = _mm256_add_epi16(t1, _mm256_maddubs_epi16(hi, w1));                                          \
+      } else {                                                                                            \
+        s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(a, w0));                                           \
+        s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(a, w1));                                           \
+      }                                                                                                   \
+    }                                                                                                     \
+    A0 = _mm256_add_epi32(A0, _mm256_madd_epi16(s0, ones));                                               \
+    A1 = _mm256_add_epi32(A1, _mm256_madd_epi16(s1, ones));                                               \
+    if (kSplit) {                                                                                         \
+      A0 = _mm256_add_epi32(A0, _mm256_madd_epi16(t0, sixteen));                                          \
+      A1 = _mm256_add_epi32(A1, _mm256_madd_epi16(t1, sixteen));                                          \
+    }                                                                                                     \
+  }
+        QX_PIXEL(x0, a00, a01) QX_PIXEL(x1, a10, a11) QX_PIXEL(x2, a20, a21) QX_PIXEL(x3, a30, a31)
+#undef QX_PIXEL
+      }
+      int32_t* at = c + pg * kTileLanes + 16 * half;
+      const __m256i acc[8] = {a00, a01, a10, a11, a20, a21, a30, a31};
+      for (size_t i = 0; i < 8; ++i)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(at + i / 2 * kTileLanes + 8 * (i % 2)), acc[i]);
+    }
   }
 }
 
@@ -147,19 +225,30 @@ __attribute__((target("avx2"))) void tile_avx2(const uint8_t* const* pixel, cons
 
 }  // namespace
 
-void conv_tile(Isa isa, const uint8_t* const* pixel, const int32_t* k_offset, const int8_t* w, size_t k4,
-               const TileOutput& out, size_t p0, size_t count) {
+void store_tile(Isa isa, const int32_t* c, const TileOutput& out, size_t p0, size_t count) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (isa == Isa::Avx512Vnni) return tile_vnni(pixel, k_offset, w, k4, out, p0, count);
+  if (isa != Isa::Scalar) return store_avx2(c, out, p0, count);
 #endif
+  store_scalar(c, out, p0, count);
+}
+
+void conv_tile(Isa isa, const uint8_t* const* pixel, const int32_t* k_offset, const int8_t* w, size_t k4,
+               const Int16Plan& plan, size_t live, const TileOutput& out, size_t p0, size_t count) {
   alignas(64) int32_t c[kTilePixels * kTileLanes];
 #if defined(__x86_64__) || defined(__i386__)
-  if (isa == Isa::Avx2)
-    tile_avx2(pixel, k_offset, w, k4, c);
-  else
+  if (isa == Isa::Avx512Vnni) return tile_vnni(pixel, k_offset, w, k4, out, p0, count);
+  if (isa == Isa::Avx2) {
+    if (plan.split)
+      tile_avx2<true>(pixel, k_offset, w, k4, plan.run, live, c);
+    else
+      tile_avx2<false>(pixel, k_offset, w, k4, plan.run, live, c);
+    return store_avx2(c, out, p0, count);
+  }
 #endif
-    tile_scalar(pixel, k_offset, w, k4, c);
-  finish(c, out, p0, count);
+  (void)plan;
+  (void)live;
+  tile_scalar(pixel, k_offset, w, k4, c);
+  store_scalar(c, out, p0, count);
 }
 
 }  // namespace qx

@@ -1,8 +1,10 @@
-// The integer tile at the heart of the conv kernels (an implicit GEMM on an NHWC uint8 image):
-//   c[p][l] = sum_q sum_j act[p][4q + j] * w[q][l][j]   for 8 output pixels p and 32 weight lanes l,
-// act[p][4q .. 4q + 3] = the 4 bytes at pixel[p] + k_offset[q] (4 channels of one input pixel);
-// w: int8 weights packed [k4][32 lanes][4] (what vpdpbusd reads); c: int32 [8][32].
-// Exact integer arithmetic on every path (AVX-512 VNNI, AVX2, scalar).
+// The integer tiles at the heart of the conv kernels, on an NHWC uint8 image:
+//   conv_tile (an implicit GEMM): c[p][l] = sum_q sum_j act[p][4q + j] * w[q][l][j] for 8 output
+//     pixels p and 32 weight lanes l, act[p][4q .. 4q + 3] = the 4 bytes at pixel[p] + k_offset[q]
+//     (4 channels of one input pixel); w: int8 packed [k4][32 lanes][4] (what vpdpbusd reads);
+//   depthwise_tile: c[p][l] = sum_t image[pixel[p] + tap[t] + channel(l)] * w(t, l), one input
+//     channel per lane (see depthwise.cc for its packing).
+// c: int32 [8][32], exact integer arithmetic on every path (AVX-512 VNNI, AVX2, scalar).
 #pragma once
 
 #include <cstddef>
@@ -31,7 +33,32 @@ struct TileOutput {
 
 constexpr float kSqrtHalf = 0.70710677f;  // float32(1 / sqrt 2): the POST combine's constant
 
+// How the AVX2 paths may keep sums in int16 (vpmaddubsw) and stay exact.  vpmaddubsw adds two
+// uint8 x int8 products into an int16 that saturates: with activations up to 255 and pairs of weights
+// whose magnitudes add up to at most ``max_pair``, ``run`` = 32767 / (255 x max_pair) pairs can be
+// added in int16 before widening to int32.  When even one pair can overflow (8-bit weights), the
+// activation bytes are split into nibbles (each <= 15) and each half runs with its own bound.
+struct Int16Plan {
+  bool split = false;
+  size_t run = 1;  // pairs (quads for conv_tile) summed in int16 between widenings
+  static Int16Plan of(int32_t max_pair);
+};
+
+// ``live``: lanes holding weights (the rest are zero padding, skipped where a path can).
 void conv_tile(Isa isa, const uint8_t* const* pixel, const int32_t* k_offset, const int8_t* w, size_t k4,
-               const TileOutput& out, size_t p0, size_t count);
+               const Int16Plan& plan, size_t live, const TileOutput& out, size_t p0, size_t count);
+
+// Where weight (lane, tap 2i + s) of a depthwise block sits in the 64 bytes of tap pair i: the order in
+// which vpunpcklbw / vpunpckhbw interleave two taps' channel bytes.
+inline size_t depthwise_byte(size_t lane, size_t s) { return 32 * (lane / 8 % 2) + 16 * (lane / 16) + 2 * (lane % 8) + s; }
+
+// ``tap``: byte offsets of the kernel taps (an even count, the last one repeated with zero weights when
+// the kernel has an odd number); ``dup16``: lanes 16-31 read the channels of lanes 0-15 (POST's odd
+// sums), else lane l reads channel l.
+void depthwise_tile(Isa isa, const uint8_t* const* pixel, const int32_t* tap, const int8_t* w, size_t pairs,
+                    const Int16Plan& plan, bool dup16, const TileOutput& out, size_t p0, size_t count);
+
+// The epilogue of the scalar and AVX2 paths: c int32 [8][32] -> the output rows.
+void store_tile(Isa isa, const int32_t* c, const TileOutput& out, size_t p0, size_t count);
 
 }  // namespace qx

@@ -16,12 +16,12 @@ void IntConvKernel::compute(OrtKernelContext* context) {
   const ConvShape& s = in.s;
   const Tensor& w = in.w;
   const std::vector<float>& xs = in.xs;
-  const int64_t mg = s.m / attrs.group;
+  const int64_t groups = packed_groups(s, attrs), mg = s.m / groups;
   PackedWeights local;
   const PackedWeights& packed = weights(local, [&](PackedWeights& p) {
     const int8_t* codes = w.as<int8_t>();
     const int64_t per_out = s.cg * s.kh * s.kw;
-    p.pack(s, KLayout::of(s, attrs), attrs.group, mg, [&](int64_t g, int64_t lane, int64_t c, int64_t i, int64_t j) {
+    p.pack(s, KLayout::of(s, attrs), groups, mg, [&](int64_t g, int64_t lane, int64_t c, int64_t i, int64_t j) {
       return codes[(g * mg + lane) * per_out + (c * s.kh + i) * s.kw + j];
     });
   });
@@ -30,7 +30,7 @@ void IntConvKernel::compute(OrtKernelContext* context) {
   const float* ws = in.w_scale.as<float>();
   const float* b = in.bias.as<float>();
   const int64_t pixels = s.ho * s.wo;
-  run_conv(context, isa, s, attrs, in.x, packed, [&](int64_t n, int64_t g, int64_t lane0, TileOutput& out) {
+  run_conv(context, isa, s, attrs, in.x, packed, false, [&](int64_t n, int64_t g, int64_t lane0, TileOutput& out) {
     out.relu = relu != 0;
     for (int64_t l = 0; l < int64_t(kTileLanes) && lane0 + l < mg; ++l) {
       const int64_t m = g * mg + lane0 + l;

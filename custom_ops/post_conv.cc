@@ -40,7 +40,7 @@ void PostConvKernel::compute(OrtKernelContext* context) {
   const ConvShape& s = in.s;
   const Tensor& w = in.w;
   const std::vector<float>& xs = in.xs;
-  const int64_t mg = s.m / attrs.group, pixels = s.ho * s.wo;
+  const int64_t groups = packed_groups(s, attrs), mg = s.m / groups, pixels = s.ho * s.wo;
   // the function body fails (in a Reshape) without output or input channels: so does the kernel
   if (s.m == 0 || s.c == 0)
     fail("needs at least one input and one output channel, got C=" + std::to_string(s.c) + ", M=" + std::to_string(s.m));
@@ -56,7 +56,7 @@ void PostConvKernel::compute(OrtKernelContext* context) {
     const int64_t per_out = s.cg * s.kh * s.kw;
     // lanes of each 32-lane block: 0-15 the even sums of 16 channels, 16-31 their odd sums
     const int64_t half = int64_t(kTileLanes) / 2, lanes = (mg + half - 1) / half * int64_t(kTileLanes);
-    p.pack(s, KLayout::of(s, attrs), attrs.group, lanes, [&](int64_t g, int64_t lane, int64_t c, int64_t i, int64_t j) -> int8_t {
+    p.pack(s, KLayout::of(s, attrs), groups, lanes, [&](int64_t g, int64_t lane, int64_t c, int64_t i, int64_t j) -> int8_t {
       const int64_t out = lane / int64_t(kTileLanes) * half + lane % half;
       if (out >= mg) return 0;
       int8_t even, odd;
@@ -68,7 +68,7 @@ void PostConvKernel::compute(OrtKernelContext* context) {
   if (s.outputs() == 0) return;
   const float* ws = in.w_scale.as<float>();
   const float* b = in.bias.as<float>();
-  run_conv(context, isa, s, attrs, in.x, packed, [&](int64_t n, int64_t g, int64_t lane0, TileOutput& out) {
+  run_conv(context, isa, s, attrs, in.x, packed, true, [&](int64_t n, int64_t g, int64_t lane0, TileOutput& out) {
     out.post_pairs = true;  // lanes 0-15: even sums of 16 channels, 16-31: their odd sums
     const int64_t half = int64_t(kTileLanes) / 2;
     for (int64_t l = 0; l < half && lane0 / 2 + l < mg; ++l) {

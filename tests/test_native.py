@@ -81,6 +81,9 @@ CONV_CASES = [
     (1, 1, 1, [0, 1, 2, 0], True, True, 13, 37, 11),  # channels not a multiple of 4 or 32, asymmetric pads
     (1, 2, 1, [3, 3, 3, 3], False, False, 3, 70, 23),  # a 7x7 stride-2 stem (kernel rows cut into quads)
     (1, 1, 2, [2, 2, 2, 2], False, True, 6, 9, 10),  # dilated, channels padded to 4 per pixel
+    (40, 2, 1, [1, 1, 1, 1], True, True, 40, 40, 9),  # depthwise over two blocks of 32 lanes (three for POST)
+    (17, 1, 1, [3, 2, 3, 2], False, False, 17, 17, 23),  # depthwise 7x7: an odd number of taps
+    (4, 1, 1, [1, 1, 1, 1], False, False, 4, 8, 9),  # grouped with 1 input channel per group, not depthwise
 ]
 
 
@@ -119,6 +122,30 @@ def test_int_conv_native_is_exact(isa: str, group: int, stride: int, dilation: i
     ref = int_conv.reference(x, x_scale, w, w_scale, bias, **attrs)
     model, feeds = _conv_model("IntConv", x, x_scale, numpy_helper.from_array(w, "w"), w_scale, bias, list(ref.shape),
                                **attrs)  # fmt: skip
+    (y,) = _native_run(model, feeds)
+    np.testing.assert_array_equal(y, ref)
+
+
+# (weight values, activation values): at the edges of what the AVX2 paths may sum in int16 (Int16Plan
+# in custom_ops/gemm.h): pairs of magnitudes 16 (8 quads summed in int16), 128 (one), 129 (nibble split)
+INT16_EDGES = [((-8, 7), (0, 255)), ((-8, -8), (255, 255)), ((-64, -64), (255, 255)), ((-65, -64), (255, 255)),
+               ((-128, -128), (255, 255)), ((127, 127), (255, 255)), ((-128, 127), (0, 255))]  # fmt: skip
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+@pytest.mark.parametrize(("w_values", "x_values"), INT16_EDGES)
+def test_int_conv_native_int16_edges(isa: str, depthwise: bool, w_values: tuple[int, int],
+                                     x_values: tuple[int, int]) -> None:  # fmt: skip
+    rng = np.random.default_rng(abs(w_values[0]) + x_values[0])
+    cin, cout = (36, 36) if depthwise else (20, 40)
+    group = cin if depthwise else 1
+    w = rng.choice(np.asarray(w_values), size=(cout, cin // group, 3, 3)).astype(np.int8)
+    x = rng.choice(np.asarray(x_values), size=(2, cin, 7, 7)).astype(np.uint8)
+    w_scale, bias = np.full(cout, 0.5, np.float32), np.zeros(cout, np.float32)
+    attrs = {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": group, "relu": 0}
+    ref = int_conv.reference(x, np.float32(1.0), w, w_scale, bias, **attrs)
+    model, feeds = _conv_model("IntConv", x, np.float32(1.0), numpy_helper.from_array(w, "w"), w_scale, bias,
+                               list(ref.shape), **attrs)  # fmt: skip
     (y,) = _native_run(model, feeds)
     np.testing.assert_array_equal(y, ref)
 
