@@ -32,6 +32,7 @@ at most 2e-5%, on the zoo at 2-8 bits and small models; a last-layer weight scal
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -264,6 +265,10 @@ def _session(proto: bytes, level: str, native: bool) -> ort.InferenceSession:
     return ort.InferenceSession(proto, so, providers=["CPUExecutionProvider"])
 
 
+# one batch's code comparison of a quantizer: identical codes, codes, largest step, histogram of the runtime's codes
+_Tally = tuple[int, int, int, np.ndarray]
+
+
 class _Accumulator:
     """Running code comparison of one quantizer over batches."""
 
@@ -273,12 +278,21 @@ class _Accumulator:
         self.same = self.total = self.max_step = 0
         self.hist = np.zeros(r.qmax - r.qmin + 1, np.int64)
 
-    def add(self, ours: np.ndarray, theirs: np.ndarray) -> None:
+    def compare(self, ours: np.ndarray, theirs: np.ndarray) -> _Tally:
+        """What one batch of codes adds (see ``merge``)."""
         diff = np.abs(ours - theirs)
-        self.same += int((diff == 0).sum())
-        self.total += diff.size
-        self.max_step = max(self.max_step, int(diff.max()) if diff.size else 0)
-        self.hist += np.bincount((theirs - self.qmin).clip(0, len(self.hist) - 1).ravel(), minlength=len(self.hist))
+        hist = np.bincount((theirs - self.qmin).clip(0, len(self.hist) - 1).ravel(), minlength=len(self.hist))
+        return int((diff == 0).sum()), diff.size, int(diff.max()) if diff.size else 0, hist
+
+    def merge(self, tally: _Tally) -> None:
+        same, total, max_step, hist = tally
+        self.same += same
+        self.total += total
+        self.max_step = max(self.max_step, max_step)
+        self.hist += hist
+
+    def add(self, ours: np.ndarray, theirs: np.ndarray) -> None:
+        self.merge(self.compare(ours, theirs))
 
     def report(self, path: str) -> TensorReport:
         n = max(int(self.hist.sum()), 1)
@@ -393,26 +407,57 @@ class _OutputAccumulator:
         )  # fmt: skip
 
 
+def _spans(n: int, batch: int, single_first: bool) -> list[tuple[int, int]]:
+    """(start, stop) of the runtime's batches over ``n`` samples: ``batch`` at a time, or, with
+    ``single_first``, the first sample alone and then ``batch`` at a time."""
+    starts = [0, *range(1, n, batch)] if single_first else list(range(0, n, batch))
+    return list(zip(starts, [*starts[1:], n], strict=True))
+
+
+# Teacher-forced PyTorch passes already made in this check, by chunk, batch layout and digest of the
+# runtime's code and step tensors: (the model's outputs, each quantizer's code comparison).  The
+# pass reads nothing else of the run, so a run whose runtime gave the same codes as an earlier one
+# (the levels and the native kernels usually agree code for code) reuses it instead of running the
+# model again.  Outputs are kept up to MEMO_BYTES in all.
+_Memo = dict[tuple[int, tuple[int, ...], bytes], tuple[list[np.ndarray], list[tuple[str, _Tally]]]]
+MEMO_BYTES = 256 << 20
+
+
+def _digest(parts: list[dict[str, np.ndarray]], names: Sequence[str]) -> bytes:
+    h = hashlib.blake2b(digest_size=32)
+    for part in parts:
+        for name in names:
+            a = np.ascontiguousarray(part[name])
+            h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+            h.update(memoryview(a).cast("B"))
+    return h.digest()
+
+
 def _run(model: nn.Module, names: list[str], infer: Infer, plain: Infer | None, codes: dict[str, str],
          steps: dict[str, str], offsets: dict[str, int], x: torch.Tensor | Inputs,
-         free: np.ndarray | list[np.ndarray], name: str, batch: int, bar: Progress) -> RunReport:  # fmt: skip
+         free: np.ndarray | list[np.ndarray], name: str, batch: int, bar: Progress, *, single_first: bool = False,
+         memo: _Memo | None = None) -> RunReport:  # fmt: skip
     """``infer`` runs the graph with every code tensor as an extra output (teacher forcing needs them);
     ``plain`` the graph as shipped, for the free-running outputs: onnxruntime does not fuse a node
     whose output is a graph output, so the instrumented graph can round differently (a fused
     QLinearAdd requantizes in its own arithmetic).  None: ``infer``'s output stands for both.
     ``x``: the inputs by ONNX name (a tensor: a one-input model's); ``free``: the free-running
-    outputs of the model on all of ``x`` (from ``_free_running``), the graph's first outputs."""
+    outputs of the model on all of ``x`` (from ``_free_running``), the graph's first outputs.
+    The runtime runs ``batch`` samples at a time; ``single_first``: the first sample alone, then
+    ``batch`` at a time.  ``memo``: teacher-forced passes to reuse and add to (see ``_Memo``)."""
     xs = x if isinstance(x, dict) else {"input": x}
     frees = free if isinstance(free, list) else [free]
     total = len(next(iter(xs.values())))
     outs = [_OutputAccumulator(n, f) for n, f in zip(names, frees, strict=False)]
     accs = {path: _Accumulator(model.get_submodule(path)) for path in codes}
+    forced_names = list(dict.fromkeys([*codes.values(), *steps.values()]))
     for start in range(0, total, CHUNK):
         xc = _slice(xs, start, start + CHUNK)
         n = len(next(iter(xc.values())))
         parts, shipped = [], []
-        for i in range(0, n, batch):
-            xb = {k: t.numpy() for k, t in _slice(xc, i, i + batch).items()}
+        spans = _spans(n, batch, single_first and start == 0)
+        for i, stop in spans:
+            xb = {k: t.numpy() for k, t in _slice(xc, i, stop).items()}
             parts.append(dict(zip(names, infer(xb), strict=True)))
             if plain is not None:
                 shipped.append(plain(xb)[: len(frees)])
@@ -434,27 +479,40 @@ def _run(model: nn.Module, names: list[str], infer: Infer, plain: Infer | None, 
         else:
             out = instrumented
 
-        def force(q: Quantizer, inputs: tuple, _out: torch.Tensor, path: str, chunk: int = n) -> torch.Tensor:
-            batched = inputs[0].dim() > 0 and inputs[0].shape[0] == chunk
-            theirs = gather(codes[path], batched).astype(np.int64) - offsets.get(path, 0)
-            accs[path].add(q.codes(inputs[0]).numpy().astype(np.int64), theirs)
-            # the runtime's own step: ASQ's per-sample step as the graph computed it
-            step = torch.from_numpy(gather(steps[path], batched)) if path in steps else q.describe().scale
-            return torch.from_numpy(theirs.astype(np.float32)) * step
+        key = (start, tuple(stop - i for i, stop in spans), _digest(parts, forced_names))
+        if memo is not None and key in memo:
+            forced, tallies = memo[key]
+        else:
+            tallies = []
 
-        hooks = [model.get_submodule(p).register_forward_hook(lambda q, i, o, p=p: force(q, i, o, p)) for p in codes]
-        try:
-            with torch.no_grad():
-                forced = [leaf.numpy() for leaf in _outputs(model, xc)]
-        finally:
-            for h in hooks:
-                h.remove()
+            def force(q: Quantizer, inputs: tuple, _out: torch.Tensor, path: str, chunk: int = n,
+                      tallies: list[tuple[str, _Tally]] = tallies) -> torch.Tensor:  # fmt: skip
+                batched = inputs[0].dim() > 0 and inputs[0].shape[0] == chunk
+                theirs = gather(codes[path], batched).astype(np.int64) - offsets.get(path, 0)
+                tallies.append((path, accs[path].compare(q.codes(inputs[0]).numpy().astype(np.int64), theirs)))
+                # the runtime's own step: ASQ's per-sample step as the graph computed it
+                step = torch.from_numpy(gather(steps[path], batched)) if path in steps else q.describe().scale
+                return torch.from_numpy(theirs.astype(np.float32)) * step
+
+            hooks = [
+                model.get_submodule(p).register_forward_hook(lambda q, i, o, p=p: force(q, i, o, p)) for p in codes
+            ]
+            try:
+                with torch.no_grad():
+                    forced = [leaf.numpy() for leaf in _outputs(model, xc)]
+            finally:
+                for h in hooks:
+                    h.remove()
+            if memo is not None and sum(a.nbytes for v in memo.values() for a in v[0]) < MEMO_BYTES:
+                memo[key] = (forced, tallies)
+        for path, tally in tallies:
+            accs[path].merge(tally)
         for k, acc in enumerate(outs):
             acc.add(ref_part(k), out[k], forced[k], instrumented[k], n)
     reports = [o.report() for o in outs]
     top1 = [o for o in reports if o.kind == "top-1"]
     return RunReport(
-        f"{name} batch {batch}", total,
+        f"{name} batch {'1+' if single_first and total > 1 else ''}{batch}", total,
         min((o.top1_agreement for o in top1 if o.top1_agreement is not None), default=1.0),
         min((o.free_top1_agreement for o in top1 if o.free_top1_agreement is not None), default=1.0),
         max((o.max_abs_diff for o in reports), default=0.0),
@@ -557,10 +615,17 @@ def check(
     batch: int = 8,
     reference_samples: int = 16,
     show_progress: bool = False,
+    quick: bool = False,
 ) -> CheckReport:
     """Compare ``onnx_path`` with the fake-quant ``model`` (or model.pt) on ``inputs`` at
     ORT_DISABLE_ALL and ORT_ENABLE_ALL, at batch 1 and ``batch``, and in onnx's ReferenceEvaluator on
     the first ``reference_samples`` inputs (pure numpy: about 1 s per ResNet-18 image at 224; 0 skips it).
+    Where the model has qexport ops and the native kernels are built, ORT_ENABLE_ALL runs with them too.
+
+    ``quick`` (what ``qexport model.pt --format onnx`` runs): only what a deployment runs, onnxruntime
+    at ORT_ENABLE_ALL (its default) with the ops' function bodies and with the native kernels (where
+    built and used), each run feeding the first input alone and the rest ``batch`` at a time; the
+    same pass rule on every run.
 
     ``inputs``: a tensor (a one-input model), a tuple of tensors (the inputs in ``forward()``'s
     order) or a dict of ONNX input name -> tensor, each with the samples in dimension 0; default:
@@ -595,10 +660,13 @@ def check(
             proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     instrumented = proto.SerializeToString()
     names = [o.name for o in proto.graph.output]
-    runs = [("disable_all", 1, False), ("disable_all", batch, False), ("enable_all", 1, False),
-            ("enable_all", batch, False)]  # fmt: skip
-    if native_available() and uses_qexport_ops(proto):
-        runs += [("enable_all", 1, True), ("enable_all", batch, True)]  # the native kernels replace the bodies
+    # (level, native kernels): the native kernels replace the function bodies of the qexport ops
+    deployed = [("enable_all", False)] + [("enable_all", True)] * (native_available() and uses_qexport_ops(proto))
+    if quick:
+        runs = [(level, batch, native) for level, native in deployed]
+    else:
+        runs = [(level, b, native) for level, native in [("disable_all", False), *deployed] for b in (1, batch)]
+    memo: _Memo = {}
     count = len(next(iter(xs.values())))
     ref_xs = _slice(xs, 0, reference_samples)
     ref_count = min(reference_samples, count)
@@ -615,14 +683,14 @@ def check(
             label = f"onnxruntime {level}{' native' if native else ''}"
             args = (codes, steps, offsets, xs, free, label, b, bar)
             infer, plain = _ort_infer(instrumented, level, native), _ort_infer(shipped, level, native)
-            reports.append(_run(model, names, infer, plain, *args))
+            reports.append(_run(model, names, infer, plain, *args, single_first=quick, memo=memo))
         not_run: list[str] = []
         if ref_count:
             infer = _reference_infer(proto)  # no graph rewrites: its output stands for the shipped graph
             ref_free = [f[:ref_count] if _batched(f, count) else f for f in free]
             args = (codes, steps, offsets, ref_xs, ref_free, "reference evaluator", batch, bar)
             try:
-                reports.append(_run(model, names, infer, None, *args))
+                reports.append(_run(model, names, infer, None, *args, memo=memo))
             except (ValueError, IndexError, TypeError, RuntimeError) as exc:
                 # onnx's numpy evaluator fails on some graphs onnxruntime runs (GatherElements of
                 # constants in Hugging Face BERT): said in the report, not a parity verdict
