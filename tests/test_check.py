@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,8 @@ from qexport.export import export
 
 from . import test_runtime
 from .test_runtime import token_inputs, two_heads_inputs
+
+qexport_check = importlib.import_module("qexport.check")  # the module (qexport.check is the function)
 
 token_model = test_runtime.token_model  # the fixtures: a 2-input (int64 ids + mask) and a 2-output model
 two_heads = test_runtime.two_heads
@@ -53,6 +57,38 @@ def test_passes_with_code_spread(calibrated: tuple[Path, Path]) -> None:
     assert "parity: PASS" in report.table()
 
 
+def test_quick_check_runs_what_deploys(calibrated: tuple[Path, Path]) -> None:
+    """check(quick=True), what the export command runs: ORT_ENABLE_ALL with the function bodies and
+    the native kernels (where built), the first input alone and then `batch` at a time, the same
+    verdicts per tensor as the thorough check's runs at that level."""
+    pt, path = calibrated
+    report = check(pt, path, samples=10, batch=4, reference_samples=0, quick=True)
+    native_runs = ["onnxruntime enable_all native batch 1+4"] if native.available() else []
+    assert report.passed and [r.name for r in report.runs] == ["onnxruntime enable_all batch 1+4", *native_runs]
+    assert all(r.samples == 10 and len(r.tensors) == 49 for r in report.runs)
+    thorough = check(pt, path, samples=10, batch=4, reference_samples=0)
+    (same_level,) = [r for r in thorough.runs if r.name == "onnxruntime enable_all batch 4"]
+    assert [asdict(t) for t in report.runs[0].tensors] == [asdict(t) for t in same_level.tensors]
+
+
+def test_reused_teacher_forced_passes_change_nothing(
+    calibrated: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs whose runtime codes equal an earlier run's reuse its teacher-forced PyTorch pass: the report
+    is the one every run's own pass gives."""
+    pt, path = calibrated
+    model = qexport.load(pt)
+    passes = []
+    outputs = qexport_check._outputs
+    monkeypatch.setattr(qexport_check, "_outputs", lambda m, xs: passes.append(1) or outputs(m, xs))
+    reused = check(model, path, samples=12, batch=4, reference_samples=4)
+    assert len(passes) < 1 + len(reused.runs)  # the free-running pass, then fewer than one per run
+    monkeypatch.setattr(qexport_check, "MEMO_BYTES", 0)
+    passes.clear()
+    own = check(model, path, samples=12, batch=4, reference_samples=4)
+    assert len(passes) == 1 + len(own.runs) and reused.to_dict() == own.to_dict()
+
+
 def test_detects_a_wrong_scale(calibrated: tuple[Path, Path], tmp_path: Path) -> None:
     pt, path = calibrated
     proto = onnx.load(path)
@@ -65,6 +101,8 @@ def test_detects_a_wrong_scale(calibrated: tuple[Path, Path], tmp_path: Path) ->
     assert not report.passed
     failing = [t.path for t in report.runs[0].tensors if not t.passed]
     assert failing and failing[0] == "layers.1.1.conv1.act_quant"
+    quick = check(pt, bad, samples=8, batch=8, reference_samples=0, quick=True)
+    assert not quick.passed and all(not r.passed for r in quick.runs)
     assert main(["check", str(pt), str(bad), "--samples", "4", "--quiet"]) == 1
 
 
@@ -89,6 +127,8 @@ def test_cli_export_form(calibrated: tuple[Path, Path], tmp_path: Path, capsys: 
     assert main([str(pt), "--format", "onnx", "-o", str(out), "--samples", "8", "--quiet"]) == 0
     text = capsys.readouterr().out
     assert out.is_file() and "22 quantized layers" in text and "parity: PASS on 8 samples" in text
+    assert "quick parity check: 8 random inputs, onnxruntime ORT_ENABLE_ALL" in text and "qexport check" in text
+    assert "onnxruntime enable_all batch 1+8 (8 samples): PASS" in text
     assert main([str(pt), "--format", "tflite"]) == 2
 
 
