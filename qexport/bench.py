@@ -1,6 +1,8 @@
-"""Speed measurement of exported models in onnxruntime (CPU): interleaved timing of several models
-in one process, the kernels onnxruntime actually chose (from its optimised graph), the arithmetic of
-the network (for GOPS) and each session's peak memory in a process of its own.
+"""Speed measurement of exported models in onnxruntime (CPU) and OpenVINO (CPU plugin, optional):
+interleaved timing of several models in one process, the kernels onnxruntime actually chose (from
+its optimised graph) or the precision OpenVINO runs each conv / matmul in (from its compiled graph),
+the arithmetic of the network (for GOPS) and each onnxruntime session's peak memory in a process of
+its own.
 
 Speed is measured here and printed as tables (``qexport bench``, ``tools/bench.py``); no test asserts
 a time."""
@@ -15,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -88,6 +91,38 @@ def make_session(
     if native:
         register(options, quiet=True)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+RUNTIMES = ("onnxruntime", "openvino")
+_FEED_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}  # input dtype -> key of random_feeds
+
+
+def openvino_kernels(path: str | os.PathLike[str], shape: list[int] | None = None) -> Kernels:
+    """How OpenVINO's CPU plugin (1 thread, first input fixed to ``shape`` when given) runs the convs
+    and matmuls of ``path``: int8 (u8 / i8 runtime precision) or float, from its compiled graph."""
+    from .export.openvino import compile_model, precisions
+
+    p = precisions(compile_model(path, 1, shapes=shape))
+    return Kernels(p.integer_conv, p.float_conv, p.integer_matmul, p.float_matmul, ops=dict(sorted(p.ops.items())))
+
+
+def _runner(
+    path: str | os.PathLike[str], runtime: str, threads: int, feeds: dict[str, np.ndarray], native: bool
+) -> Callable[[], object]:
+    """One inference of ``path`` on its input from ``feeds``, ready to time."""
+    if runtime == "openvino":
+        from .export.openvino import compile_model
+
+        _, dtype = input_shape(path)
+        x = feeds[_FEED_TYPES.get(dtype, "tensor(float)")]
+        request = compile_model(path, threads, shapes=list(x.shape)).create_infer_request()
+        return lambda: request.infer({0: x})
+    if runtime != "onnxruntime":
+        raise QexportError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+    s = make_session(path, threads, native=native)
+    inp = s.get_inputs()[0]
+    feed = {inp.name: feeds[inp.type]}
+    return lambda: s.run(None, feed)
 
 
 def _is_float_tensor_add(node: onnx.NodeProto, constants: set[str]) -> bool:
@@ -164,30 +199,33 @@ def time_interleaved(
     min_runs: int = 10,
     max_runs: int = 300,
     native: bool = True,
+    runtime: str | Mapping[str, str] = "onnxruntime",
 ) -> list[Timing]:
     """Time every model of ``paths`` (name -> ONNX file) on ``feeds`` (input dtype -> array) in this
     process, one run of each model per round (the order rotating each round), so drifting clocks and
-    neighbours affect all models alike.  Rounds: enough to fill ``budget_s`` seconds, within bounds."""
-    sessions = {}
+    neighbours affect all models alike.  Rounds: enough to fill ``budget_s`` seconds, within bounds.
+    ``runtime``: ``"onnxruntime"`` or ``"openvino"`` (CPU plugin, ``threads`` inference threads, the
+    input's shape fixed to the feed's), for every model or per name (name -> runtime; others
+    onnxruntime), so that one run times the same file in both."""
+    runners = {}
     for name, path in paths.items():
-        s = make_session(path, threads, native=native)
-        inp = s.get_inputs()[0]
-        sessions[name] = (s, {inp.name: feeds[inp.type]})
-    for s, feed in sessions.values():  # warm-up: allocation, prepacking, caches
+        which = runtime if isinstance(runtime, str) else runtime.get(name, "onnxruntime")
+        runners[name] = _runner(path, which, threads, feeds, native)
+    for infer in runners.values():  # warm-up: allocation, prepacking, caches
         for _ in range(3):
-            s.run(None, feed)
+            infer()
     start = time.perf_counter()
-    for s, feed in sessions.values():
-        s.run(None, feed)
+    for infer in runners.values():
+        infer()
     per_round = time.perf_counter() - start
     rounds = int(min(max_runs, max(min_runs, budget_s / max(per_round, 1e-6))))
-    names = list(sessions)
+    names = list(runners)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            s, feed = sessions[name]
+            infer = runners[name]
             t0 = time.perf_counter()
-            s.run(None, feed)
+            infer()
             times[name].append((time.perf_counter() - t0) * 1e3)
     return [Timing(n, statistics.median(t), min(t), max(t), len(t)) for n, t in times.items()]
 

@@ -17,10 +17,12 @@ import onnx
 import torch
 
 from . import __version__, zoo
+from .bench import RUNTIMES
 from .check import CheckReport, check
 from .checkpoint import build, load, read, save
 from .errors import QexportError
 from .export.emit import ADDS
+from .export.openvino import TARGETS
 from .quant.layers import QuantConv2d, QuantLinear
 from .quant.placement import calibrate, quantize
 from .summary import format_table, layer_count, onnx_summary, quantizer_rows
@@ -30,6 +32,10 @@ if TYPE_CHECKING:
 
 EPILOG = """examples:
   qexport models/resnet20_lsq_w4a4.pt --format onnx  export to ONNX and check parity
+  qexport models/resnet20_lsq_w4a4.pt --format onnx --target openvino -o m_ov.onnx
+                                                     the form OpenVINO's CPU plugin runs (int8 where it can),
+                                                     checked in onnxruntime and in OpenVINO
+  qexport bench m_ov.onnx --runtime openvino         time it in OpenVINO (pip install qexport[openvino])
   qexport inspect models/resnet20_lsq_w4a4.onnx      per-layer ops, bits, weight storage and size
   qexport check models/resnet20_lsq_w4a4.pt models/resnet20_lsq_w4a4.onnx --data ../shared/data/cifar10-jpeg.tar.gz
   qexport inspect models/resnet20_lsq_w4a4.pt        per-layer methods, bits, scales
@@ -162,6 +168,10 @@ def _export_and_check(args: argparse.Namespace) -> int:
     model = load(args.model, trust=args.trust)
     out = Path(args.output or Path(args.model).with_suffix(".onnx"))
     export(model, out, opset=args.opset, packed=not args.int8_weights, adds=args.adds)
+    if args.target == "openvino":
+        from .export.openvino import write_openvino
+
+        write_openvino(out)
     layers = [m for m in model.modules() if isinstance(m, (QuantConv2d, QuantLinear))]
     quants = [q for m in layers for q in (m.weight_quant, m.act_quant) if q]
     methods = sorted({f"{q.method}{'-' * q.method[-1].isdigit()}{q.code_range.bits}" for q in quants})  # post2-4
@@ -182,7 +192,22 @@ def _export_and_check(args: argparse.Namespace) -> int:
         f"alone, then 8 at a time; the thorough one (256 inputs, ORT_DISABLE_ALL too, onnx's reference evaluator): "
         f"qexport check {args.model} {out}"
     )
-    return _report(report, json_out=False)
+    status = _report(report, json_out=False)
+    return max(status, _openvino_parity(model, out, args.samples)) if args.target == "openvino" else status
+
+
+def _openvino_parity(model: torch.nn.Module, out: Path, samples: int) -> int:
+    """The OpenVINO form in OpenVINO against onnxruntime, on the check's random inputs (1 on a failure)."""
+    from .export import openvino
+
+    try:
+        openvino.import_openvino()
+    except QexportError:
+        print(f"OpenVINO: not installed, not run ({openvino.INSTALL_HINT}); onnxruntime ran the file above")
+        return 0
+    result = openvino.run_check(out, openvino.example_feed(model, out, samples))
+    print(result.text())
+    return 0 if result.passed else 1
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -292,6 +317,10 @@ def _run(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from . import bench, native
 
+    if args.runtime == "openvino":
+        from .export.openvino import import_openvino
+
+        import_openvino()  # a one-line error naming the extra when it is missing
     paths = {Path(p).name: p for p in args.models}
     if args.fp32:
         paths = {"fp32 " + Path(args.fp32).name: args.fp32, **paths}
@@ -304,17 +333,23 @@ def _bench(args: argparse.Namespace) -> int:
             raise QexportError(f"{p}: not a valid ONNX model ({type(exc).__name__})") from None
     shape, _ = bench.input_shape(next(iter(paths.values())))
     vocab = bench.vocab_size(next(iter(paths.values())))
-    print(f"native kernels: {native.library_path() or 'not built (function bodies run)'}")
+    if args.runtime == "openvino":
+        version = import_openvino().__version__.split("-")[0]
+        print(f"OpenVINO {version} CPU plugin (int8 / float from its compiled graph)")
+    else:
+        print(f"native kernels: {native.library_path() or 'not built (function bodies run)'}")
     for name, p in paths.items():
-        print(f"{name}: {bench.optimized_kernels(p).text()}")
+        shown = bench.openvino_kernels(p, [1, *shape[1:]]) if args.runtime == "openvino" else bench.optimized_kernels(p)
+        print(f"{name}: {shown.text()}")
     for b in args.batch:
         for t in args.threads:
             try:
-                timings = bench.time_interleaved(paths, bench.random_feeds(b, shape, vocab), t, budget_s=args.budget)
+                feeds = bench.random_feeds(b, shape, vocab)
+                timings = bench.time_interleaved(paths, feeds, t, budget_s=args.budget, runtime=args.runtime)
             except (RuntimeError, ValueError, KeyError) as exc:  # onnxruntime's Fail / InvalidArgument ...
                 first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
                 names = ", ".join(map(str, paths.values()))
-                raise QexportError(f"{names}: onnxruntime cannot run it ({first})") from None
+                raise QexportError(f"{names}: {args.runtime} cannot run it ({first})") from None
             base = timings[0].median_ms if args.fp32 else None
             print(f"batch {b}, {t} thread(s):")
             for x in timings:
@@ -399,6 +434,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="residual adds of quantized tensors: fused (onnxruntime's QLinearAdd, fastest, a rare code one off), "
         "exact (dequantize -> add -> quantize, as the fake-quant model) or auto (exact with ASQ, else fused)",
     )  # fmt: skip
+    s.add_argument(
+        "--target", choices=TARGETS, default="onnxruntime",
+        help="onnxruntime (default): qexport ops with native kernels; openvino: the form OpenVINO's CPU plugin runs "
+        "(function bodies inlined, no QuantizeLinear of constants), checked in onnxruntime and, if installed, "
+        "in OpenVINO against it",
+    )  # fmt: skip
     s.add_argument("--no-check", action="store_true", help="skip the parity check")
     s.add_argument("--samples", type=int, default=16, help="random inputs for the quick parity check")
     s.add_argument("--quiet", action="store_true")
@@ -430,12 +471,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--threads", type=int, default=0)
     s.set_defaults(func=_run)
 
-    s = sub.add_parser("bench", help="time ONNX models in onnxruntime (interleaved), with ORT's kernel choice")
+    s = sub.add_parser(
+        "bench", help="time ONNX models in onnxruntime or OpenVINO (interleaved), with the kernels each chose"
+    )
     s.add_argument("models", nargs="+", help="ONNX files (same input)")
     s.add_argument("--fp32", help="the FP32 ONNX model of the same network: speed-ups are against it")
     s.add_argument("--batch", type=int, nargs="+", default=[1])
     s.add_argument("--threads", type=int, nargs="+", default=[1])
     s.add_argument("--budget", type=float, default=3.0, help="seconds of timed runs per configuration")
+    s.add_argument(
+        "--runtime", choices=RUNTIMES, default="onnxruntime",
+        help="onnxruntime (CPU, native qexport kernels where built) or openvino (CPU plugin, same --threads; "
+        "for files exported with --target openvino, or any plain ONNX file such as onnxruntime's own int8 model)",
+    )  # fmt: skip
     s.set_defaults(func=_bench)
 
     s = sub.add_parser("zoo", help="list the model zoo")

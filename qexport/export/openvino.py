@@ -40,6 +40,7 @@ from ..ops import DOMAIN
 
 if TYPE_CHECKING:
     import openvino
+    from torch import nn
 
 INSTALL_HINT = "pip install qexport[openvino]"
 TARGETS = ("onnxruntime", "openvino")
@@ -206,8 +207,12 @@ def compile_model(
 
 def _first_line(exc: BaseException) -> str:
     """The informative line of an OpenVINO exception (its first lines name only C++ source files)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith("Exception from ")]
+    lines = [line.strip(" -") for line in str(exc).splitlines() if line.strip(" -")]
+    unknown = [line for line in lines if line.startswith("No conversion rule found")]
+    if unknown:  # ops OpenVINO does not know: qexport ops of an onnxruntime-target file, say so
+        hint = "; export with --target openvino" if f"{DOMAIN}." in unknown[0] else ""
+        return f"{unknown[0][:160]}{hint}"
+    useful = [line for line in lines if not line.startswith(("Exception from ", "Check '"))]
     return (useful or lines or [type(exc).__name__])[0][:200]
 
 
@@ -295,6 +300,23 @@ class OpenVinoCheck:
             f"OpenVINO vs onnxruntime, same file, same {self.samples} inputs: {'; '.join(parts)}; "
             f"OpenVINO runs {self.precisions.text() or 'no conv or matmul'}: {verdict}"
         )
+
+
+def example_feed(model: nn.Module, path: str | os.PathLike[str], samples: int) -> dict[str, np.ndarray]:
+    """``samples`` random inputs of every input of ``path`` as the model's example describes them, the
+    ones ``qexport.check`` draws by default (the same seeds): input name -> array."""
+    from ..zoo import example_inputs
+
+    proto = onnx.load(str(path), load_external_data=False)
+    constants = {t.name for t in proto.graph.initializer}
+    names = [i.name for i in proto.graph.input if i.name not in constants]
+    if getattr(model, "qexport_example", None) is None:
+        raise QexportError("the model records no example input: cannot draw inputs for the OpenVINO check")
+    per_sample = [example_inputs(model, 1, seed=i) for i in range(samples)]
+    columns = [np.concatenate([s[k].numpy() for s in per_sample]) for k in range(len(per_sample[0]))]
+    if len(columns) != len(names):
+        raise QexportError(f"{path} takes {len(names)} inputs but the model's example describes {len(columns)}")
+    return dict(zip(names, columns, strict=True))
 
 
 def run_check(path: str | os.PathLike[str], feed: Mapping[str, np.ndarray], threads: int = 0) -> OpenVinoCheck:
