@@ -14,10 +14,10 @@ bool supported(Isa isa) {
   __builtin_cpu_init();
   switch (isa) {
     case Isa::Avx512Vnni:
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("fma") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
-    case Isa::Avx2:
-      return __builtin_cpu_supports("avx2");
+    case Isa::Avx2:  // every AVX2 CPU has FMA too; the ASQ adapter's float path uses it
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case Isa::Scalar:
       return true;
   }
