@@ -116,6 +116,8 @@ __attribute__((target("avx2"))) void store_avx2(const int32_t* c, const TileOutp
 }
 
 // 16 accumulators in named registers (an array of them gets copied every step by the compiler).
+// kHigh: lanes 16-31 hold weights (not with 16 output channels or fewer: half the work saved).
+template <bool kHigh>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_vnni(
     const uint8_t* const* pixel, const int32_t* k_offset, const int8_t* w, size_t k4, const TileOutput& out, size_t p0,
     size_t count) {
@@ -126,13 +128,13 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_vnni(
   const uint8_t *x4 = pixel[4], *x5 = pixel[5], *x6 = pixel[6], *x7 = pixel[7];
   for (size_t q = 0; q < k4; ++q, w += kLaneStep) {
     const __m512i w0 = _mm512_loadu_si512(w);
-    const __m512i w1 = _mm512_loadu_si512(w + 64);
+    const __m512i w1 = kHigh ? _mm512_loadu_si512(w + 64) : w0;
     const int32_t k = k_offset[q];
     __m512i a;
 #define QX_PIXEL(P, lo, hi)                                   \
     a = _mm512_set1_epi32(static_cast<int>(word_at(P + k))); \
     lo = _mm512_dpbusd_epi32(lo, a, w0);                      \
-    hi = _mm512_dpbusd_epi32(hi, a, w1);
+    if (kHigh) hi = _mm512_dpbusd_epi32(hi, a, w1);
     QX_PIXEL(x0, c00, c01) QX_PIXEL(x1, c10, c11) QX_PIXEL(x2, c20, c21) QX_PIXEL(x3, c30, c31)
     QX_PIXEL(x4, c40, c41) QX_PIXEL(x5, c50, c51) QX_PIXEL(x6, c60, c61) QX_PIXEL(x7, c70, c71)
 #undef QX_PIXEL
@@ -140,7 +142,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_vnni(
   // epilogue, vectorised over lanes: 16 outputs x 8 pixels per half, transposed to rows of 8 floats
   const __m512i lo[8] = {c00, c10, c20, c30, c40, c50, c60, c70}, hi[8] = {c01, c11, c21, c31, c41, c51, c61, c71};
   const __m512i corr_lo = _mm512_loadu_si512(out.correction), corr_hi = _mm512_loadu_si512(out.correction + 16);
-  const int halves = out.post_pairs ? 1 : 2;
+  const int halves = out.post_pairs || !kHigh ? 1 : 2;
   for (int h = 0; h < halves; ++h) {
     const __m512 scale = _mm512_loadu_ps(out.scale + 16 * h), bias = _mm512_loadu_ps(out.bias + 16 * h);
     alignas(64) float y[8][16];
@@ -236,7 +238,11 @@ void conv_tile(Isa isa, const uint8_t* const* pixel, const int32_t* k_offset, co
                const Int16Plan& plan, size_t live, const TileOutput& out, size_t p0, size_t count) {
   alignas(64) int32_t c[kTilePixels * kTileLanes];
 #if defined(__x86_64__) || defined(__i386__)
-  if (isa == Isa::Avx512Vnni) return tile_vnni(pixel, k_offset, w, k4, out, p0, count);
+  if (isa == Isa::Avx512Vnni) {
+    if (live > kTileLanes / 2)
+      return tile_vnni<true>(pixel, k_offset, w, k4, out, p0, count);
+    return tile_vnni<false>(pixel, k_offset, w, k4, out, p0, count);
+  }
   if (isa == Isa::Avx2) {
     if (plan.split)
       tile_avx2<true>(pixel, k_offset, w, k4, plan.run, live, c);

@@ -1,5 +1,7 @@
 """Speed benchmark: qexport's exports against the FP32 ONNX model and onnxruntime's own int8
-quantize_static model of the same network, timed interleaved in one process.
+quantize_static model of the same network, timed interleaved in one process; where OpenVINO is
+installed (pip install qexport[openvino]), also that quantize_static file run in OpenVINO's CPU plugin
+(the "openvino int8" row) and each variant's --target openvino export run in OpenVINO, where it loads.
 
     python tools/bench.py                      # all models, batch 1 and 16, 1 and 2 threads
     python tools/bench.py resnet20 --batch 1 --threads 1 --budget 1
@@ -7,8 +9,8 @@ quantize_static model of the same network, timed interleaved in one process.
 Writes docs/BENCHMARKS.md and docs/benchmarks.json (``--out``).  Models have random weights
 (speed does not depend on their values), quantizers calibrated on random inputs.  Each table row:
 median ms per batch (min-max), speed-up over FP32 in the same run, achieved GOPS (2 x MACs of
-the float network / time), the kernels onnxruntime chose, and the peak memory of a process
-holding only that session."""
+the float network / time), the kernels onnxruntime chose (for OpenVINO rows: what its compiled graph
+runs in int8), and the peak memory of a process holding only that onnxruntime session."""
 
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import qexport
 from qexport import bench, native, zoo
+from qexport.errors import QexportError
+from qexport.export.openvino import compile_model, import_openvino, write_openvino
 from qexport.quant.nipq import NipqQuantizer, theta_for_bits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,6 +56,9 @@ VARIANTS: dict[str, dict[str, Any]] = {  # qexport variant -> quantize() argumen
     "lsq w4a4 paper": {"weight": "lsq", "act": "lsq", "bits": 4, "placement": "paper"},
 }
 TRANSFORMER_VARIANTS = ("lsq w8a8", "lsq w4a4", "asq w4a4", "post w4a4")
+ORT_INT8 = "ort int8 (quantize_static)"
+OV_INT8 = "openvino int8 (the quantize_static file)"
+OV_SUFFIX = " in openvino"  # a variant's --target openvino export, run in OpenVINO
 PAPER_NOTE = (
     "paper placement: only layer inputs are quantized, so conv outputs and residual adds "
     "stay float and onnxruntime cannot fuse the convs whose output is not quantized"
@@ -69,22 +76,38 @@ def _mix_bits(model: torch.nn.Module) -> None:
             q.finalize()
 
 
-def build(name: str, cache: Path, variants: list[str]) -> dict[str, Path]:
-    """Export FP32, ORT int8 and the qexport variants of zoo model ``name`` into ``cache``."""
+def build(name: str, cache: Path, variants: list[str], openvino: bool) -> tuple[dict[str, Path], dict[str, str]]:
+    """Export FP32, ORT int8 and the qexport variants of zoo model ``name`` into ``cache``; with
+    ``openvino``, also the rows that run in OpenVINO.  Returns (row -> file, row -> runtime of the
+    rows that do not run in onnxruntime)."""
     spec = MODELS[name]
     torch.manual_seed(0)
     model = zoo.create(name, **spec["kwargs"]).eval()
     calib = zoo.example_input(model, 8, size=spec["side"], seed=1)
     out: dict[str, Path] = {"fp32": qexport.export(model, cache / f"{name}_fp32.onnx")}
-    out["ort int8 (quantize_static)"] = _ort_int8(out["fp32"], calib.numpy(), cache / f"{name}_ort_int8.onnx")
+    out[ORT_INT8] = _ort_int8(out["fp32"], calib.numpy(), cache / f"{name}_ort_int8.onnx")
+    runtimes: dict[str, str] = {}
+    if openvino:
+        out[OV_INT8], runtimes[OV_INT8] = out[ORT_INT8], "openvino"
+    shape, _ = bench.input_shape(out["fp32"])
     for v in variants:
         args = dict(VARIANTS[v])
         q = qexport.quantize(model, **args)
         if args.get("learn_bits"):
             _mix_bits(q)
         qexport.calibrate(q, [calib])
-        out[v] = qexport.export(q, cache / f"{name}_{v.replace(' ', '_').replace('(', '').replace(')', '')}.onnx")
-    return out
+        stem = f"{name}_{v.replace(' ', '_').replace('(', '').replace(')', '')}"
+        out[v] = qexport.export(q, cache / f"{stem}.onnx")
+        if openvino:
+            ov_path = write_openvino(out[v], cache / f"{stem}_openvino.onnx")
+            try:
+                compile_model(ov_path, 1, shapes=[1, *shape[1:]])
+            except QexportError as exc:
+                print(f"{name} {v}: not timed in OpenVINO ({exc})", flush=True)
+                continue
+            out[v + OV_SUFFIX], runtimes[v + OV_SUFFIX] = ov_path, "openvino"
+    order = [k for k in out if runtimes.get(k) != "openvino"] + [k for k in out if runtimes.get(k) == "openvino"]
+    return {k: out[k] for k in order}, runtimes
 
 
 def _ort_int8(fp32: Path, calib: np.ndarray, out: Path) -> Path:
@@ -111,17 +134,28 @@ def _ort_int8(fp32: Path, calib: np.ndarray, out: Path) -> Path:
 
 
 def measure(
-    name: str, paths: dict[str, Path], batches: list[int], threads: list[int], budget: float, memory: bool
+    name: str,
+    paths: dict[str, Path],
+    batches: list[int],
+    threads: list[int],
+    budget: float,
+    memory: bool,
+    runtimes: dict[str, str] | None = None,
 ) -> dict[str, Any]:
+    """Time every row of ``paths`` interleaved, each in its runtime (``runtimes``: row -> runtime,
+    default onnxruntime), at every batch and thread count; kernels and onnxruntime memory per row."""
+    runtimes = runtimes or {}
     shape, _ = bench.input_shape(paths["fp32"])
     vocab = bench.vocab_size(paths["fp32"])
     result: dict[str, Any] = {"model": name, "input": shape, "configs": [], "kernels": {}, "memory": {}}
     for v, p in paths.items():
-        result["kernels"][v] = bench.optimized_kernels(p)
+        in_openvino = runtimes.get(v) == "openvino"
+        result["kernels"][v] = bench.openvino_kernels(p, [1, *shape[1:]]) if in_openvino else bench.optimized_kernels(p)
     for b in batches:
         macs = bench.count_macs(paths["fp32"], [b, *shape[1:]])
         for t in threads:
-            timings = bench.time_interleaved(paths, bench.random_feeds(b, shape, vocab), t, budget_s=budget)
+            feeds = bench.random_feeds(b, shape, vocab)
+            timings = bench.time_interleaved(paths, feeds, t, budget_s=budget, runtime=runtimes)
             base = next(x for x in timings if x.name == "fp32").median_ms
             rows = [
                 {**x.__dict__, "speedup": base / x.median_ms, "gops": 2 * macs / (x.median_ms * 1e6)} for x in timings
@@ -132,9 +166,10 @@ def measure(
                 + ", ".join(f"{r['name']} {r['median_ms']:.2f} ms ({r['speedup']:.2f}x)" for r in rows),
                 flush=True,
             )
-    if memory:
+    if memory:  # a process with one onnxruntime session (no probe for OpenVINO)
         for v, p in paths.items():
-            result["memory"][v] = bench.peak_memory_mb(p, 1, max(batches))
+            if runtimes.get(v, "onnxruntime") == "onnxruntime":
+                result["memory"][v] = bench.peak_memory_mb(p, 1, max(batches))
     return result
 
 
@@ -187,7 +222,7 @@ def targets(results: list[dict[str, Any]], env: dict[str, Any]) -> list[str]:
         return None if x is None else x["speedup"]
 
     if "resnet18" in by:
-        ort = speed("resnet18", "ort int8 (quantize_static)") or 0.0
+        ort = speed("resnet18", ORT_INT8) or 0.0
         for v in ("lsq w8a8", "lsq w4a4", "lsq w3a3", "lsq w2a2", "nipq w4a4", "nipq mixed (avg 4)"):
             x = speed("resnet18", v)
             if x is not None:
@@ -227,7 +262,7 @@ def targets(results: list[dict[str, Any]], env: dict[str, Any]) -> list[str]:
                 )
             )
     if "transformer" in by:
-        ort = speed("transformer", "ort int8 (quantize_static)") or 0.0
+        ort = speed("transformer", ORT_INT8) or 0.0
         for v in ("lsq w8a8", "lsq w4a4"):
             x = speed("transformer", v)
             if x is not None:
@@ -239,7 +274,7 @@ def targets(results: list[dict[str, Any]], env: dict[str, Any]) -> list[str]:
         if not fp32:
             continue
         worst = max(
-            (v for v in r["memory"] if v not in ("fp32", "ort int8 (quantize_static)")),
+            (v for v in r["memory"] if v not in ("fp32", ORT_INT8)),
             key=lambda v: r["memory"][v]["session_mb"],
             default=None,
         )
@@ -274,6 +309,12 @@ def markdown(results: list[dict[str, Any]], env: dict[str, Any], notes: str = ""
         "",
         f"Machine: {env['cpu']}, {env['cores']} cores; onnxruntime {env['onnxruntime']}; native qexport "
         f"kernels: {env['native']}; int8 peak (MatMulInteger u8 x s8, 1 thread): {env['int8_peak_gops']:.0f} GOPS.",
+        "",
+        f"OpenVINO: {env.get('openvino', 'not run')}. Rows `{OV_INT8}` (onnxruntime's quantize_static file) and "
+        f"`<variant>{OV_SUFFIX}` (the variant exported with `--target openvino`) run in OpenVINO's CPU plugin "
+        "(same threads, static shapes, no core pinning, f32 where not int8; their kernels column counts the "
+        "convs / matmuls its compiled graph runs in int8), timed in the same rounds as the onnxruntime rows; "
+        "`x` is against the same FP32 model in onnxruntime.",
         "",
         *targets(results, env),
         notes,
@@ -313,6 +354,7 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--budget", type=float, default=4.0, help="seconds of timed rounds per configuration")
     p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--no-openvino", action="store_true", help="leave out the rows that run in OpenVINO")
     p.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench")
     p.add_argument("--out", type=Path, default=ROOT / "docs")
     p.add_argument("--render", type=Path, help="only rewrite BENCHMARKS.md from this benchmarks.json")
@@ -336,6 +378,13 @@ def main() -> None:
         "native": str(native.library_path() or "not built"),
         "int8_peak_gops": peak_int8_gops(1),
     }
+    openvino = not args.no_openvino
+    if openvino:
+        try:
+            env["openvino"] = f"{import_openvino().__version__.split('-')[0]} (CPU plugin)"
+        except QexportError as exc:
+            print(f"no OpenVINO rows: {exc}", flush=True)
+            openvino = False
     try:
         env["cpu"] = next(
             line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
@@ -345,8 +394,8 @@ def main() -> None:
     results = []
     for name in args.models:
         variants = [v for v in args.variants if name != "transformer" or v in TRANSFORMER_VARIANTS]
-        paths = build(name, args.cache, variants)
-        results.append(measure(name, paths, args.batch, args.threads, args.budget, not args.no_memory))
+        paths, runtimes = build(name, args.cache, variants, openvino)
+        results.append(measure(name, paths, args.batch, args.threads, args.budget, not args.no_memory, runtimes))
     args.out.mkdir(parents=True, exist_ok=True)
     bench.save_json({"env": env, "results": results}, args.out / "benchmarks.json")
     results = json.loads((args.out / "benchmarks.json").read_text())["results"]  # plain dicts, as --render
