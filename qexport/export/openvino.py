@@ -1,12 +1,14 @@
 """OpenVINO as a deployment target: the form of a qexport ONNX file that OpenVINO's CPU plugin loads
 and runs in int8 as far as its ops allow (``qexport model.pt --format onnx --target openvino``).
 
-Three rewrites of the onnxruntime file, each keeping what it computes (onnxruntime runs both files
-alike; the export checks the rewritten one against the PyTorch model, code for code):
+Rewrites of the onnxruntime file, each keeping what it computes (onnxruntime runs both files alike;
+the export checks the rewritten one against the PyTorch model, code for code):
 
 1. Model-local functions inlined (``onnx.inliner``): OpenVINO does not read model-local functions,
    so a qexport op (``IntConv``, ``PostConv``, ``AsqQuantize`` ...) would be an unknown op; its
-   function body runs instead.  There is no native kernel in OpenVINO: these layers run in float.
+   function body runs instead, in float (OpenVINO has no native kernel for it).  An ``IntConv``
+   whose input step is one constant (a ResNet stem; not ASQ's per-sample step) is first written as
+   DequantizeLinear -> Conv (-> Relu), which OpenVINO runs as an int8 conv.
 2. No QuantizeLinear of a constant: OpenVINO's int8 pass (``AddTransformation``) throws on one.
    A QuantizeLinear after a pure data-movement op on a constant (the transformer's position
    embedding, ``Slice(pos, 0, seq)``, which OpenVINO folds to a constant once the sequence length
@@ -18,6 +20,8 @@ alike; the export checks the rewritten one against the PyTorch model, code for c
    rounding (intel_cpu ``Convolution::setPostOps``: "drop rounding one special residual pattern"),
    which moved 14% of the codes after a residual add one step and 3.7% of the top-1 decisions of a
    4-bit ResNet-20; spelled out as float ops the rounding survives, and the conv stays int8.
+4. A strided 1x1 conv (a downsampling shortcut) as Slice -> stride-1 conv: OpenVINO's own
+   rewrite of it subsamples after the dequantization and leaves the conv float.
 
 ``qexport.export.openvino.run_check`` compares OpenVINO with onnxruntime on the same inputs."""
 
@@ -48,6 +52,7 @@ TARGETS = ("onnxruntime", "openvino")
 # QuantizeLinear after one of them computes the same as before it
 _MOVES = {"Slice", "Gather", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Identity", "Expand"}
 _ADDS = {"Add", "Sum"}
+_CODES = {ir.DataType.INT8: np.int8, ir.DataType.UINT8: np.uint8}  # code types an int8 conv reads
 
 
 def import_openvino() -> Any:
@@ -61,12 +66,18 @@ def import_openvino() -> Any:
 
 def to_openvino(model: onnx.ModelProto) -> onnx.ModelProto:
     """The OpenVINO form of a qexport ONNX model (see the module docstring); ``model`` is unchanged."""
-    inlined = onnx.inliner.inline_local_functions(model)
+    graph_model = ir.serde.deserialize_model(model)
+    for node in list(graph_model.graph):
+        if node.domain == DOMAIN and node.op_type == "IntConv":
+            _int_conv_as_qdq(graph_model.graph, node)
+    inlined = onnx.inliner.inline_local_functions(ir.serde.serialize_model(graph_model))
     graph_model = ir.serde.deserialize_model(inlined)
     graph = graph_model.graph
     for node in list(graph):
         if _is_quantize(node):
             _hoist_over_move(graph, node)
+        elif node.op_type == "Conv" and node.domain in ("", "ai.onnx"):
+            _subsample_before_strided_1x1(graph, node)
     # only QuantizeLinear folds (by default onnxscript keeps it), whatever its size: codes are smaller
     optimizer.fold_constants(graph_model, output_size_limit=sys.maxsize, should_fold=_is_quantize)
     for node in list(graph):
@@ -115,6 +126,97 @@ def _scalar_quantize(node: ir.Node) -> tuple[ir.Value, ir.Value] | None:
     if scale is None or zero is None or scale.size != 1 or zero.size != 1:
         return None
     return node.inputs[1], node.inputs[2]  # type: ignore[return-value]
+
+
+def _code_type(value: ir.Value) -> ir.DataType | None:
+    """The integer type of ``value`` where it is known without shape inference: a constant's, a
+    Cast's target, or the zero point's of the QuantizeLinear it comes from (through a range Clip)."""
+    tensor = ir.convenience.get_const_tensor(value)
+    if tensor is not None:
+        return tensor.dtype
+    node = value.producer()
+    if node is None:
+        return value.dtype
+    if node.op_type == "Clip" and node.inputs[0] is not None:
+        return _code_type(node.inputs[0])
+    if node.op_type == "Cast" and "to" in node.attributes:
+        return ir.DataType(node.attributes["to"].as_int())
+    if node.op_type == "QuantizeLinear" and len(node.inputs) > 2 and node.inputs[2] is not None:
+        zero = ir.convenience.get_const_tensor(node.inputs[2])
+        return None if zero is None else zero.dtype
+    return value.dtype
+
+
+def _int_conv_as_qdq(graph: ir.Graph, node: ir.Node) -> None:
+    """An IntConv whose input step is one constant (not ASQ's per-sample step) as
+    DequantizeLinear -> Conv (-> Relu): OpenVINO runs it as an int8 conv (the function body would be
+    a float conv, its scale folded into the weights: not exact)."""
+    x, x_scale, w, w_scale, bias = node.inputs
+    step = _constant(x_scale)
+    x_type, w_type = (None, None) if x is None or w is None else (_code_type(x), _code_type(w))
+    if step is None or step.size != 1 or x_type not in _CODES or w_type not in _CODES or w_scale is None:
+        return
+    scales = _constant(w_scale)
+    if scales is None:
+        return
+    zeros = []
+    for name, dtype, shape in ((f"{node.outputs[0].name}.x_zero_point", x_type, ()), (
+        f"{node.outputs[0].name}.w_zero_point", w_type, scales.shape)):  # fmt: skip
+        zero = ir.Value(name=name, const_value=ir.tensor(np.zeros(shape, _CODES[dtype]), dtype=dtype))
+        graph.register_initializer(zero)
+        zeros.append(zero)
+    x_dq = ir.node("DequantizeLinear", [x, x_scale, zeros[0]])
+    w_dq = ir.node("DequantizeLinear", [w, w_scale, zeros[1]], attributes={"axis": 0})
+    conv_attrs = {k: v for k, v in node.attributes.items() if k in ("strides", "pads", "dilations", "group")}
+    conv = ir.node("Conv", [x_dq.outputs[0], w_dq.outputs[0], bias], attributes=conv_attrs)
+    relu = node.attributes["relu"].as_int() if "relu" in node.attributes else 0
+    new = [x_dq, w_dq, conv, *([ir.node("Relu", [conv.outputs[0]])] if relu else [])]
+    graph.insert_before(node, new)
+    name = node.outputs[0].name
+    node.outputs[0].replace_all_uses_with(new[-1].outputs[0], replace_graph_outputs=True)
+    graph.remove(node, safe=True)
+    new[-1].outputs[0].name = name
+
+
+def _weight_shape(value: ir.Value | None) -> list[int] | None:
+    """The shape of a conv's weights: a constant, or one behind DequantizeLinear / Cast."""
+    while value is not None:
+        tensor = ir.convenience.get_const_tensor(value)
+        if tensor is not None:
+            return list(tensor.shape)
+        node = value.producer()
+        if node is None or node.op_type not in ("DequantizeLinear", "Cast"):
+            return None
+        value = node.inputs[0]
+    return None
+
+
+def _subsample_before_strided_1x1(graph: ir.Graph, conv: ir.Node) -> None:
+    """A strided 1x1 conv as Slice (every stride-th row and column) -> 1x1 conv of stride 1.
+    OpenVINO does the same, but puts its subsampling MaxPool after the input's dequantization, which
+    leaves the conv float (a ResNet's downsampling shortcuts); a Slice before it stays int8."""
+
+    def ints(name: str) -> list[int]:
+        return list(conv.attributes[name].as_ints()) if name in conv.attributes else []
+
+    strides, shape = ints("strides"), _weight_shape(conv.inputs[1])
+    if shape is None or len(shape) != 4 or shape[2:] != [1, 1] or not any(s > 1 for s in strides):
+        return
+    auto_pad = conv.attributes["auto_pad"].as_string() if "auto_pad" in conv.attributes else "NOTSET"
+    if any(ints("pads")) or any(d != 1 for d in ints("dilations")) or auto_pad not in ("NOTSET", "VALID"):
+        return
+    if conv.inputs[0] is None:
+        return
+    name = conv.outputs[0].name
+    params = []
+    for what, values in (("starts", [0, 0]), ("ends", [2**62, 2**62]), ("axes", [2, 3]), ("steps", strides)):
+        param = ir.Value(name=f"{name}.subsample_{what}", const_value=ir.tensor(np.array(values, np.int64)))
+        graph.register_initializer(param)
+        params.append(param)
+    subsample = ir.node("Slice", [conv.inputs[0], *params])
+    graph.insert_before(conv, [subsample])
+    conv.replace_input_with(0, subsample.outputs[0])
+    conv.attributes["strides"] = ir.AttrInt64s("strides", [1] * len(strides))
 
 
 def _hoist_over_move(graph: ir.Graph, quant: ir.Node) -> None:
