@@ -29,6 +29,7 @@ struct TileOutput {
   int32_t correction[kTileLanes] = {};  // activation offset x lane weight sum
   bool post_pairs = false;
   bool relu = false;  // then y < 0 ? 0 : y (NaN and -0 stay, as the body's Max(y, 0))
+  bool relu6 = false;  // with relu: then y > 6 ? 6 : y (NaN stays, as the body's Min(y, 6))
 };
 
 constexpr float kSqrtHalf = 0.70710677f;  // float32(1 / sqrt 2): the POST combine's constant

@@ -7,7 +7,7 @@ namespace qx {
 
 IntConvKernel::IntConvKernel(const OrtKernelInfo* info) : ConvKernel(info, false) {
   relu = attr_int(info, "relu");  // required: the function body reads it
-  if (relu != 0 && relu != 1) fail("attribute relu=" + std::to_string(relu) + " must be 0 or 1");
+  if (relu != 0 && relu != 1 && relu != 6) fail("attribute relu=" + std::to_string(relu) + " must be 0, 1 or 6");
 }
 
 void IntConvKernel::compute(OrtKernelContext* context) {
@@ -32,6 +32,7 @@ void IntConvKernel::compute(OrtKernelContext* context) {
   const int64_t pixels = s.ho * s.wo;
   run_conv(context, isa, s, attrs, in.x, packed, false, [&](int64_t n, int64_t g, int64_t lane0, TileOutput& out) {
     out.relu = relu != 0;
+    out.relu6 = relu == 6;
     for (int64_t l = 0; l < int64_t(kTileLanes) && lane0 + l < mg; ++l) {
       const int64_t m = g * mg + lane0 + l;
       out.row[l] = y + (n * s.m + m) * pixels;

@@ -53,6 +53,7 @@ struct PostConvKernel : ConvKernel {
   explicit PostConvKernel(const OrtKernelInfo* info);
   void compute(OrtKernelContext* context);
   int64_t bits = 4;
+  int64_t relu = 0;  // 0, 1 (ReLU) or 6 (ReLU6)
 };
 
 struct IntConvKernel : ConvKernel {

@@ -21,6 +21,7 @@ from qexport.ops import (
     asq_quantize,
     asq_quantize_rows,
     functions_for,
+    int_conv,
     post_conv,
     post_matmul,
     post_weights,
@@ -155,7 +156,7 @@ def test_post_conv_matches_reference(group: int, stride: int, dilation: int, per
         feeds["xs"] = x_scale
     else:
         inits.append(numpy_helper.from_array(x_scale, "xs"))
-    node = helper.make_node("PostConv", ["x", "xs", "w", "ws", "b"], ["y"], domain=DOMAIN, bits=bits, **attrs)
+    node = helper.make_node("PostConv", ["x", "xs", "w", "ws", "b"], ["y"], domain=DOMAIN, bits=bits, relu=0, **attrs)
     model = _model(node, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", cout, *ref.shape[2:]])],
                    inits)  # fmt: skip
     for (y,) in _runs(model, feeds):
@@ -167,6 +168,31 @@ def test_post_conv_matches_reference(group: int, stride: int, dilation: int, per
     x_hat, b64 = torch.from_numpy(x.astype(np.float64) * xs), torch.from_numpy(bias.astype(np.float64))
     conv = torch.nn.functional.conv2d(x_hat, torch.from_numpy(w_hat), b64, stride, 1, dilation, group)
     np.testing.assert_allclose(ref, conv.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op_type", ["PostConv", "IntConv"])
+@pytest.mark.parametrize("relu", [0, 1, 6])
+def test_conv_relu_attribute(op_type: str, relu: int) -> None:
+    """The function bodies apply ReLU / ReLU6 as the references do (ReluBounds), NaN kept."""
+    rng = np.random.default_rng(relu)
+    x = rng.integers(0, 16, size=(2, 4, 6, 6)).astype(np.uint8)
+    w_scale, bias = np.full(4, 0.5, np.float32), np.array([0.0, np.nan, 3.0, -3.0], np.float32)
+    attrs = {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": 1, "relu": relu}
+    if op_type == "PostConv":
+        codes = post_weights.pack(rng.integers(-7, 8, size=(4, 4, 3, 3)), 4)
+        w, extra = post_weights.uint4_initializer("w", codes), {"bits": 4}
+        ref = post_conv.reference(x, np.float32(0.3), codes, w_scale, bias, 4, **attrs)
+    else:
+        codes = rng.integers(-8, 8, size=(4, 4, 3, 3)).astype(np.int8)
+        w, extra = numpy_helper.from_array(codes, "w"), {}
+        ref = int_conv.reference(x, np.float32(0.3), codes, w_scale, bias, **attrs)
+    assert np.isnan(ref[:, 1]).all() and (relu != 6 or (ref == 6).any()) and (relu == 0 or (ref == 0).any())
+    inits = [w, *(numpy_helper.from_array(v, n) for n, v in (("ws", w_scale), ("b", bias), ("xs", np.float32(0.3))))]
+    node = helper.make_node(op_type, ["x", "xs", "w", "ws", "b"], ["y"], domain=DOMAIN, **extra, **attrs)
+    inputs = [helper.make_tensor_value_info("x", TensorProto.UINT8, ["N", 4, 6, 6])]
+    model = _model(node, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6, 6])], inits)
+    for (y,) in _runs(model, {"x": x}):
+        np.testing.assert_allclose(y, ref, rtol=2e-6, atol=1e-6)
 
 
 def test_post_matmul_matches_reference_per_row() -> None:

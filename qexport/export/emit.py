@@ -50,7 +50,6 @@ class Emitter:
         self.folds = find_bn_folds(gm)  # conv node -> (BatchNorm node, module) it absorbs
         self.folded_bn = {bn_node for bn_node, _ in self.folds.values()}
         self.relu6: set[str] = set()  # tensors that are relu(v) standing for relu6(v): their quantizers clip
-        self.fused_relu: set[fx.Node] = set()  # ReLU nodes an IntConv applies
         self.layers: list[dict[str, Any]] = []
         self.packed = packed
         self.opset = opset
@@ -212,7 +211,7 @@ class Emitter:
             inputs = self.post_operands(layer, xq, path, dep, transpose=False)
             assert layer.weight_quant is not None
             return self.b.node("PostConv", inputs, path, domain=DOMAIN, bits=layer.weight_quant.code_range.bits,
-                               **attrs)  # fmt: skip
+                               relu=self.fused_relu_code(node), **attrs)  # fmt: skip
         if int_conv and xq is not None and form is not None:
             assert isinstance(layer, QuantConv2d)
             return self.int_conv(layer, node, xq, attrs)
@@ -280,20 +279,21 @@ class Emitter:
         dep = layer.deployed()
         storage = self.storage(dep.codes)
         self.record(path, layer, "IntConv", storage)
-        relu = self.relu_after(node)
-        if relu is not None:
-            self.fused_relu.add(relu)
         inputs = [xq.codes, xq.scale, self.b.weight_codes(dep.codes, path, storage),
                   self.b.const(f"{path}.weight_scale", dep.weight_scale.astype(np.float32)),
                   self.b.const(f"{path}.bias", dep.float_bias)]  # fmt: skip
-        return self.b.node("IntConv", inputs, path, domain=DOMAIN, relu=int(relu is not None), **attrs)
+        return self.b.node("IntConv", inputs, path, domain=DOMAIN, relu=self.fused_relu_code(node), **attrs)
 
     def relu_after(self, node: fx.Node) -> fx.Node | None:
-        """The ReLU that alone consumes a conv's output (after its folded BatchNorm), if any."""
+        """The ReLU or ReLU6 that alone consumes a conv's output (after its folded BatchNorm), if any:
+        an IntConv or PostConv applies it."""
         users = self.users_after(node)
-        if len(users) == 1 and relu_kind(self.gm, users[0]) == "relu":
-            return users[0]
-        return None
+        return users[0] if len(users) == 1 and relu_kind(self.gm, users[0]) is not None else None
+
+    def fused_relu_code(self, node: fx.Node) -> int:
+        """The ``relu`` attribute of IntConv / PostConv ``node``: 0, 1 (ReLU) or 6 (ReLU6)."""
+        relu = self.relu_after(node)
+        return 0 if relu is None else 6 if relu_kind(self.gm, relu) == "relu6" else 1
 
     def linear(self, node: fx.Node) -> str:
         layer = self.module(node)
@@ -368,13 +368,24 @@ class Emitter:
         return self.activation(q, x, str(node.target)).value
 
 
+_RELU_FUNCTIONS = {torch.relu, F.relu, torch.ops.aten.relu.default, torch.ops.aten.relu_.default}
+_RELU6_FUNCTIONS = {F.relu6, torch.ops.aten.relu6.default}
+
+
 def relu_kind(gm: fx.GraphModule, n: fx.Node) -> str | None:
-    """'relu' or 'relu6' for the ReLU forms the tracer leaves, else None."""
+    """'relu' or 'relu6' for the ReLU forms the fx tracer and torch.export leave, else None."""
     if n.op == "call_module":
         m = gm.get_submodule(str(n.target))
         return "relu6" if isinstance(m, nn.ReLU6) else "relu" if isinstance(m, nn.ReLU) else None
     if n.op == "call_function":
-        return "relu" if n.target in (torch.relu, F.relu) else "relu6" if n.target is F.relu6 else None
+        if n.target in _RELU_FUNCTIONS:
+            return "relu"
+        if n.target in _RELU6_FUNCTIONS:
+            return "relu6"
+        hardtanh = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)
+        if n.target in hardtanh and tuple(n.args[1:3]) == (0.0, 6.0) and not n.kwargs:  # relu6 in ATen
+            return "relu6"
+        return None
     return "relu" if n.op == "call_method" and n.target == "relu" else None
 
 

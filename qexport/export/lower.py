@@ -109,18 +109,21 @@ def _is_unit(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 
 def _fuses_relu(e: Emitter, node: fx.Node) -> bool:
-    """Whether the Emitter writes conv ``node`` as an IntConv that applies the ReLU after it."""
+    """Whether the Emitter writes conv ``node`` as an IntConv or PostConv that applies the ReLU / ReLU6
+    after it."""
     layer = e.module(node)
     if not isinstance(layer, QuantConv2d) or layer.act_quant is None:
         return False
     form, post = e.weight_form(layer)
-    return not post and e.writes_int_conv(layer, node, form) and e.relu_after(node) is not None
+    return (post or e.writes_int_conv(layer, node, form)) and e.relu_after(node) is not None
 
 
 def _plan(gm: fx.GraphModule, e: Emitter) -> _Plan:
     plan = _Plan()
+    absorbed: set[fx.Node] = set()  # ReLUs a unit applies (seen before the ReLU itself, in graph order)
     for node in gm.graph.nodes:
-        if relu_kind(gm, node) == "relu6" and node.users and all(e.uniform_quantizer_input(u) for u in node.users):
+        if (relu_kind(gm, node) == "relu6" and node not in absorbed and node.users
+                and all(e.uniform_quantizer_input(u) for u in node.users)):  # fmt: skip
             plan.relu6_codes.add(node)
         if not _is_unit(gm, node):
             continue
@@ -131,6 +134,7 @@ def _plan(gm: fx.GraphModule, e: Emitter) -> _Plan:
             relu = e.relu_after(node)
             assert relu is not None
             last = relu
+            absorbed.add(relu)
         plan.units.append(_Unit(node, last, gm.get_submodule(str(node.target))))
     return plan
 

@@ -18,6 +18,7 @@ from . import (
     post_conv,
     post_matmul,
     post_weights,
+    relu_bounds,
     step_quantize,
 )
 from .domain import DOMAIN, VERSION
@@ -26,8 +27,8 @@ from .domain import DOMAIN, VERSION
 _FUNCTIONS = {
     "AsqQuantize": [asq_adapter.AsqAdapter, step_quantize.StepQuantize, asq_quantize.AsqQuantize],
     "AsqQuantizeRows": [asq_adapter.AsqAdapter, step_quantize.StepQuantize, asq_quantize_rows.AsqQuantizeRows],
-    "IntConv": [int_conv.IntConv],
-    "PostConv": [post_weights.PostWeights, post_conv.PostConv],
+    "IntConv": [relu_bounds.ReluBounds, int_conv.IntConv],
+    "PostConv": [post_weights.PostWeights, relu_bounds.ReluBounds, post_conv.PostConv],
     "PostMatMul": [post_weights.PostWeights, post_matmul.PostMatMul],
 }
 

@@ -10,11 +10,13 @@ Inputs
   bias     float32 [M]
 Attributes
   strides, pads, dilations, group: as in Conv
-  relu     0 or 1: apply the ReLU that follows the conv (saves a pass over the float output)
+  relu     0, 1 or 6: apply the ReLU (1) or ReLU6 (6) that follows the conv (saves a pass over the
+           float output)
 Output
-  y float32 [N, M, H', W'] = acc * (x_scale * w_scale) + bias (then max(y, 0) with relu=1),
-  acc = the integer convolution.  The ReLU keeps NaN (a NaN w_scale or bias gives NaN, not 0), as
-  onnxruntime's Max and numpy's maximum do, and so does the native kernel.
+  y float32 [N, M, H', W'] = acc * (x_scale * w_scale) + bias, then max(y, 0) with relu=1 and
+  min(max(y, 0), 6) with relu=6; acc = the integer convolution.  The ReLU keeps NaN (a NaN w_scale or
+  bias gives NaN, not 0), as onnxruntime's Max / Min and numpy's maximum / minimum do, and so does
+  the native kernel.
 
 The body computes ``acc`` with a float Conv of the codes (exact while every partial sum stays below
 2^24, which 2- to 4-bit layers do; 8-bit ones round like any float conv); the native kernel
@@ -25,7 +27,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .domain import op, qexport_function
+from . import relu_bounds
+from .domain import QX, op, qexport_function
 from .post_conv import conv_int
 
 
@@ -38,9 +41,8 @@ def IntConv(x_codes, x_scale, w_codes, w_scale, bias, strides: list[int], pads: 
     # the scale first: onnxruntime folds a constant in Mul's second input into the Conv's weights
     # (ConvMulFusion, then ConvAddFusion), and its float conv of non-integer weights is no longer exact
     y = op.Add(op.Mul(op.Mul(x_scale, op.Unsqueeze(w_scale, channel)), acc), op.Unsqueeze(bias, channel))
-    floor = op.Where(op.Cast(op.Constant(value_int=relu), to=9), op.Constant(value_float=0.0),
-                     op.Constant(value_float=float("-inf")))  # fmt: skip
-    return op.Max(y, floor)
+    return QX.ReluBounds(y, relu=relu)
+
 
 
 def reference(x_codes: np.ndarray, x_scale: np.ndarray, w_codes: np.ndarray, w_scale: np.ndarray, bias: np.ndarray,
@@ -49,4 +51,4 @@ def reference(x_codes: np.ndarray, x_scale: np.ndarray, w_codes: np.ndarray, w_s
     acc = conv_int(x_codes, w_codes, strides, pads, dilations, group).astype(np.float32)
     scale = np.asarray(x_scale, np.float32) * w_scale.astype(np.float32).reshape(-1, 1, 1)
     y = (acc * scale + bias.astype(np.float32).reshape(-1, 1, 1)).astype(np.float32)
-    return np.maximum(y, np.float32(0)) if relu else y
+    return relu_bounds.reference(y, relu)

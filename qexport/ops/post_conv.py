@@ -8,8 +8,11 @@ Inputs
   bias     float32 [M]
 Attributes
   bits (2, 3, 4), strides, pads, dilations, group: as in Conv
+  relu     0 (default), 1 or 6: the ReLU / ReLU6 that follows the conv (relu_bounds.py).  The
+           exporter always writes it: onnx's ReferenceEvaluator does not apply a function's defaults
 Output
-  y float32 [N, M, H', W'] = (acc_even + acc_odd * 0.70710677) * (x_scale * w_scale) + bias
+  y float32 [N, M, H', W'] = (acc_even + acc_odd * 0.70710677) * (x_scale * w_scale) + bias, then
+  the ReLU
 
 ``acc_even`` / ``acc_odd`` are the integer convolutions of the codes with ``w_even`` / ``w_odd``.
 The body computes them with one float Conv, which is exact because every partial sum is an integer
@@ -20,13 +23,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import post_weights
+from . import post_weights, relu_bounds
 from .domain import QX, op, qexport_function
 
 
 @qexport_function
 def PostConv(x_codes, x_scale, w_codes, w_scale, bias, bits: int, strides: list[int], pads: list[int],
-             dilations: list[int], group: int):  # fmt: skip
+             dilations: list[int], group: int, relu: int = 0):  # fmt: skip
     w_even, w_odd = QX.PostWeights(op.Cast(w_codes, to=2), bits=bits)
     # one Conv with both weight sets as output channels (per group: even block, then odd block), so
     # each activation is read once and no constant Mul sits right after a Conv (onnxruntime would
@@ -52,7 +55,8 @@ def PostConv(x_codes, x_scale, w_codes, w_scale, bias, bits: int, strides: list[
     acc_odd = op.Reshape(op.Slice(split, one, two, axis), flat)
     acc = op.Add(acc_even, op.Mul(acc_odd, op.Constant(value_float=0.70710677)))
     channel = op.Constant(value_ints=[1, 2])
-    return op.Add(op.Mul(acc, op.Mul(x_scale, op.Unsqueeze(w_scale, channel))), op.Unsqueeze(bias, channel))
+    y = op.Add(op.Mul(acc, op.Mul(x_scale, op.Unsqueeze(w_scale, channel))), op.Unsqueeze(bias, channel))
+    return QX.ReluBounds(y, relu=relu)
 
 
 def conv_int(x: np.ndarray, w: np.ndarray, strides: list[int], pads: list[int], dilations: list[int],
@@ -78,10 +82,10 @@ def conv_int(x: np.ndarray, w: np.ndarray, strides: list[int], pads: list[int], 
 
 def reference(x_codes: np.ndarray, x_scale: np.ndarray, w_codes: np.ndarray, w_scale: np.ndarray,
               bias: np.ndarray, bits: int, strides: list[int], pads: list[int], dilations: list[int],
-              group: int) -> np.ndarray:  # fmt: skip
+              group: int, relu: int = 0) -> np.ndarray:  # fmt: skip
     even, odd = post_weights.reference(w_codes, bits)
     acc_even = conv_int(x_codes, even, strides, pads, dilations, group).astype(np.float32)
     acc_odd = conv_int(x_codes, odd, strides, pads, dilations, group).astype(np.float32)
     acc = acc_even + acc_odd * post_weights.SQRT_HALF
     scale = np.asarray(x_scale, np.float32) * w_scale.astype(np.float32).reshape(-1, 1, 1)
-    return (acc * scale + bias.astype(np.float32).reshape(-1, 1, 1)).astype(np.float32)
+    return relu_bounds.reference((acc * scale + bias.astype(np.float32).reshape(-1, 1, 1)).astype(np.float32), relu)
