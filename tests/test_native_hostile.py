@@ -183,7 +183,8 @@ def test_2_huge_attributes_are_checked_arithmetic() -> None:
         ("AsqQuantize", "qmax", Attr(15.0, "float"), "attribute qmax must be an int"),
         ("IntConv", "relu", None, "attribute relu is required"),
         ("IntConv", "relu", Attr(1.0, "float"), "attribute relu must be an int"),
-        ("IntConv", "relu", Attr(2, "int"), "relu=2 must be 0 or 1"),
+        ("IntConv", "relu", Attr(2, "int"), "relu=2 must be 0, 1 or 6"),
+        ("PostConv", "relu", Attr(7, "int"), "relu=7 must be 0, 1 or 6"),
         ("IntConv", "group", Attr("1", "string"), "attribute group must be an int"),
         ("IntConv", "strides", Attr([1.0, 1.0], "floats"), "attribute strides must be a list of ints"),
         ("IntConv", "pads", Attr(1, "int"), "attribute pads must be a list of ints"),
@@ -275,9 +276,11 @@ def test_5_nan_and_inf_in_x_as_in_the_body() -> None:
     _agree(case)
 
 
+@pytest.mark.parametrize("op", ["IntConv", "PostConv"])
+@pytest.mark.parametrize("relu", [1, 6])
 @pytest.mark.parametrize("where", [3, 4])
-def test_5_fused_relu_keeps_nan(where: int) -> None:
-    case = _conv(relu=Attr(1, "int"))
+def test_5_fused_relu_keeps_nan(op: str, relu: int, where: int) -> None:
+    case = _conv(op, relu=Attr(relu, "int"))
     case.inputs[where] = case.inputs[where].copy()
     case.inputs[where][2] = np.nan
     (y,) = _agree(case)

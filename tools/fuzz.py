@@ -168,9 +168,11 @@ def base_case(op: str, rng: np.random.Generator) -> Case:
             bits = r(2, 4)
             wc = post_codes(rng, (m, cg, *k), bits)
             attrs["bits"] = Attr(bits, "int")
+            if rng.integers(2):  # optional on PostConv (0 when absent)
+                attrs["relu"] = Attr(int(rng.choice([0, 1, 6])), "int")
         else:
             wc = rng.integers(-128, 128, (m, cg, *k)).astype(np.int8)
-            attrs["relu"] = Attr(r(0, 1), "int")
+            attrs["relu"] = Attr(int(rng.choice([0, 1, 6])), "int")
         ws, b = (rng.random(m) + 0.05).astype(np.float32), rng.standard_normal(m).astype(np.float32)
         if op == "PostConv" or group != 1 or rng.integers(2):
             attrs["group"] = Attr(group, "int")
@@ -676,10 +678,9 @@ def spec_violation(case: Case) -> str | None:
             bits, why = _int_attr(case, "bits", True)
             if why or bits not in (2, 3, 4):
                 return why or f"bits={bits}"
-        else:
-            relu, why = _int_attr(case, "relu", True)
-            if why or relu not in (0, 1):
-                return why or f"relu={relu}"
+        relu, why = _int_attr(case, "relu", op == "IntConv", 0)
+        if why or relu not in (0, 1, 6):
+            return why or f"relu={relu}"
         strides, why1 = _ints_attr(case, "strides", [1, 1])
         pads, why2 = _ints_attr(case, "pads", [0] * 4)
         dil, why3 = _ints_attr(case, "dilations", [1, 1])
