@@ -171,14 +171,13 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_vnni(
   }
 }
 
-// AVX2 has no uint8 x int8 dot product into int32: vpmaddubsw sums 2 products into a saturating int16
-// (kept exact by Int16Plan: ``run`` quads summed in int16, then vpmaddwd by 1 widens to int32).  Lanes
-// 16 at a time (two ymm of 8 lanes x 4 bytes), 4 pixels at a time: 8 int32 accumulators; the weights
-// stay in L1 and are read as memory operands.  kSplit: the activation's low and high nibbles apart
-// (high sums widened with vpmaddwd by 16).
-template <bool kSplit>
-__attribute__((target("avx2"))) void tile_avx2(const uint8_t* const* pixel, const int32_t* k_offset, const int8_t* w,
-                                              size_t k4, size_t run, size_t live, int32_t* c) {
+// AVX2 has no uint8 x int8 dot product into int32: vpmaddubsw sums 2 products into a saturating int16,
+// kept exact by Int16Plan: ``run`` quads summed in int16, then vpmaddwd by 1 widens them to int32.
+// With 8-bit weights (tile_avx2_split) the activation's low and high nibbles go apart, the high sums
+// widened with vpmaddwd by 16: lanes 16 at a time (two ymm of 8 lanes x 4 bytes), 4 pixels at a time,
+// 8 int32 accumulators, weights read as memory operands (they stay in L1).
+__attribute__((target("avx2"))) void tile_avx2_split(const uint8_t* const* pixel, const int32_t* k_offset,
+                                                    const int8_t* w, size_t k4, size_t run, size_t live, int32_t* c) {
   const __m256i ones = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi16(16), nibble = _mm256_set1_epi8(0x0F);
   for (size_t half = 0; half < 2; ++half) {
     if (16 * half >= live) {  // padding lanes: zero sums, as their zero weights give
@@ -192,30 +191,21 @@ __attribute__((target("avx2"))) void tile_avx2(const uint8_t* const* pixel, cons
       const uint8_t *x0 = pixel[pg], *x1 = pixel[pg + 1], *x2 = pixel[pg + 2], *x3 = pixel[pg + 3];
       for (size_t q0 = 0; q0 < k4; q0 += run) {
         const size_t q1 = std::min(k4, q0 + run);
-#define QX_PIXEL(X, A0, A1)                                                                               \
-  {                                                                                                       \
-    __m256i s0 = _mm256_setzero_si256(), s1 = s0, t0 = s0, t1 = s0;                                       \
-    for (size_t q = q0; q < q1; ++q) {                                                                    \
-      const __m256i a = _mm256_set1_epi32(static_cast<int>(word_at(X + k_offset[q])));                   \
-      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh + q * kLaneStep));        \
-      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh + q * kLaneStep + 32));   \
-      if (kSplit) {                                                                                       \
-        const __m256i lo = _mm256_and_si256(a, nibble), hi = _mm256_and_si256(_mm256_srli_epi16(a, 4), nibble); \
-        s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(lo, w0));                                          \
-        s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(lo, w1));                                          \
-        t0 = _mm256_add_epi16(t0, _mm256_maddubs_epi16(hi, w0));                                          \
-        t1 = _mm256_add_epi16(t1, _mm256_maddubs_epi16(hi, w1));                                          \
-      } else {                                                                                            \
-        s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(a, w0));                                           \
-        s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(a, w1));                                           \
-      }                                                                                                   \
-    }                                                                                                     \
-    A0 = _mm256_add_epi32(A0, _mm256_madd_epi16(s0, ones));                                               \
-    A1 = _mm256_add_epi32(A1, _mm256_madd_epi16(s1, ones));                                               \
-    if (kSplit) {                                                                                         \
-      A0 = _mm256_add_epi32(A0, _mm256_madd_epi16(t0, sixteen));                                          \
-      A1 = _mm256_add_epi32(A1, _mm256_madd_epi16(t1, sixteen));                                          \
-    }                                                                                                     \
+#define QX_PIXEL(X, A0, A1)                                                                                  \
+  {                                                                                                          \
+    __m256i s0 = _mm256_setzero_si256(), s1 = s0, t0 = s0, t1 = s0;                                          \
+    for (size_t q = q0; q < q1; ++q) {                                                                       \
+      const __m256i a = _mm256_set1_epi32(static_cast<int>(word_at(X + k_offset[q])));                      \
+      const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh + q * kLaneStep));           \
+      const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh + q * kLaneStep + 32));      \
+      const __m256i lo = _mm256_and_si256(a, nibble), hi = _mm256_and_si256(_mm256_srli_epi16(a, 4), nibble); \
+      s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(lo, w0));                                               \
+      s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(lo, w1));                                               \
+      t0 = _mm256_add_epi16(t0, _mm256_maddubs_epi16(hi, w0));                                               \
+      t1 = _mm256_add_epi16(t1, _mm256_maddubs_epi16(hi, w1));                                               \
+    }                                                                                                        \
+    A0 = _mm256_add_epi32(A0, _mm256_add_epi32(_mm256_madd_epi16(s0, ones), _mm256_madd_epi16(t0, sixteen))); \
+    A1 = _mm256_add_epi32(A1, _mm256_add_epi32(_mm256_madd_epi16(s1, ones), _mm256_madd_epi16(t1, sixteen))); \
   }
         QX_PIXEL(x0, a00, a01) QX_PIXEL(x1, a10, a11) QX_PIXEL(x2, a20, a21) QX_PIXEL(x3, a30, a31)
 #undef QX_PIXEL
@@ -224,6 +214,50 @@ __attribute__((target("avx2"))) void tile_avx2(const uint8_t* const* pixel, cons
       const __m256i acc[8] = {a00, a01, a10, a11, a20, a21, a30, a31};
       for (size_t i = 0; i < 8; ++i)
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(at + i / 2 * kTileLanes + 8 * (i % 2)), acc[i]);
+    }
+  }
+}
+
+// Without the nibble split: per group of ``run`` quads, the 4 pixels' int16 sums stay in 8
+// registers and each weight load serves all 4 pixels; the group's sums are widened (vpmaddwd by 1)
+// into the int32 tile c in memory.
+__attribute__((target("avx2"))) void tile_avx2_int16(const uint8_t* const* pixel, const int32_t* k_offset,
+                                                    const int8_t* w, size_t k4, size_t run, size_t live, int32_t* c) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (size_t half = 0; half < 2; ++half) {
+    if (16 * half >= live) {  // padding lanes: zero sums, as their zero weights give
+      for (size_t p = 0; p < kTilePixels; ++p) std::memset(c + p * kTileLanes + 16 * half, 0, 16 * sizeof(int32_t));
+      continue;
+    }
+    const int8_t* wh = w + 64 * half;
+    for (size_t pg = 0; pg < kTilePixels; pg += 4) {
+      const uint8_t *x0 = pixel[pg], *x1 = pixel[pg + 1], *x2 = pixel[pg + 2], *x3 = pixel[pg + 3];
+      __m256i* out = reinterpret_cast<__m256i*>(c + pg * kTileLanes + 16 * half);  // 4 rows of 32 int32
+      for (size_t q0 = 0; q0 < k4; q0 += run) {
+        const size_t q1 = std::min(k4, q0 + run);
+        __m256i s00 = _mm256_setzero_si256(), s01 = s00, s10 = s00, s11 = s00, s20 = s00, s21 = s00, s30 = s00,
+                s31 = s00;
+        for (size_t q = q0; q < q1; ++q) {
+          const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh + q * kLaneStep));
+          const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh + q * kLaneStep + 32));
+          const int32_t k = k_offset[q];
+          __m256i a;
+#define QX_PIXEL(X, S0, S1)                                             \
+  a = _mm256_set1_epi32(static_cast<int>(word_at(X + k)));              \
+  S0 = _mm256_add_epi16(S0, _mm256_maddubs_epi16(a, w0));               \
+  S1 = _mm256_add_epi16(S1, _mm256_maddubs_epi16(a, w1));
+          QX_PIXEL(x0, s00, s01) QX_PIXEL(x1, s10, s11) QX_PIXEL(x2, s20, s21) QX_PIXEL(x3, s30, s31)
+#undef QX_PIXEL
+        }
+        const __m256i sums[8] = {s00, s01, s10, s11, s20, s21, s30, s31};
+        for (size_t i = 0; i < 8; ++i) {
+          __m256i* at = out + i / 2 * (kTileLanes / 8) + i % 2;
+          const __m256i wide = _mm256_madd_epi16(sums[i], ones);
+          _mm256_storeu_si256(at, q0 == 0 ? wide : _mm256_add_epi32(_mm256_loadu_si256(at), wide));
+        }
+      }
+      if (k4 == 0)
+        for (size_t i = 0; i < 8; ++i) _mm256_storeu_si256(out + i / 2 * (kTileLanes / 8) + i % 2, _mm256_setzero_si256());
     }
   }
 }
@@ -250,9 +284,9 @@ void conv_tile(Isa isa, const uint8_t* const* pixel, const int32_t* k_offset, co
   }
   if (isa == Isa::Avx2) {
     if (plan.split)
-      tile_avx2<true>(pixel, k_offset, w, k4, plan.run, live, c);
+      tile_avx2_split(pixel, k_offset, w, k4, plan.run, live, c);
     else
-      tile_avx2<false>(pixel, k_offset, w, k4, plan.run, live, c);
+      tile_avx2_int16(pixel, k_offset, w, k4, plan.run, live, c);
     return store_avx2(c, out, p0, count);
   }
 #endif
