@@ -168,6 +168,7 @@ def _export_and_check(args: argparse.Namespace) -> int:
     model = load(args.model, trust=args.trust)
     out = Path(args.output or Path(args.model).with_suffix(".onnx"))
     export(model, out, opset=args.opset, packed=not args.int8_weights, adds=args.adds)
+    plain = out.read_bytes() if args.target == "openvino" else b""  # the OpenVINO check's reference
     if args.target == "openvino":
         from .export.openvino import write_openvino
 
@@ -193,11 +194,12 @@ def _export_and_check(args: argparse.Namespace) -> int:
         f"qexport check {args.model} {out}"
     )
     status = _report(report, json_out=False)
-    return max(status, _openvino_parity(model, out, args.samples)) if args.target == "openvino" else status
+    return max(status, _openvino_parity(model, out, plain, args.samples)) if args.target == "openvino" else status
 
 
-def _openvino_parity(model: torch.nn.Module, out: Path, samples: int) -> int:
-    """The OpenVINO form in OpenVINO against onnxruntime, on the check's random inputs (1 on a failure)."""
+def _openvino_parity(model: torch.nn.Module, out: Path, plain: bytes, samples: int) -> int:
+    """The OpenVINO form in OpenVINO against the onnxruntime export it was made from (``plain``) in
+    onnxruntime, on the check's random inputs (1 on a failure)."""
     from .export import openvino
 
     try:
@@ -205,7 +207,7 @@ def _openvino_parity(model: torch.nn.Module, out: Path, samples: int) -> int:
     except QexportError:
         print(f"OpenVINO: not installed, not run ({openvino.INSTALL_HINT}); onnxruntime ran the file above")
         return 0
-    result = openvino.run_check(out, openvino.example_feed(model, out, samples))
+    result = openvino.run_check(out, openvino.example_feed(model, out, samples), reference=plain)
     print(result.text())
     return 0 if result.passed else 1
 

@@ -156,6 +156,8 @@ def _int_conv_as_qdq(graph: ir.Graph, node: ir.Node) -> None:
     x_type, w_type = (None, None) if x is None or w is None else (_code_type(x), _code_type(w))
     if step is None or step.size != 1 or x_type not in _CODES or w_type not in _CODES or w_scale is None:
         return
+    if "relu" in node.attributes and node.attributes["relu"].as_int() not in (0, 1, 6):
+        return
     scales = _constant(w_scale)
     if scales is None:
         return
@@ -170,12 +172,18 @@ def _int_conv_as_qdq(graph: ir.Graph, node: ir.Node) -> None:
     conv_attrs = {k: v for k, v in node.attributes.items() if k in ("strides", "pads", "dilations", "group")}
     conv = ir.node("Conv", [x_dq.outputs[0], w_dq.outputs[0], bias], attributes=conv_attrs)
     relu = node.attributes["relu"].as_int() if "relu" in node.attributes else 0
-    new = [x_dq, w_dq, conv, *([ir.node("Relu", [conv.outputs[0]])] if relu else [])]
+    new = [x_dq, w_dq, conv]
+    if relu == 1:
+        new.append(ir.node("Relu", [conv.outputs[0]]))
+    elif relu == 6:  # ReLU6
+        bounds = []
+        for bound, value in (("low", 0.0), ("high", 6.0)):
+            v = ir.Value(name=f"{node.outputs[0].name}.relu6_{bound}", const_value=ir.tensor(np.float32(value)))
+            graph.register_initializer(v)
+            bounds.append(v)
+        new.append(ir.node("Clip", [conv.outputs[0], *bounds]))
     graph.insert_before(node, new)
-    name = node.outputs[0].name
-    node.outputs[0].replace_all_uses_with(new[-1].outputs[0], replace_graph_outputs=True)
-    graph.remove(node, safe=True)
-    new[-1].outputs[0].name = name
+    _replace(graph, [node], {node.outputs[0]: new[-1].outputs[0]})
 
 
 def _weight_shape(value: ir.Value | None) -> list[int] | None:
@@ -230,12 +238,8 @@ def _hoist_over_move(graph: ir.Graph, quant: ir.Node) -> None:
     codes = ir.node("QuantizeLinear", [move.inputs[0], *params])
     codes.outputs[0].name = f"{move.inputs[0].name}.codes"  # the integer initializer it folds into
     moved = ir.node(move.op_type, [codes.outputs[0], *move.inputs[1:]], attributes=move.attributes)
-    moved.outputs[0].name = None
     graph.insert_before(quant, [codes, moved])
-    quant.outputs[0].replace_all_uses_with(moved.outputs[0], replace_graph_outputs=True)
-    name = quant.outputs[0].name
-    graph.remove(quant, safe=True)
-    moved.outputs[0].name = name  # the code tensor keeps its name (the checker reads it)
+    _replace(graph, [quant], {quant.outputs[0]: moved.outputs[0]})
 
 
 def _explicit_residual_rounding(graph: ir.Graph, quant: ir.Node) -> None:
@@ -265,10 +269,21 @@ def _explicit_residual_rounding(graph: ir.Graph, quant: ir.Node) -> None:
     clip = ir.node("Clip", [rnd.outputs[0], lo, hi])
     mul = ir.node("Mul", [clip.outputs[0], scale])
     graph.insert_before(deq, [div, rnd, clip, mul])
-    names = quant.outputs[0].name, deq.outputs[0].name
-    deq.outputs[0].replace_all_uses_with(mul.outputs[0], replace_graph_outputs=True)
-    graph.remove([deq, quant], safe=True)
-    clip.outputs[0].name, mul.outputs[0].name = names  # codes (as floats) and values keep their names
+    # the codes (as floats here) keep the code tensor's name: the checker reads them
+    _replace(graph, [deq, quant], {quant.outputs[0]: clip.outputs[0], deq.outputs[0]: mul.outputs[0]})
+
+
+def _replace(graph: ir.Graph, old: list[ir.Node], values: dict[ir.Value, ir.Value]) -> None:
+    """Remove the nodes ``old``; each of their output values in ``values`` hands its uses, its place
+    among the graph outputs, its name and shape to its replacement (and its type, if a graph output:
+    the replacements of graph outputs compute the same type)."""
+    kept = {after: (before.name, before.shape, before.type if before.is_graph_output() else after.type)
+            for before, after in values.items()}  # fmt: skip
+    for before, after in values.items():
+        before.replace_all_uses_with(after, replace_graph_outputs=True)
+    graph.remove(old, safe=True)
+    for after, (name, shape, type_) in kept.items():
+        after.name, after.shape, after.type = name, shape, type_
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -371,10 +386,11 @@ class OutputParity:
 
 @dataclass
 class OpenVinoCheck:
-    """OpenVINO against onnxruntime on the same file and the same inputs (free-running)."""
+    """OpenVINO against onnxruntime on the same inputs (free-running)."""
 
     path: str
     samples: int
+    reference: str  # what onnxruntime ran: "the same file" or "the onnxruntime export"
     outputs: list[OutputParity]
     precisions: Precisions
 
@@ -399,7 +415,7 @@ class OpenVinoCheck:
             parts.append(f"{label}{top1}largest difference {o.max_abs_diff:.3g}")
         verdict = "PASS" if self.passed else "FAIL"
         return (
-            f"OpenVINO vs onnxruntime, same file, same {self.samples} inputs: {'; '.join(parts)}; "
+            f"OpenVINO vs onnxruntime ({self.reference}), same {self.samples} inputs: {'; '.join(parts)}; "
             f"OpenVINO runs {self.precisions.text() or 'no conv or matmul'}: {verdict}"
         )
 
@@ -421,10 +437,18 @@ def example_feed(model: nn.Module, path: str | os.PathLike[str], samples: int) -
     return dict(zip(names, columns, strict=True))
 
 
-def run_check(path: str | os.PathLike[str], feed: Mapping[str, np.ndarray], threads: int = 0) -> OpenVinoCheck:
-    """Run ``path`` in OpenVINO and in onnxruntime (CPU, no native kernels: the OpenVINO form has no
-    qexport ops) on ``feed`` (input name -> array, samples in dimension 0) and compare the outputs."""
+def run_check(
+    path: str | os.PathLike[str],
+    feed: Mapping[str, np.ndarray],
+    reference: str | os.PathLike[str] | bytes | None = None,
+    threads: int = 0,
+) -> OpenVinoCheck:
+    """Run ``path`` in OpenVINO and ``reference`` (the onnxruntime export it was made from, a path or
+    its bytes; default: ``path`` itself) in onnxruntime (CPU, native kernels where built) on ``feed``
+    (input name -> array, samples in dimension 0) and compare the outputs, free-running."""
     import onnxruntime as ort
+
+    from ..native import register
 
     compiled = compile_model(path, threads)
     try:
@@ -433,7 +457,9 @@ def run_check(path: str | os.PathLike[str], feed: Mapping[str, np.ndarray], thre
         raise QexportError(f"{path}: OpenVINO cannot run it ({_first_line(exc)})") from None
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    register(options, quiet=True)
+    source = reference if isinstance(reference, bytes) else str(reference or path)
+    session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     theirs = session.run(None, dict(feed))
     samples = len(next(iter(feed.values())))
     outputs = []
@@ -445,4 +471,5 @@ def run_check(path: str | os.PathLike[str], feed: Mapping[str, np.ndarray], thre
         if a64.ndim == 2 and a64.shape[1] > 1 and np.issubdtype(np.asarray(a).dtype, np.floating):
             top1 = float((a64.argmax(1) == b64.argmax(1)).mean())
         outputs.append(OutputParity(out.name, float(diff.max()), top1, float(diff.mean()) / scale))
-    return OpenVinoCheck(str(path), samples, outputs, precisions(compiled))
+    what = "the same file" if reference is None else "the onnxruntime export"
+    return OpenVinoCheck(str(path), samples, what, outputs, precisions(compiled))
