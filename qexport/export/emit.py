@@ -102,12 +102,15 @@ class Emitter:
         return "int8" if -128 <= lo and hi <= 127 else "int16"
 
     # -- quantized activations -----------------------------------------------------------------
-    def activation(self, q: Quantizer, x: str, path: str, codes_used: bool = False) -> QTensor:
+    def activation(self, q: Quantizer, x: str, path: str, codes_used: bool = False, uint8: bool = False) -> QTensor:
         """The quantized tensor of activation quantizer ``q`` applied to ``x``; ``codes_used``: its
-        codes feed a qexport op or MatMulInteger (zero point 0), not only DequantizeLinear."""
+        codes feed a qexport op or MatMulInteger (zero point 0), not only DequantizeLinear; ``uint8``:
+        they feed MatMulInteger, signed ones stored as uint8 + 128 (its fast path; the zero point is
+        ``QTensor.zero_point``)."""
         spec = q.describe()
         if spec.kind == "uniform":
-            return self.b.qdq(x, spec, path, upper=6.0 if x in self.relu6 else None, offset=not codes_used)
+            return self.b.qdq(x, spec, path, upper=6.0 if x in self.relu6 else None, offset=not codes_used,
+                              uint8=uint8)  # fmt: skip
         if spec.kind != "asq":
             raise QexportError(f"'{path}' quantizes an activation with {spec.method.upper()} weight levels")
         adapter = spec.adapter
@@ -118,9 +121,12 @@ class Emitter:
         else:
             w1, b1 = _np(adapter.fc1.weight).T, _np(adapter.fc1.bias)
             w2, b2 = _np(adapter.fc2.weight).T, _np(adapter.fc2.bias)
+        shift = 128 if uint8 and spec.signed and not adapter.pool else 0  # AsqQuantizeRows only
+        if shift:
+            self.b.code_offsets[path] = shift
         params = [
             self.b.const(f"{path}.step", spec.scale.numpy().astype(np.float32).reshape(())),
-            self.b.const(f"{path}.zero_point", np.zeros((), np.int8 if spec.signed else np.uint8)),
+            self.b.const(f"{path}.zero_point", np.array(shift, np.int8 if spec.signed and not shift else np.uint8)),
             *(self.b.const(f"{path}.adapter.{n}", np.ascontiguousarray(v, np.float32))
               for n, v in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2))),
         ]  # fmt: skip
@@ -131,12 +137,13 @@ class Emitter:
         if codes_used:  # nothing reads the dequantized value: leave the optional output out
             self.b.nodes[-1].output[0] = value = ""
         self.b.codes[path], self.b.steps[path] = codes, step
-        return QTensor(value, codes, step)
+        return QTensor(value, codes, step, params[1] if shift else None)
 
-    def layer_input(self, layer: QuantConv2d | QuantLinear, x: str, path: str, codes_used: bool) -> QTensor | None:
+    def layer_input(self, layer: QuantConv2d | QuantLinear, x: str, path: str, codes_used: bool,
+                    uint8: bool = False) -> QTensor | None:  # fmt: skip
         if layer.act_quant is None:
             return None
-        return self.activation(layer.act_quant, x, f"{path}.act_quant", codes_used)
+        return self.activation(layer.act_quant, x, f"{path}.act_quant", codes_used, uint8)
 
     def record(self, path: str, layer: nn.Module, kind: str, storage: str) -> None:
         entry: dict[str, Any] = {"path": path, "type": kind, "weight_storage": storage}
@@ -305,7 +312,8 @@ class Emitter:
         # MatMulInteger for a per-row step, and for a 2-D input (DequantizeLinear -> MatMul plus the bias
         # becomes a float Gemm there; from 3-D on, onnxruntime fuses it into MatMulIntegerToFloat)
         integer = form is not None and not _wide(layer, form) and (asq or _rank(node.args[0]) == 2)
-        xq = self.layer_input(layer, x, path, post or integer) if isinstance(layer, QuantLinear) else None
+        xq = (self.layer_input(layer, x, path, post or integer, uint8=integer and not post)
+              if isinstance(layer, QuantLinear) else None)  # fmt: skip
         x = xq.value if xq is not None else x
         if post:
             assert isinstance(layer, QuantLinear)
@@ -348,7 +356,8 @@ class Emitter:
         storage = self.storage(codes)
         self.record(path, layer, "MatMulInteger", storage)
         w = self.b.weight_codes(codes.T.copy(), path, storage)
-        acc = self.b.node("Cast", [self.b.node("MatMulInteger", [xq.codes, w], f"{path}.acc")], f"{path}.acc_f", to=1)
+        a = [xq.codes, w] + ([xq.zero_point] if xq.zero_point else [])  # uint8 + 128: the fast u8 x s8 path
+        acc = self.b.node("Cast", [self.b.node("MatMulInteger", a, f"{path}.acc")], f"{path}.acc_f", to=1)
         assert layer.act_quant is not None
         if layer.act_quant.kind == "asq":
             y = self.b.node("Mul", [acc, self.b.const(f"{path}.weight_scale", scale)], f"{path}.scaled")

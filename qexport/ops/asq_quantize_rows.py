@@ -4,13 +4,14 @@
 Inputs
   x           float32 [..., C]
   step        float32 []
-  zero_point  int8 or uint8 []       always 0; the type of ``codes``
+  zero_point  int8 or uint8 []       the type of ``codes``: 0, or 128 in uint8 for a signed range stored
+                                     offset (what onnxruntime's MatMulInteger runs fastest: u8 x s8)
   w1, b1, w2, b2                     the adapter (asq_adapter.py), applied to each row of x
 Attributes
   qmin, qmax  int
 Outputs
   y           float32 [..., C]       ``codes * row_step``
-  codes       int8/uint8 [..., C]
+  codes       int8/uint8 [..., C]    the codes plus zero_point
   row_step    float32 [..., 1]       ``step * beta`` of each row
 
 Same arithmetic as AsqQuantize without the pooling (codes and y as in step_quantize.py).
