@@ -122,6 +122,7 @@ def _function_body_case(name: str, exports: dict[str, tuple[Path, Path]], x: np.
     reference = _onnxruntime(plain, x)
     agreement = _agreement(reference, _openvino(form, x)[0])
     assert agreement >= FLOAT_AGREEMENT, f"{name}: OpenVINO agrees with onnxruntime on {100 * agreement:.2f}%"
+    compile_model(form, 1, shapes=[1, 3, 32, 32])  # one thread, static batch: as a benchmark compiles it
     # the OpenVINO form in onnxruntime: inlining computed what the export computes
     session = ort.InferenceSession(str(form), providers=["CPUExecutionProvider"])
     same = _in_batches(lambda b: session.run(None, {"input": b})[0], x[:100])
@@ -273,6 +274,29 @@ def test_int_conv_with_a_constant_step_runs_int8(relu: int, stride: int, tmp_pat
     compiled = compile_model(path, 1)
     assert precisions(compiled).integer_conv == 1
     np.testing.assert_allclose(run(compiled, {"x": x})[0], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_transformer_loads_with_a_fixed_sequence_and_agrees(tmp_path: Path) -> None:
+    """The zoo transformer (LSQ W8A8): with the sequence length fixed, OpenVINO folds the position
+    embedding's Slice to a constant, whose QuantizeLinear its int8 pass cannot take in the plain file."""
+    import qexport
+    from qexport import zoo
+
+    model = zoo.create("transformer", seq_len=16).eval()
+    q = qexport.quantize(model, weight="lsq", act="lsq", bits=8)
+    qexport.calibrate(q, [zoo.example_input(q, 8, seed=1)])
+    plain = export(q, tmp_path / "t.onnx")
+    inlined = tmp_path / "inlined.onnx"
+    onnx.save(onnx.inliner.inline_local_functions(onnx.load(plain)), inlined)
+    with pytest.raises(QexportError, match="OpenVINO cannot compile"):
+        compile_model(inlined, 1, shapes=[4, 16])
+    form = write_openvino(plain, tmp_path / "t_openvino.onnx")
+    tokens = zoo.example_input(q, 64, seed=2).numpy()
+    expected = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]).run(None, {"input": tokens})[0]
+    compiled = compile_model(form, 1, shapes=list(tokens.shape))
+    assert _agreement(expected, run(compiled, {"input": tokens})[0]) >= 0.98
+    assert precisions(compiled).integer_matmul >= 16  # attention projections and MLPs in int8
 
 
 def test_cli_export_checks_in_openvino_and_bench_times_in_it(

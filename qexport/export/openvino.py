@@ -22,6 +22,8 @@ the export checks the rewritten one against the PyTorch model, code for code):
    4-bit ResNet-20; spelled out as float ops the rounding survives, and the conv stays int8.
 4. A strided 1x1 conv (a downsampling shortcut) as Slice -> stride-1 conv: OpenVINO's own
    rewrite of it subsamples after the dequantization and leaves the conv float.
+5. A MatMul by a one-row constant (an ASQ step adapter with one hidden unit) as a Mul: OpenVINO
+   fails to compile the ASQ adapters with one inference thread otherwise.
 
 ``qexport.export.openvino.run_check`` compares OpenVINO with onnxruntime on the same inputs."""
 
@@ -71,13 +73,15 @@ def to_openvino(model: onnx.ModelProto) -> onnx.ModelProto:
         if node.domain == DOMAIN and node.op_type == "IntConv":
             _int_conv_as_qdq(graph_model.graph, node)
     inlined = onnx.inliner.inline_local_functions(ir.serde.serialize_model(graph_model))
-    graph_model = ir.serde.deserialize_model(inlined)
+    graph_model = ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(inlined))  # ranks for 5.
     graph = graph_model.graph
     for node in list(graph):
         if _is_quantize(node):
             _hoist_over_move(graph, node)
         elif node.op_type == "Conv" and node.domain in ("", "ai.onnx"):
             _subsample_before_strided_1x1(graph, node)
+        elif node.op_type == "MatMul" and node.domain in ("", "ai.onnx"):
+            _outer_product_as_mul(graph, node)
     # only QuantizeLinear folds (by default onnxscript keeps it), whatever its size: codes are smaller
     optimizer.fold_constants(graph_model, output_size_limit=sys.maxsize, should_fold=_is_quantize)
     for node in list(graph):
@@ -227,6 +231,22 @@ def _subsample_before_strided_1x1(graph: ir.Graph, conv: ir.Node) -> None:
     conv.attributes["strides"] = ir.AttrInt64s("strides", [1] * len(strides))
 
 
+def _outer_product_as_mul(graph: ir.Graph, matmul: ir.Node) -> None:
+    """MatMul(x, W) with a constant W of one row (x's last axis is 1) as Mul(x, W): the same products,
+    no sums.  OpenVINO 2026.4 fails to compile a MatMul by a 1x1 constant after another MatMul with
+    one thread (its snippets: "Layout rank can't be larger than tensor rank"); ASQ's step adapters
+    with one hidden unit are that."""
+    x, w = matmul.inputs
+    weights = _constant(w)
+    if x is None or x.shape is None or len(x.shape) < 2 or weights is None or weights.ndim != 2:
+        return
+    if weights.shape[0] != 1:
+        return
+    mul = ir.node("Mul", [x, w])
+    graph.insert_before(matmul, [mul])
+    _replace(graph, [matmul], {matmul.outputs[0]: mul.outputs[0]})
+
+
 def _hoist_over_move(graph: ir.Graph, quant: ir.Node) -> None:
     """Q(move(C, ...)) -> move(Q(C), ...) for a constant C, so that Q(C) folds."""
     move = quant.inputs[0].producer() if quant.inputs[0] is not None else None
@@ -270,20 +290,21 @@ def _explicit_residual_rounding(graph: ir.Graph, quant: ir.Node) -> None:
     mul = ir.node("Mul", [clip.outputs[0], scale])
     graph.insert_before(deq, [div, rnd, clip, mul])
     # the codes (as floats here) keep the code tensor's name: the checker reads them
-    _replace(graph, [deq, quant], {quant.outputs[0]: clip.outputs[0], deq.outputs[0]: mul.outputs[0]})
+    _replace(graph, [deq, quant], {quant.outputs[0]: clip.outputs[0], deq.outputs[0]: mul.outputs[0]}, False)
 
 
-def _replace(graph: ir.Graph, old: list[ir.Node], values: dict[ir.Value, ir.Value]) -> None:
+def _replace(graph: ir.Graph, old: list[ir.Node], values: dict[ir.Value, ir.Value], same_type: bool = True) -> None:
     """Remove the nodes ``old``; each of their output values in ``values`` hands its uses, its place
-    among the graph outputs, its name and shape to its replacement (and its type, if a graph output:
-    the replacements of graph outputs compute the same type)."""
-    kept = {after: (before.name, before.shape, before.type if before.is_graph_output() else after.type)
-            for before, after in values.items()}  # fmt: skip
+    among the graph outputs and its name to its replacement, and its type and shape where the
+    replacement computes the same type (``same_type``)."""
+    kept = {after: (before.name, before.type, before.shape) for before, after in values.items()}
     for before, after in values.items():
         before.replace_all_uses_with(after, replace_graph_outputs=True)
     graph.remove(old, safe=True)
-    for after, (name, shape, type_) in kept.items():
-        after.name, after.shape, after.type = name, shape, type_
+    for after, (name, type_, shape) in kept.items():
+        after.name = name
+        if same_type:
+            after.type, after.shape = type_, shape
 
 
 # ---------------------------------------------------------------------------------------------------
