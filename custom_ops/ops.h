@@ -63,6 +63,14 @@ struct IntConvKernel : ConvKernel {
   int64_t relu = 0;
 };
 
+struct AsqQuantizeRowsKernel {
+  static constexpr const char* kName = "AsqQuantizeRows";
+  explicit AsqQuantizeRowsKernel(const OrtKernelInfo* info);
+  void compute(OrtKernelContext* context);
+  std::string node;
+  int64_t qmin = 0, qmax = 0;
+};
+
 struct AsqQuantizeKernel {
   static constexpr const char* kName = "AsqQuantize";
   explicit AsqQuantizeKernel(const OrtKernelInfo* info);

@@ -33,17 +33,19 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
   qx::api = api;
   // ops live as long as the process: sessions keep pointers to them.  The conv kernels take inputs of
   // any type and check each themselves, so a node of the wrong types gets the kernel's one-line error
-  // rather than onnxruntime running the op's function body instead.  AsqQuantize cannot: onnxruntime
+  // rather than onnxruntime running the op's function body instead.  The ASQ ops cannot: onnxruntime
   // infers its codes' type from its one input of any type (zero_point); a node whose other inputs are
   // not float32 finds no kernel and runs the function body.
   static Op<qx::PostConvKernel> post_conv("PostConv", {kAny, kAny, kAny, kAny, kAny}, {kFloat});
   static Op<qx::IntConvKernel> int_conv("IntConv", {kAny, kAny, kAny, kAny, kAny}, {kFloat});
   static Op<qx::AsqQuantizeKernel> asq("AsqQuantize", {kFloat, kFloat, kAny, kFloat, kFloat, kFloat, kFloat},
                                        {kFloat, kAny, kFloat}, 1u);  // y is optional
+  static Op<qx::AsqQuantizeRowsKernel> asq_rows("AsqQuantizeRows", {kFloat, kFloat, kAny, kFloat, kFloat, kFloat, kFloat},
+                                                {kFloat, kAny, kFloat}, 1u);
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* s = api->CreateCustomOpDomain("qexport", &domain)) return s;
   for (OrtCustomOp* op : {static_cast<OrtCustomOp*>(&post_conv), static_cast<OrtCustomOp*>(&int_conv),
-                          static_cast<OrtCustomOp*>(&asq)}) {
+                          static_cast<OrtCustomOp*>(&asq), static_cast<OrtCustomOp*>(&asq_rows)}) {
     if (OrtStatus* s = api->CustomOpDomain_Add(domain, op)) return s;
   }
   return api->AddCustomOpDomain(options, domain);

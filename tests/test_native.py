@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qexport
 from qexport import native, zoo
-from qexport.ops import DOMAIN, asq_quantize, int_conv, post_conv, post_weights
+from qexport.ops import DOMAIN, asq_quantize, asq_quantize_rows, int_conv, post_conv, post_weights
 from qexport.quant.asq import AsqQuantizer
 from tests.test_ops import _asq_params, _model
 
@@ -181,6 +181,60 @@ def test_asq_quantize_native_matches_reference(isa: str, bits: int, signed: bool
     np.testing.assert_allclose(step, step_ref, rtol=1e-6)
     np.testing.assert_array_equal(codes.astype(np.int64), codes_ref)
     np.testing.assert_allclose(y, y_ref, rtol=1e-6)
+
+
+# (bits, signed, stored offset, input shape, leave y out): transformer tokens [N, T, C], 2-D [N, C]
+ROWS_CASES = [(4, True, True, (2, 9, 256), True), (4, False, False, (2, 9, 64), False),
+              (8, True, False, (5, 48), False), (2, True, True, (3, 7, 300), False),
+              (4, True, True, (0, 4, 32), False), (4, True, True, (2, 3, 0), False)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("bits", "signed", "offset", "shape", "no_y"), ROWS_CASES)
+def test_asq_quantize_rows_native_matches_body(isa: str, bits: int, signed: bool, offset: bool,
+                                               shape: tuple[int, ...], no_y: bool) -> None:  # fmt: skip
+    """Codes, steps and y bit for bit as the function body in onnxruntime (the exporter's contract:
+    parity does not depend on the kernel), and as the numpy reference up to the adapter's summation
+    order."""
+    c = shape[-1]
+    torch.manual_seed(bits + c)
+    q = AsqQuantizer(bits, signed, max(c, 1), pool=False).eval()
+    with torch.no_grad():
+        q.adapter.fc2.weight.normal_(0, 0.3)
+    x = torch.randn(*shape) * 2
+    if x.numel():
+        q.initialize_from(x)
+    r = q.code_range
+    params = [np.asarray(q.step.detach().numpy(), np.float32), *_asq_params(q)]
+    if c == 0:  # an adapter over no features
+        params[1] = np.zeros((0, params[1].shape[1]), np.float32)
+    shift = 128 if offset else 0
+    zp_type = TensorProto.UINT8 if offset or not signed else TensorProto.INT8
+    zp = np.uint8(shift) if zp_type == TensorProto.UINT8 else np.int8(0)
+    names = ["step", "zero_point", "w1", "b1", "w2", "b2"]
+    values = [params[0], zp, *params[1:]]
+    inits = [numpy_helper.from_array(np.asarray(v), n) for n, v in zip(names, values, strict=True)]
+    dims = [f"d{i}" for i in range(len(shape) - 1)] + [c]
+    node = helper.make_node("AsqQuantizeRows", ["x", *names], ["" if no_y else "y", "codes", "s"], domain=DOMAIN,
+                            qmin=r.qmin, qmax=r.qmax)  # fmt: skip
+    outputs = [helper.make_tensor_value_info("codes", zp_type, dims),
+               helper.make_tensor_value_info("s", TensorProto.FLOAT, [*dims[:-1], 1])]  # fmt: skip
+    if not no_y:
+        outputs.insert(0, helper.make_tensor_value_info("y", TensorProto.FLOAT, dims))
+    model = _model(node, [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)], outputs, inits)
+    feeds = {"x": x.numpy()}
+    native_out = _native_run(model, feeds)
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    body_out = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+    for got, want in zip(native_out, body_out, strict=True):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+    codes, step = native_out[-2:]
+    if x.numel():
+        _, codes_ref, step_ref = asq_quantize_rows.reference(x.numpy(), *params, r.qmin, r.qmax)
+        np.testing.assert_allclose(step, step_ref, rtol=1e-5)  # numpy's summation order, with cancellation
+        agree = (codes.astype(np.int64) - shift == codes_ref).mean()
+        assert agree > 0.999, agree  # numpy sums the adapter in another order: a step may differ in its last bit
 
 
 def _post_conv_case() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:

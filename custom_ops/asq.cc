@@ -1,0 +1,209 @@
+#include "asq.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+
+namespace qx {
+
+namespace {
+
+// y may be nullptr: the node leaves that output out (the exporter does: its convs take the codes).
+// y = clipped q * step, from the float q as the body (a -0 from rounding stays -0).
+// ``add``: the stored codes' zero point (0 or 128), added to the clipped code.
+template <typename T>
+inline void quantize_run(const float* x, float step, float lo, float hi, float add, float* y, T* codes, size_t count) {
+  if (y == nullptr) {
+    for (size_t i = 0; i < count; ++i) {
+      float q = std::nearbyint(x[i] / step);  // division, as QuantizeLinear and the body: not x * (1 / step)
+      q = q < lo ? lo : (q > hi ? hi : q);
+      codes[i] = T(q + add);
+    }
+    return;
+  }
+  for (size_t i = 0; i < count; ++i) {
+    float q = std::nearbyint(x[i] / step);
+    q = q < lo ? lo : (q > hi ? hi : q);
+    codes[i] = T(q + add);
+    y[i] = q * step;
+  }
+}
+
+template <typename T>
+__attribute__((target("avx512f"))) void quantize_avx512(const float* x, float s, float lo, float hi, float add, float* y,
+                                                      T* c, size_t n) {
+  quantize_run(x, s, lo, hi, add, y, c, n);
+}
+
+template <typename T>
+__attribute__((target("avx2"))) void quantize_avx2(const float* x, float s, float lo, float hi, float add, float* y,
+                                                  T* c, size_t n) {
+  quantize_run(x, s, lo, hi, add, y, c, n);
+}
+
+template <typename T>
+void quantize(Isa isa, const float* x, float s, float lo, float hi, float add, float* y, T* c, size_t n) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (isa == Isa::Avx512Vnni) return quantize_avx512(x, s, lo, hi, add, y, c, n);
+  if (isa == Isa::Avx2) return quantize_avx2(x, s, lo, hi, add, y, c, n);
+#endif
+  quantize_run(x, s, lo, hi, add, y, c, n);
+}
+
+// The adapter's first layer with its bias, a[h] = b1[h] + sum_k feats[k] * w1[k][h], summed as
+// onnxruntime's MLAS SGEMM does: K in blocks of kMatMulStrideK, each block a chain of fused
+// multiply-adds from 0, added in order to C, which starts at the bias where onnxruntime has fused
+// MatMul + Add into a Gemm (``bias_first``), else at the first block (the bias added last).
+// Vectorised across h, each a[h] in that same order.  (With C over 256 the function body itself then
+// differs between optimisation levels in a step's last bit.)
+constexpr int64_t kMatMulStrideK = 256;
+constexpr int64_t kMaxHiddenBlock = 64;
+inline void hidden_run(const float* feats, const float* w1, const float* b1, bool bias_first, int64_t c, int64_t hidden,
+                       float* a) {
+  for (int64_t h = 0; h < hidden; ++h) a[h] = bias_first ? b1[h] : 0.0f;
+  for (int64_t k0 = 0; k0 < c; k0 += kMatMulStrideK) {
+    float part[kMaxHiddenBlock];
+    for (int64_t h0 = 0; h0 < hidden; h0 += kMaxHiddenBlock) {
+      const int64_t width = std::min<int64_t>(kMaxHiddenBlock, hidden - h0);
+      for (int64_t h = 0; h < width; ++h) part[h] = 0.0f;
+      for (int64_t k = k0; k < std::min(c, k0 + kMatMulStrideK); ++k) {
+        const float f = feats[k];
+        const float* row = w1 + k * hidden + h0;
+        for (int64_t h = 0; h < width; ++h) part[h] = std::fma(f, row[h], part[h]);
+      }
+      for (int64_t h = 0; h < width; ++h) a[h0 + h] = !bias_first && k0 == 0 ? part[h] : a[h0 + h] + part[h];
+    }
+  }
+  if (!bias_first)
+    for (int64_t h = 0; h < hidden; ++h) a[h] = a[h] + b1[h];
+}
+
+// with FMA in the target, std::fma is one instruction (else a libm call per product)
+__attribute__((target("avx512f,fma"))) void hidden_avx512(const float* f, const float* w, const float* b, bool first,
+                                                        int64_t c, int64_t h, float* a) {
+  hidden_run(f, w, b, first, c, h, a);
+}
+__attribute__((target("avx2,fma"))) void hidden_avx2(const float* f, const float* w, const float* b, bool first,
+                                                    int64_t c, int64_t h, float* a) {
+  hidden_run(f, w, b, first, c, h, a);
+}
+
+void hidden_layer(Isa isa, const float* feats, const float* w1, const float* b1, bool bias_first, int64_t c,
+                  int64_t hidden, float* a) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (isa == Isa::Avx512Vnni) return hidden_avx512(feats, w1, b1, bias_first, c, hidden, a);
+  if (isa == Isa::Avx2) return hidden_avx2(feats, w1, b1, bias_first, c, hidden, a);
+#endif
+  hidden_run(feats, w1, b1, bias_first, c, hidden, a);
+}
+
+// A sample whose step is not a positive finite number, or whose x holds NaN or infinities (a channel
+// mean is not finite), element by element as the function body: round(x / step) is NaN for 0 / 0,
+// inf / inf and NaN, and then y is NaN and the code 0 (onnxruntime's Cast of a NaN to an 8-bit type);
+// otherwise the clipped code, and y = q * step (which may be inf or NaN with an infinite step).
+template <typename T>
+void quantize_special(const float* x, float step, float lo, float hi, float add, float* y, T* codes, size_t count) {
+  for (size_t i = 0; i < count; ++i) {
+    float q = std::nearbyint(x[i] / step);
+    if (std::isnan(q)) {
+      codes[i] = T(0);
+      if (y) y[i] = q * step;
+      continue;
+    }
+    q = q < lo ? lo : (q > hi ? hi : q);
+    codes[i] = T(q + add);
+    if (y) y[i] = q * step;
+  }
+}
+
+// The adapter's ReLU and the body's Max(beta, 1e-8): NaN goes through, as in onnxruntime's Relu and Max.
+inline float relu(float v) { return v < 0.0f ? 0.0f : v; }
+
+}  // namespace
+
+AsqInputs AsqInputs::read(OrtKernelContext* context, size_t x_rank, int64_t channel_axis, bool offset_allowed,
+                          int64_t qmin, int64_t qmax) {
+  size_t inputs = 0;
+  check(api->KernelContext_GetInputCount(context, &inputs));
+  if (inputs != 7) fail("takes 7 inputs (x, step, zero_point, w1, b1, w2, b2), got " + std::to_string(inputs));
+  AsqInputs in;
+  in.x = input(context, 0, "input x");
+  const Tensor step = input(context, 1, "input step");
+  const Tensor zero = input(context, 2, "input zero_point");
+  in.w1 = input(context, 3, "input w1"), in.b1 = input(context, 4, "input b1");
+  in.w2 = input(context, 5, "input w2"), in.b2 = input(context, 6, "input b2");
+  expect_type(in.x, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "input x");
+  if (x_rank) expect_rank(in.x, x_rank, "input x");
+  if (in.x.shape.empty()) fail("input x must have a channel axis, got a scalar");
+  expect_type(step, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "input step");
+  for (const auto& [t, what] : {std::pair<const Tensor*, const char*>{&in.w1, "input w1"}, {&in.b1, "input b1"},
+                                {&in.w2, "input w2"}, {&in.b2, "input b2"}})
+    expect_type(*t, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, what);
+  in.is_signed = zero.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
+  if (!in.is_signed && zero.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8)
+    fail(std::string("input zero_point must be int8 or uint8, got ") + type_name(zero.type));
+  expect_shape(zero, {}, "input zero_point");
+  const int zp = in.is_signed ? zero.as<int8_t>()[0] : zero.as<uint8_t>()[0];
+  const bool offset = offset_allowed && !in.is_signed && zp == 128 && qmin < 0;
+  if (zp != 0 && !offset)
+    fail(offset_allowed ? "input zero_point must be 0, or uint8 128 with a signed code range (qmin < 0)"
+                        : "input zero_point must be 0");
+  in.zero_point = uint8_t(zp);
+  const int64_t lo = qmin + zp, hi = qmax + zp;  // the stored codes
+  if (in.is_signed ? (lo < -128 || hi > 127) : (lo < 0 || hi > 255))
+    fail("code range qmin=" + std::to_string(qmin) + ", qmax=" + std::to_string(qmax) + " with zero point " +
+         std::to_string(zp) + " does not fit the codes' type " + type_name(zero.type));
+  expect_shape(step, {}, "input step");
+  in.step = step.as<float>()[0];
+  if (!(in.step > 0.0f) || std::isinf(in.step)) fail("input step must be a positive finite number");
+  const int64_t axis = channel_axis < 0 ? int64_t(in.x.shape.size()) + channel_axis : channel_axis;
+  in.channels = in.x.shape[size_t(axis)];
+  if (in.w1.shape.size() != 2 || in.w1.shape[0] != in.channels)
+    fail("input w1 must be [C=" + std::to_string(in.channels) + ", hidden], got " + shape_text(in.w1.shape));
+  in.hidden = in.w1.shape[1];
+  expect_shape(in.b1, {in.hidden}, "input b1");
+  expect_shape(in.w2, {in.hidden, 1}, "input w2");
+  expect_shape(in.b2, {1}, "input b2");
+  return in;
+}
+
+void asq_steps(Isa isa, const AsqInputs& in, const float* feats, int64_t count, float* step, char* special) {
+  // the adapter in the body's order: (sum_k feats * w1) + b1, relu, (sum_h hidden * w2) + b2, relu,
+  // max with 1e-8
+  const int64_t c = in.channels, hidden = in.hidden;
+  const float* pb1 = in.b1.as<float>();
+  const float* pw2 = in.w2.as<float>();
+  const float b20 = in.b2.as<float>()[0];
+  std::vector<float> a(static_cast<size_t>(hidden), 0.0f);
+  for (int64_t r = 0; r < count; ++r) {
+    const float* f = feats + r * c;
+    // onnxruntime fuses the body's MatMul + Add into a Gemm (bias first) on 2-D features; on [N, T, C]
+    // rows of symbolic size it does not (bias last).  One K block (C <= 256): the same either way.
+    hidden_layer(isa, f, in.w1.as<float>(), pb1, in.x.shape.size() == 2 || in.pooled, c, hidden, a.data());
+    float z = 0.0f;
+    for (int64_t h = 0; h < hidden; ++h) z = std::fma(relu(a[size_t(h)]), pw2[h], z);
+    const float v = relu(z + b20);
+    const float beta = std::isnan(v) ? v : (v > 1e-8f ? v : 1e-8f);
+    step[r] = in.step * beta;
+    bool finite = std::isfinite(step[r]) && step[r] > 0.0f;
+    for (int64_t k = 0; k < c && finite; ++k) finite = std::isfinite(f[k]);
+    special[r] = !finite;
+  }
+}
+
+void asq_quantize_run(Isa isa, const AsqInputs& in, const float* x, float step, bool special, int64_t qmin,
+                      int64_t qmax, float* y, void* codes, size_t count) {
+  const float lo = float(qmin), hi = float(qmax), add = float(in.zero_point);
+  if (special) {
+    if (in.is_signed)
+      quantize_special(x, step, lo, hi, add, y, static_cast<int8_t*>(codes), count);
+    else
+      quantize_special(x, step, lo, hi, add, y, static_cast<uint8_t*>(codes), count);
+  } else if (in.is_signed) {
+    quantize(isa, x, step, lo, hi, add, y, static_cast<int8_t*>(codes), count);
+  } else {
+    quantize(isa, x, step, lo, hi, add, y, static_cast<uint8_t*>(codes), count);
+  }
+}
+
+}  // namespace qx

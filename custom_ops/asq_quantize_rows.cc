@@ -1,0 +1,52 @@
+// qexport.AsqQuantizeRows native kernel (signature and semantics: qexport/ops/asq_quantize_rows.py): per
+// row of a [..., C] input, the adapter on the row itself gives the step, then x / step is rounded half to
+// even, clipped, and stored plus the zero point (0, or 128 for signed codes stored as uint8).
+#include <algorithm>
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "asq.h"
+#include "ops.h"
+
+namespace qx {
+
+AsqQuantizeRowsKernel::AsqQuantizeRowsKernel(const OrtKernelInfo* info) : node(node_name(info)) {
+  qmin = attr_int(info, "qmin");  // both required: the function body reads them
+  qmax = attr_int(info, "qmax");
+  if (qmin >= qmax || qmin < -128 || qmax > 255)
+    fail("attributes qmin=" + std::to_string(qmin) + ", qmax=" + std::to_string(qmax) + " are not an 8-bit code range");
+}
+
+void AsqQuantizeRowsKernel::compute(OrtKernelContext* context) {
+  const Isa isa = active_isa();
+  const AsqInputs in = AsqInputs::read(context, 0, -1, true, qmin, qmax);
+  const Tensor& x = in.x;
+  const int64_t c = in.channels;
+  int64_t rows = 1;
+  for (size_t i = 0; i + 1 < x.shape.size(); ++i) rows = checked_mul(rows, x.shape[i], "rows of input x");
+  std::vector<int64_t> step_shape = x.shape;
+  step_shape.back() = 1;
+  float* y = static_cast<float*>(output(context, 0, x.shape));
+  void* codes = output(context, 1, x.shape);
+  float* row_step = static_cast<float*>(output(context, 2, step_shape));
+  if (rows == 0) return;
+  const float* xs = x.as<float>();
+  std::vector<char> special(size_t(rows), 0);
+  // the adapter, 16 rows a task (each row's step is independent; with C = 0 it sees no features, as the
+  // body's MatMul over K = 0)
+  const int64_t block = 16, blocks = (rows + block - 1) / block;
+  parallel_for(context, size_t(blocks), [&](size_t b) {
+    const int64_t r0 = int64_t(b) * block, r1 = std::min(rows, r0 + block);
+    asq_steps(isa, in, xs + r0 * c, r1 - r0, row_step + r0, special.data() + r0);
+  });
+  if (c == 0) return;
+  const size_t bytes = in.is_signed ? sizeof(int8_t) : sizeof(uint8_t);
+  parallel_for(context, size_t(rows), [&](size_t r) {
+    const size_t at = r * size_t(c);
+    asq_quantize_run(isa, in, xs + at, row_step[r], special[r] != 0, qmin, qmax, y ? y + at : nullptr,
+                     static_cast<uint8_t*>(codes) + at * bytes, size_t(c));
+  });
+}
+
+}  // namespace qx
