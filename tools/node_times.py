@@ -2,8 +2,8 @@
 onnxruntime's own profiler (the optimised graph's nodes, so fused kernels appear under their fused
 names), batch and threads as given, native qexport kernels registered.
 
-    python tools/profile.py .cache/bench/resnet20_post_w4a4.onnx --top 15
-    QEXPORT_ISA=avx2 python tools/profile.py model.onnx --batch 16 --threads 2
+    python tools/node_times.py .cache/bench/resnet20_post_w4a4.onnx --top 15
+    QEXPORT_ISA=avx2 python tools/node_times.py model.onnx --batch 16 --threads 2
 
 Prints two tables (by op type, by node): total microseconds per run and share of the model's time."""
 
