@@ -4,6 +4,10 @@
 #include <cmath>
 #include <cstddef>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
 namespace qx {
 
 namespace {
@@ -57,44 +61,93 @@ void quantize(Isa isa, const float* x, float s, float lo, float hi, float add, f
 // Vectorised across h, each a[h] in that same order.  (With C over 256 the function body itself then
 // differs between optimisation levels in a step's last bit.)
 constexpr int64_t kMatMulStrideK = 256;
-constexpr int64_t kMaxHiddenBlock = 64;
-inline void hidden_run(const float* feats, const float* w1, const float* b1, bool bias_first, int64_t c, int64_t hidden,
-                       float* a) {
-  for (int64_t h = 0; h < hidden; ++h) a[h] = bias_first ? b1[h] : 0.0f;
-  for (int64_t k0 = 0; k0 < c; k0 += kMatMulStrideK) {
-    float part[kMaxHiddenBlock];
-    for (int64_t h0 = 0; h0 < hidden; h0 += kMaxHiddenBlock) {
-      const int64_t width = std::min<int64_t>(kMaxHiddenBlock, hidden - h0);
-      for (int64_t h = 0; h < width; ++h) part[h] = 0.0f;
-      for (int64_t k = k0; k < std::min(c, k0 + kMatMulStrideK); ++k) {
-        const float f = feats[k];
-        const float* row = w1 + k * hidden + h0;
-        for (int64_t h = 0; h < width; ++h) part[h] = std::fma(f, row[h], part[h]);
+// The sum of one K block [k0, k1) of rows r0 .. r0 + height - 1 and hidden units h0 .. h0 + width - 1
+// into part, each a chain of fused multiply-adds from 0 in k order.
+__attribute__((always_inline)) inline void block_sums(const float* feats, int64_t c, const float* w1, int64_t hidden,
+                                                      int64_t height, int64_t width, int64_t k0, int64_t k1,
+                                                      float (*part)[16]) {
+  for (int64_t r = 0; r < height; ++r)
+    for (int64_t h = 0; h < width; ++h) {
+      float acc = 0.0f;
+      for (int64_t k = k0; k < k1; ++k) acc = std::fma(feats[r * c + k], w1[k * hidden + h], acc);
+      part[r][h] = acc;
+    }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+// 4 rows x 16 hidden units in 8 ymm accumulators: each weight load serves 4 rows (rows past ``height``
+// repeat row 0 and are dropped).  The same fused multiply-add chain per (row, unit) as block_sums.
+__attribute__((target("avx2,fma"))) void block_sums_avx2(const float* feats, int64_t c, const float* w1, int64_t hidden,
+                                                        int64_t height, int64_t k0, int64_t k1, float (*part)[16]) {
+  const float* f0 = feats;
+  const float* f1 = feats + (height > 1 ? c : 0);
+  const float* f2 = feats + (height > 2 ? 2 * c : 0);
+  const float* f3 = feats + (height > 3 ? 3 * c : 0);
+  __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+  for (int64_t k = k0; k < k1; ++k) {
+    const __m256 lo = _mm256_loadu_ps(w1 + k * hidden), hi = _mm256_loadu_ps(w1 + k * hidden + 8);
+    __m256 f = _mm256_set1_ps(f0[k]);
+    a00 = _mm256_fmadd_ps(f, lo, a00), a01 = _mm256_fmadd_ps(f, hi, a01);
+    f = _mm256_set1_ps(f1[k]);
+    a10 = _mm256_fmadd_ps(f, lo, a10), a11 = _mm256_fmadd_ps(f, hi, a11);
+    f = _mm256_set1_ps(f2[k]);
+    a20 = _mm256_fmadd_ps(f, lo, a20), a21 = _mm256_fmadd_ps(f, hi, a21);
+    f = _mm256_set1_ps(f3[k]);
+    a30 = _mm256_fmadd_ps(f, lo, a30), a31 = _mm256_fmadd_ps(f, hi, a31);
+  }
+  const __m256 sums[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
+  for (int64_t r = 0; r < height; ++r) {
+    _mm256_storeu_ps(part[r], sums[r][0]);
+    _mm256_storeu_ps(part[r] + 8, sums[r][1]);
+  }
+}
+#endif
+
+// a[r][h] for ``rows`` feature rows of c values (the layout the AVX2 path fills 4 x 16 at a time)
+template <bool kAvx2>
+__attribute__((always_inline)) inline void hidden_run(const float* feats, int64_t rows, const float* w1, const float* b1,
+                                                      bool bias_first, int64_t c, int64_t hidden, float* a) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t h = 0; h < hidden; ++h) a[r * hidden + h] = bias_first ? b1[h] : 0.0f;
+  float part[4][16];
+  for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+    const int64_t height = std::min<int64_t>(4, rows - r0);
+    for (int64_t h0 = 0; h0 < hidden; h0 += 16) {
+      const int64_t width = std::min<int64_t>(16, hidden - h0);
+      for (int64_t k0 = 0; k0 < c; k0 += kMatMulStrideK) {
+        const int64_t k1 = std::min(c, k0 + kMatMulStrideK);
+        const float* f = feats + r0 * c;
+#if defined(__x86_64__) || defined(__i386__)
+        if (kAvx2 && width == 16)
+          block_sums_avx2(f, c, w1 + h0, hidden, height, k0, k1, part);
+        else
+#endif
+          block_sums(f, c, w1 + h0, hidden, height, width, k0, k1, part);
+        for (int64_t r = 0; r < height; ++r)
+          for (int64_t h = 0; h < width; ++h) {
+            float& v = a[(r0 + r) * hidden + h0 + h];
+            v = !bias_first && k0 == 0 ? part[r][h] : v + part[r][h];
+          }
       }
-      for (int64_t h = 0; h < width; ++h) a[h0 + h] = !bias_first && k0 == 0 ? part[h] : a[h0 + h] + part[h];
     }
   }
   if (!bias_first)
-    for (int64_t h = 0; h < hidden; ++h) a[h] = a[h] + b1[h];
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t h = 0; h < hidden; ++h) a[r * hidden + h] = a[r * hidden + h] + b1[h];
 }
 
 // with FMA in the target, std::fma is one instruction (else a libm call per product)
-__attribute__((target("avx512f,fma"))) void hidden_avx512(const float* f, const float* w, const float* b, bool first,
-                                                        int64_t c, int64_t h, float* a) {
-  hidden_run(f, w, b, first, c, h, a);
-}
-__attribute__((target("avx2,fma"))) void hidden_avx2(const float* f, const float* w, const float* b, bool first,
-                                                    int64_t c, int64_t h, float* a) {
-  hidden_run(f, w, b, first, c, h, a);
+__attribute__((target("avx2,fma"))) void hidden_avx2(const float* f, int64_t rows, const float* w, const float* b,
+                                                    bool first, int64_t c, int64_t h, float* a) {
+  hidden_run<true>(f, rows, w, b, first, c, h, a);
 }
 
-void hidden_layer(Isa isa, const float* feats, const float* w1, const float* b1, bool bias_first, int64_t c,
-                  int64_t hidden, float* a) {
+void hidden_layer(Isa isa, const float* feats, int64_t rows, const float* w1, const float* b1, bool bias_first,
+                  int64_t c, int64_t hidden, float* a) {
 #if defined(__x86_64__) || defined(__i386__)
-  if (isa == Isa::Avx512Vnni) return hidden_avx512(feats, w1, b1, bias_first, c, hidden, a);
-  if (isa == Isa::Avx2) return hidden_avx2(feats, w1, b1, bias_first, c, hidden, a);
+  if (isa != Isa::Scalar) return hidden_avx2(feats, rows, w1, b1, bias_first, c, hidden, a);
 #endif
-  hidden_run(feats, w1, b1, bias_first, c, hidden, a);
+  hidden_run<false>(feats, rows, w1, b1, bias_first, c, hidden, a);
 }
 
 // A sample whose step is not a positive finite number, or whose x holds NaN or infinities (a channel
@@ -174,14 +227,15 @@ void asq_steps(Isa isa, const AsqInputs& in, const float* feats, int64_t count, 
   const float* pb1 = in.b1.as<float>();
   const float* pw2 = in.w2.as<float>();
   const float b20 = in.b2.as<float>()[0];
-  std::vector<float> a(static_cast<size_t>(hidden), 0.0f);
+  // onnxruntime fuses the body's MatMul + Add into a Gemm (bias first) on 2-D features; on [N, T, C]
+  // rows of symbolic size it does not (bias last).  One K block (C <= 256): the same either way.
+  std::vector<float> hid(static_cast<size_t>(count * hidden), 0.0f);
+  hidden_layer(isa, feats, count, in.w1.as<float>(), pb1, in.x.shape.size() == 2 || in.pooled, c, hidden, hid.data());
   for (int64_t r = 0; r < count; ++r) {
     const float* f = feats + r * c;
-    // onnxruntime fuses the body's MatMul + Add into a Gemm (bias first) on 2-D features; on [N, T, C]
-    // rows of symbolic size it does not (bias last).  One K block (C <= 256): the same either way.
-    hidden_layer(isa, f, in.w1.as<float>(), pb1, in.x.shape.size() == 2 || in.pooled, c, hidden, a.data());
+    const float* a = hid.data() + r * hidden;
     float z = 0.0f;
-    for (int64_t h = 0; h < hidden; ++h) z = std::fma(relu(a[size_t(h)]), pw2[h], z);
+    for (int64_t h = 0; h < hidden; ++h) z = std::fma(relu(a[h]), pw2[h], z);
     const float v = relu(z + b20);
     const float beta = std::isnan(v) ? v : (v > 1e-8f ? v : 1e-8f);
     step[r] = in.step * beta;
