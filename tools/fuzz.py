@@ -62,8 +62,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-NATIVE_OPS = ("PostConv", "IntConv", "AsqQuantize")
-BODY_OPS = ("AsqQuantizeRows", "PostMatMul", "PostWeights", "StepQuantize", "AsqAdapter")
+NATIVE_OPS = ("PostConv", "IntConv", "AsqQuantize", "AsqQuantizeRows")
+BODY_OPS = ("PostMatMul", "PostWeights", "StepQuantize", "AsqAdapter")
 OPS = NATIVE_OPS + BODY_OPS
 INPUTS = {
     "PostConv": ["x_codes", "x_scale", "w_codes", "w_scale", "bias"],
@@ -722,7 +722,8 @@ def spec_violation(case: Case) -> str | None:
             if j.size and int(j.max()) > 2 ** (bits - 1) - 1:  # type: ignore[operator]
                 return "POST code outside the bits' range"
         return None
-    # AsqQuantize
+    # AsqQuantize, AsqQuantizeRows
+    rows = op == "AsqQuantizeRows"
     qmin, why = _int_attr(case, "qmin", True)
     if why:
         return why
@@ -735,18 +736,23 @@ def spec_violation(case: Case) -> str | None:
     x, step, zp, w1, b1, w2, b2 = case.inputs
     assert x is not None and step is not None and zp is not None
     assert w1 is not None and b1 is not None and w2 is not None and b2 is not None
-    if x.dtype != np.float32 or x.ndim != 4:
-        return "x float32 [N, C, H, W]"
+    if x.dtype != np.float32 or (x.ndim != 4 and not rows) or x.ndim == 0:
+        return "x float32 [N, C, H, W] (rows: [..., C])"
     if any(t.dtype != np.float32 for t in (step, w1, b1, w2, b2)):
         return "float32 step and adapter"
-    if zp.dtype not in (np.int8, np.uint8) or zp.shape != () or zp != 0:
-        return "zero_point a scalar 0 of int8 / uint8"
+    if zp.dtype not in (np.int8, np.uint8) or zp.shape != ():
+        return "zero_point a scalar of int8 / uint8"
+    shift = int(zp)
+    if shift != 0 and not (rows and zp.dtype == np.uint8 and shift == 128 and qmin < 0):
+        return "zero_point 0 (rows: or uint8 128 with a signed range)"
+    if not (-128 <= qmin < qmax <= 255):
+        return "qmin < qmax, an 8-bit range"
     lo, hi = (-128, 127) if zp.dtype == np.int8 else (0, 255)
-    if not (lo <= qmin < qmax <= hi):
-        return "qmin < qmax in the codes' type"
+    if not (lo <= qmin + shift and qmax + shift <= hi):
+        return "qmin, qmax plus the zero point in the codes' type"
     if step.shape != () or not (step > 0 and np.isfinite(step)):
         return "step a positive finite scalar"
-    c = x.shape[1]
+    c = x.shape[-1 if rows else 1]
     if w1.ndim != 2 or w1.shape[0] != c:
         return "w1 [C, hidden]"
     hidden = w1.shape[1]
