@@ -87,9 +87,13 @@ def build(name: str, cache: Path, variants: list[str], openvino: bool) -> tuple[
     out: dict[str, Path] = {"fp32": qexport.export(model, cache / f"{name}_fp32.onnx")}
     out[ORT_INT8] = _ort_int8(out["fp32"], calib.numpy(), cache / f"{name}_ort_int8.onnx")
     runtimes: dict[str, str] = {}
-    if openvino:
-        out[OV_INT8], runtimes[OV_INT8] = out[ORT_INT8], "openvino"
     shape, _ = bench.input_shape(out["fp32"])
+    if openvino:
+        try:  # OpenVINO 2026.4 fails on the transformer's quantize_static file (an int8 Add it cannot type)
+            compile_model(out[ORT_INT8], 1, shapes=[1, *shape[1:]])
+            out[OV_INT8], runtimes[OV_INT8] = out[ORT_INT8], "openvino"
+        except QexportError as exc:
+            print(f"{name}: no '{OV_INT8}' row ({exc})", flush=True)
     for v in variants:
         args = dict(VARIANTS[v])
         q = qexport.quantize(model, **args)
