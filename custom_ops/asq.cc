@@ -1,5 +1,7 @@
 #include "asq.h"
 
+#include "ops.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -173,6 +175,13 @@ void quantize_special(const float* x, float step, float lo, float hi, float add,
 inline float relu(float v) { return v < 0.0f ? 0.0f : v; }
 
 }  // namespace
+
+AsqKernel::AsqKernel(const OrtKernelInfo* info) : node(node_name(info)) {
+  qmin = attr_int(info, "qmin");
+  qmax = attr_int(info, "qmax");
+  if (qmin >= qmax || qmin < -128 || qmax > 255)
+    fail("attributes qmin=" + std::to_string(qmin) + ", qmax=" + std::to_string(qmax) + " are not an 8-bit code range");
+}
 
 AsqInputs AsqInputs::read(OrtKernelContext* context, size_t x_rank, int64_t channel_axis, bool offset_allowed,
                           int64_t qmin, int64_t qmax) {

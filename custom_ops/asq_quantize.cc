@@ -36,13 +36,6 @@ float mean(Isa isa, const float* x, size_t n) {
 
 }  // namespace
 
-AsqQuantizeKernel::AsqQuantizeKernel(const OrtKernelInfo* info) : node(node_name(info)) {
-  qmin = attr_int(info, "qmin");  // both required: the function body reads them
-  qmax = attr_int(info, "qmax");
-  if (qmin >= qmax || qmin < -128 || qmax > 255)
-    fail("attributes qmin=" + std::to_string(qmin) + ", qmax=" + std::to_string(qmax) + " are not an 8-bit code range");
-}
-
 void AsqQuantizeKernel::compute(OrtKernelContext* context) {
   const Isa isa = active_isa();
   AsqInputs in = AsqInputs::read(context, 4, 1, false, qmin, qmax);

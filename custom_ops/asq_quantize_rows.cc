@@ -11,13 +11,6 @@
 
 namespace qx {
 
-AsqQuantizeRowsKernel::AsqQuantizeRowsKernel(const OrtKernelInfo* info) : node(node_name(info)) {
-  qmin = attr_int(info, "qmin");  // both required: the function body reads them
-  qmax = attr_int(info, "qmax");
-  if (qmin >= qmax || qmin < -128 || qmax > 255)
-    fail("attributes qmin=" + std::to_string(qmin) + ", qmax=" + std::to_string(qmax) + " are not an 8-bit code range");
-}
-
 void AsqQuantizeRowsKernel::compute(OrtKernelContext* context) {
   const Isa isa = active_isa();
   const AsqInputs in = AsqInputs::read(context, 0, -1, true, qmin, qmax);

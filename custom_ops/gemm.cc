@@ -171,6 +171,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_vnni(
   }
 }
 
+// Lanes 16 * half .. + 15 of every pixel of tile c: padding lanes, whose zero weights give zero sums.
+void zero_half(int32_t* c, size_t half) {
+  for (size_t p = 0; p < kTilePixels; ++p) std::memset(c + p * kTileLanes + 16 * half, 0, 16 * sizeof(int32_t));
+}
+
 // AVX2 has no uint8 x int8 dot product into int32: vpmaddubsw sums 2 products into a saturating int16,
 // kept exact by Int16Plan: ``run`` quads summed in int16, then vpmaddwd by 1 widens them to int32.
 // With 8-bit weights (tile_avx2_split) the activation's low and high nibbles go apart, the high sums
@@ -180,8 +185,8 @@ __attribute__((target("avx2"))) void tile_avx2_split(const uint8_t* const* pixel
                                                     const int8_t* w, size_t k4, size_t run, size_t live, int32_t* c) {
   const __m256i ones = _mm256_set1_epi16(1), sixteen = _mm256_set1_epi16(16), nibble = _mm256_set1_epi8(0x0F);
   for (size_t half = 0; half < 2; ++half) {
-    if (16 * half >= live) {  // padding lanes: zero sums, as their zero weights give
-      for (size_t p = 0; p < kTilePixels; ++p) std::memset(c + p * kTileLanes + 16 * half, 0, 16 * sizeof(int32_t));
+    if (16 * half >= live) {
+      zero_half(c, half);
       continue;
     }
     const int8_t* wh = w + 64 * half;
@@ -225,8 +230,8 @@ __attribute__((target("avx2"))) void tile_avx2_int16(const uint8_t* const* pixel
                                                     const int8_t* w, size_t k4, size_t run, size_t live, int32_t* c) {
   const __m256i ones = _mm256_set1_epi16(1);
   for (size_t half = 0; half < 2; ++half) {
-    if (16 * half >= live) {  // padding lanes: zero sums, as their zero weights give
-      for (size_t p = 0; p < kTilePixels; ++p) std::memset(c + p * kTileLanes + 16 * half, 0, 16 * sizeof(int32_t));
+    if (16 * half >= live) {
+      zero_half(c, half);
       continue;
     }
     const int8_t* wh = w + 64 * half;

@@ -63,20 +63,23 @@ struct IntConvKernel : ConvKernel {
   int64_t relu = 0;
 };
 
-struct AsqQuantizeRowsKernel {
-  static constexpr const char* kName = "AsqQuantizeRows";
-  explicit AsqQuantizeRowsKernel(const OrtKernelInfo* info);
-  void compute(OrtKernelContext* context);
+// The two ASQ kernels' attributes: qmin / qmax, both required (the function bodies read them).
+struct AsqKernel {
+  explicit AsqKernel(const OrtKernelInfo* info);
   std::string node;
   int64_t qmin = 0, qmax = 0;
 };
 
-struct AsqQuantizeKernel {
-  static constexpr const char* kName = "AsqQuantize";
-  explicit AsqQuantizeKernel(const OrtKernelInfo* info);
+struct AsqQuantizeRowsKernel : AsqKernel {
+  static constexpr const char* kName = "AsqQuantizeRows";
+  using AsqKernel::AsqKernel;
   void compute(OrtKernelContext* context);
-  std::string node;
-  int64_t qmin = 0, qmax = 0;
+};
+
+struct AsqQuantizeKernel : AsqKernel {
+  static constexpr const char* kName = "AsqQuantize";
+  using AsqKernel::AsqKernel;
+  void compute(OrtKernelContext* context);
 };
 
 }  // namespace qx
