@@ -183,3 +183,30 @@ def test_packed_weights_shrink_the_file_and_still_fuse(tmp_path: Path, bits: int
     # 16 samples: free-running top-1 must reach 90%, and one tie-flipped sample of 8 would be 87.5%
     x = zoo.example_input(model, 16, size=64, seed=5)
     assert qexport.check(model, tmp_path / "qTrue.onnx", x, reference_samples=2).passed
+
+
+def test_graph_forms_the_kernels_rely_on(tmp_path: Path) -> None:
+    """MobileNetV2 with ASQ: each ReLU6 after a conv is applied by its IntConv (relu=6), no float Clip
+    left; the transformer with ASQ: MatMulInteger reads the rows' signed codes as uint8 + 128 and is
+    given that zero point (onnxruntime's u8 x s8 path); both agree with PyTorch."""
+    torch.manual_seed(0)
+    cnn = qexport.quantize(zoo.create("mobilenetv2", num_classes=10), weight="lsq", act="asq", bits=4)
+    x = zoo.example_input(cnn, 8, size=32, seed=0)
+    qexport.calibrate(cnn, [x])
+    proto = onnx.load(export(cnn, tmp_path / "cnn.onnx", input_shape=[1, 3, 32, 32]))
+    convs = [n for n in proto.graph.node if n.op_type == "IntConv"]
+    relus = [next(a.i for a in n.attribute if a.name == "relu") for n in convs]
+    assert relus.count(6) == 35 and "Clip" not in {n.op_type for n in proto.graph.node}
+    assert qexport.check(cnn, tmp_path / "cnn.onnx", x, quick=True).passed
+
+    tr = qexport.quantize(zoo.create("transformer", layers=1, dim=64, heads=4, ff=128, seq_len=16, vocab_size=64),
+                          weight="lsq", act="asq", bits=4)  # fmt: skip
+    ids = zoo.example_input(tr, 8, seed=0)
+    qexport.calibrate(tr, [ids])
+    proto = onnx.load(export(tr, tmp_path / "tr.onnx"))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in proto.graph.initializer}
+    matmuls = [n for n in proto.graph.node if n.op_type == "MatMulInteger"]
+    assert matmuls and all(len(n.input) == 3 and inits[n.input[2]].dtype == np.uint8 for n in matmuls)
+    signed = [n for n in matmuls if int(inits[n.input[2]]) == 128]
+    assert signed  # LayerNorm outputs: signed codes, stored offset
+    assert qexport.check(tr, tmp_path / "tr.onnx", ids, quick=True).passed
