@@ -100,7 +100,10 @@ __attribute__((target("avx2"))) void store_avx2(const int32_t* c, const TileOutp
     if (!any) continue;
     const __m256 scale = _mm256_loadu_ps(out.scale + l0), bias = _mm256_loadu_ps(out.bias + l0);
     const __m256i corr = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(out.correction + l0));
-    const __m256i corr_odd = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(out.correction + l0 + 16));
+    // the odd sums' corrections (lanes 16-23, 24-31) exist only with post_pairs, where l0 is 0 or 8
+    const __m256i corr_odd = out.post_pairs
+                                 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(out.correction + l0 + 16))
+                                 : _mm256_setzero_si256();
     __m256 y[8];
     for (size_t p = 0; p < kTilePixels; ++p) {
       const int32_t* at = c + p * kTileLanes + l0;
