@@ -1,7 +1,5 @@
 #include "asq.h"
 
-#include "ops.h"
-
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -9,6 +7,8 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #endif
+
+#include "ops.h"
 
 namespace qx {
 
@@ -229,17 +229,16 @@ AsqInputs AsqInputs::read(OrtKernelContext* context, size_t x_rank, int64_t chan
   return in;
 }
 
-void asq_steps(Isa isa, const AsqInputs& in, const float* feats, int64_t count, float* step, char* special) {
+void asq_steps(Isa isa, const AsqInputs& in, const float* feats, int64_t count, bool bias_first, float* step,
+               char* special) {
   // the adapter in the body's order: (sum_k feats * w1) + b1, relu, (sum_h hidden * w2) + b2, relu,
   // max with 1e-8
   const int64_t c = in.channels, hidden = in.hidden;
   const float* pb1 = in.b1.as<float>();
   const float* pw2 = in.w2.as<float>();
   const float b20 = in.b2.as<float>()[0];
-  // onnxruntime fuses the body's MatMul + Add into a Gemm (bias first) on 2-D features; on [N, T, C]
-  // rows of symbolic size it does not (bias last).  One K block (C <= 256): the same either way.
   std::vector<float> hid(static_cast<size_t>(count * hidden), 0.0f);
-  hidden_layer(isa, feats, count, in.w1.as<float>(), pb1, in.x.shape.size() == 2 || in.pooled, c, hidden, hid.data());
+  hidden_layer(isa, feats, count, in.w1.as<float>(), pb1, bias_first, c, hidden, hid.data());
   for (int64_t r = 0; r < count; ++r) {
     const float* f = feats + r * c;
     const float* a = hid.data() + r * hidden;

@@ -19,7 +19,6 @@ struct AsqInputs {
   bool is_signed = false;  // codes int8 (else uint8)
   uint8_t zero_point = 0;  // what the stored codes carry: 0, or 128 for a signed range stored as uint8
   int64_t channels = 0, hidden = 0;
-  bool pooled = false;  // AsqQuantize: the features are channel means [N, C]
   // x float32 with channels on axis ``channel_axis``; ``offset_allowed``: zero_point may be uint8 128
   // with a signed code range (the rows op); qmin / qmax are validated against the stored type
   static AsqInputs read(OrtKernelContext* context, size_t x_rank, int64_t channel_axis, bool offset_allowed,
@@ -28,9 +27,13 @@ struct AsqInputs {
 
 // The adapter on each of ``count`` feature rows (``channels`` floats each): step[r] = step * beta_r in
 // the body's order, products accumulated with fused multiply-adds as onnxruntime's MatMul (MLAS).
+// ``bias_first``: the adapter's first-layer bias enters before its products, as in the Gemm onnxruntime
+// fuses the body's MatMul + Add into on 2-D features (channel means, [N, C] rows); on [N, T, C] rows of
+// symbolic size it does not fuse and the bias comes last.  With one K block (C <= 256) both agree.
 // special[r]: the row's step is not a positive finite number or its features are not finite (quantize
 // it element by element as the body, NaN and all).
-void asq_steps(Isa isa, const AsqInputs& in, const float* feats, int64_t count, float* step, char* special);
+void asq_steps(Isa isa, const AsqInputs& in, const float* feats, int64_t count, bool bias_first, float* step,
+               char* special);
 
 // codes / y of ``count`` values x with one step (y may be nullptr: the output is left out).
 void asq_quantize_run(Isa isa, const AsqInputs& in, const float* x, float step, bool special, int64_t qmin,

@@ -38,8 +38,7 @@ float mean(Isa isa, const float* x, size_t n) {
 
 void AsqQuantizeKernel::compute(OrtKernelContext* context) {
   const Isa isa = active_isa();
-  AsqInputs in = AsqInputs::read(context, 4, 1, false, qmin, qmax);
-  in.pooled = true;
+  const AsqInputs in = AsqInputs::read(context, 4, 1, false, qmin, qmax);
   const Tensor& x = in.x;
   const int64_t n = x.shape[0], c = in.channels;
   const int64_t hw = checked_mul(x.shape[2], x.shape[3], "input x shape " + shape_text(x.shape));
@@ -52,7 +51,7 @@ void AsqQuantizeKernel::compute(OrtKernelContext* context) {
   std::vector<float> feats(size_t(n * c), 0.0f);
   if (hw > 0) parallel_for(context, size_t(n * c), [&](size_t i) { feats[i] = mean(isa, xs + i * size_t(hw), size_t(hw)); });
   std::vector<char> special(size_t(n), 0);
-  asq_steps(isa, in, feats.data(), n, sample_step, special.data());
+  asq_steps(isa, in, feats.data(), n, true, sample_step, special.data());  // [N, C] means
   if (hw == 0 || c == 0) return;
   const size_t bytes = in.is_signed ? sizeof(int8_t) : sizeof(uint8_t);
   parallel_for(context, size_t(n * c), [&](size_t i) {

@@ -31,7 +31,7 @@ void AsqQuantizeRowsKernel::compute(OrtKernelContext* context) {
   const int64_t block = 16, blocks = (rows + block - 1) / block;
   parallel_for(context, size_t(blocks), [&](size_t b) {
     const int64_t r0 = int64_t(b) * block, r1 = std::min(rows, r0 + block);
-    asq_steps(isa, in, xs + r0 * c, r1 - r0, row_step + r0, special.data() + r0);
+    asq_steps(isa, in, xs + r0 * c, r1 - r0, x.shape.size() == 2, row_step + r0, special.data() + r0);
   });
   if (c == 0) return;
   const size_t bytes = in.is_signed ? sizeof(int8_t) : sizeof(uint8_t);

@@ -52,7 +52,13 @@ ConvShape ConvShape::of(const Tensor& x, const std::vector<int64_t>& ws, const C
   return s;
 }
 
-int64_t packed_groups(const ConvShape& s, const ConvAttrs& a) { return s.cg == 1 && s.m == a.group ? 1 : a.group; }
+int64_t relu_attr(const OrtKernelInfo* info, bool required) {
+  const int64_t relu = required ? attr_int(info, "relu") : attr_int(info, "relu", 0);
+  if (relu != 0 && relu != 1 && relu != 6) fail("attribute relu=" + std::to_string(relu) + " must be 0, 1 or 6");
+  return relu;
+}
+
+int64_t packed_groups(const ConvShape& s, const ConvAttrs& a) { return KLayout::of(s, a).depthwise ? 1 : a.group; }
 
 KLayout KLayout::of(const ConvShape& s, const ConvAttrs& a) {
   KLayout k;
@@ -224,20 +230,22 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
   });
   // byte offset of each k quad (depthwise: each tap, an even count) from a pixel's window origin
   std::vector<int32_t> k_offset(size_t(layout.depthwise ? 2 * layout.k4 : layout.k4));
-  for (int64_t i = 0, q = 0; i < s.kh; ++i) {
-    if (layout.depthwise) {
+  if (layout.depthwise) {
+    size_t q = 0;
+    for (int64_t i = 0; i < s.kh; ++i)
       for (int64_t j = 0; j < s.kw; ++j)
-        k_offset[size_t(q++)] = int32_t((i * a.dilations[0] * wp + j * a.dilations[1]) * pixel_bytes);
-      if (i == s.kh - 1 && q < int64_t(k_offset.size())) k_offset[size_t(q)] = k_offset[0];  // zero weights
-      continue;
-    }
-    const int64_t row = i * a.dilations[0] * wp * pixel_bytes;
-    if (layout.span) {
-      for (int64_t r = 0; r < layout.row_quads; ++r) k_offset[size_t(q++)] = int32_t(row + 4 * r);
-    } else {
-      for (int64_t j = 0; j < s.kw; ++j)
-        for (int64_t c4 = 0; c4 < layout.row_quads; ++c4)
-          k_offset[size_t(q++)] = int32_t(row + j * a.dilations[1] * pixel_bytes + 4 * c4);
+        k_offset[q++] = int32_t((i * a.dilations[0] * wp + j * a.dilations[1]) * pixel_bytes);
+    if (q < k_offset.size()) k_offset[q] = k_offset[0];  // an odd tap count: the last pair's zero weights
+  } else {
+    for (int64_t i = 0, q = 0; i < s.kh; ++i) {
+      const int64_t row = i * a.dilations[0] * wp * pixel_bytes;
+      if (layout.span) {
+        for (int64_t r = 0; r < layout.row_quads; ++r) k_offset[size_t(q++)] = int32_t(row + 4 * r);
+      } else {
+        for (int64_t j = 0; j < s.kw; ++j)
+          for (int64_t c4 = 0; c4 < layout.row_quads; ++c4)
+            k_offset[size_t(q++)] = int32_t(row + j * a.dilations[1] * pixel_bytes + 4 * c4);
+      }
     }
   }
   const int64_t pixels = s.ho * s.wo, tile = int64_t(kTilePixels), chunk = 8 * tile;

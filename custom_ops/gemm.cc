@@ -41,7 +41,7 @@ void store_scalar(const int32_t* c, const TileOutput& out, size_t p0, size_t cou
       if (out.post_pairs) sum = sum + float(at[l + lanes] - out.correction[l + lanes]) * kSqrtHalf;
       float y = sum * out.scale[l] + out.bias[l];
       if (out.relu && y < 0.0f) y = 0.0f;  // NaN and -0 stay, as the body's Max(y, 0)
-      if (out.relu6 && y > 6.0f) y = 6.0f;
+      if (out.relu == 6 && y > 6.0f) y = 6.0f;
       out.row[l][p0 + p] = y;
     }
   }
@@ -115,7 +115,7 @@ __attribute__((target("avx2"))) void store_avx2(const int32_t* c, const TileOutp
       const __m256 v = _mm256_add_ps(_mm256_mul_ps(sum, scale), bias);
       // max(0, v) / min(6, v) return their second operand v for a NaN (max: a zero of either sign too)
       y[p] = out.relu ? _mm256_max_ps(_mm256_setzero_ps(), v) : v;
-      if (out.relu6) y[p] = _mm256_min_ps(_mm256_set1_ps(6.0f), y[p]);
+      if (out.relu == 6) y[p] = _mm256_min_ps(_mm256_set1_ps(6.0f), y[p]);
     }
     transpose_store(y, out, l0, p0, count);
   }
@@ -163,7 +163,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_vnni(
       }
       const __m512 v = _mm512_add_ps(_mm512_mul_ps(sum, scale), bias);
       __m512 r = out.relu ? _mm512_max_ps(_mm512_setzero_ps(), v) : v;  // as in store_avx2
-      if (out.relu6) r = _mm512_min_ps(_mm512_set1_ps(6.0f), r);
+      if (out.relu == 6) r = _mm512_min_ps(_mm512_set1_ps(6.0f), r);
       _mm512_store_ps(y[p], r);
     }
     for (int part = 0; part < 2; ++part) {

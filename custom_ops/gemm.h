@@ -28,8 +28,9 @@ struct TileOutput {
   float bias[kTileLanes] = {};
   int32_t correction[kTileLanes] = {};  // activation offset x lane weight sum
   bool post_pairs = false;
-  bool relu = false;  // then y < 0 ? 0 : y (NaN and -0 stay, as the body's Max(y, 0))
-  bool relu6 = false;  // with relu: then y > 6 ? 6 : y (NaN stays, as the body's Min(y, 6))
+  // 1 or 6: then y < 0 ? 0 : y (NaN and -0 stay, as the body's Max(y, 0)); 6: then y > 6 ? 6 : y too
+  // (NaN stays, as the body's Min(y, 6))
+  int relu = 0;
 };
 
 constexpr float kSqrtHalf = 0.70710677f;  // float32(1 / sqrt 2): the POST combine's constant

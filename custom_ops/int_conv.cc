@@ -6,8 +6,7 @@
 namespace qx {
 
 IntConvKernel::IntConvKernel(const OrtKernelInfo* info) : ConvKernel(info, false) {
-  relu = attr_int(info, "relu");  // required: the function body reads it
-  if (relu != 0 && relu != 1 && relu != 6) fail("attribute relu=" + std::to_string(relu) + " must be 0, 1 or 6");
+  relu = relu_attr(info, true);
 }
 
 void IntConvKernel::compute(OrtKernelContext* context) {
@@ -31,8 +30,7 @@ void IntConvKernel::compute(OrtKernelContext* context) {
   const float* b = in.bias.as<float>();
   const int64_t pixels = s.ho * s.wo;
   run_conv(context, isa, s, attrs, in.x, packed, false, [&](int64_t n, int64_t g, int64_t lane0, TileOutput& out) {
-    out.relu = relu != 0;
-    out.relu6 = relu == 6;
+    out.relu = int(relu);
     for (int64_t l = 0; l < int64_t(kTileLanes) && lane0 + l < mg; ++l) {
       const int64_t m = g * mg + lane0 + l;
       out.row[l] = y + (n * s.m + m) * pixels;

@@ -32,8 +32,7 @@ int uint4_at(const uint8_t* packed, int64_t i) { return (packed[i / 2] >> (4 * (
 PostConvKernel::PostConvKernel(const OrtKernelInfo* info) : ConvKernel(info, true) {  // the body reads group
   bits = attr_int(info, "bits");
   if (bits < 2 || bits > 4) fail("attribute bits=" + std::to_string(bits) + " must be 2, 3 or 4");
-  relu = attr_int(info, "relu", 0);
-  if (relu != 0 && relu != 1 && relu != 6) fail("attribute relu=" + std::to_string(relu) + " must be 0, 1 or 6");
+  relu = relu_attr(info, false);
 }
 
 void PostConvKernel::compute(OrtKernelContext* context) {
@@ -72,8 +71,7 @@ void PostConvKernel::compute(OrtKernelContext* context) {
   const float* b = in.bias.as<float>();
   run_conv(context, isa, s, attrs, in.x, packed, true, [&](int64_t n, int64_t g, int64_t lane0, TileOutput& out) {
     out.post_pairs = true;  // lanes 0-15: even sums of 16 channels, 16-31: their odd sums
-    out.relu = relu != 0;
-    out.relu6 = relu == 6;
+    out.relu = int(relu);
     const int64_t half = int64_t(kTileLanes) / 2;
     for (int64_t l = 0; l < half && lane0 / 2 + l < mg; ++l) {
       const int64_t m = g * mg + lane0 / 2 + l;

@@ -44,7 +44,6 @@ def IntConv(x_codes, x_scale, w_codes, w_scale, bias, strides: list[int], pads: 
     return QX.ReluBounds(y, relu=relu)
 
 
-
 def reference(x_codes: np.ndarray, x_scale: np.ndarray, w_codes: np.ndarray, w_scale: np.ndarray, bias: np.ndarray,
               strides: list[int], pads: list[int], dilations: list[int], group: int,
               relu: int = 0) -> np.ndarray:  # fmt: skip
