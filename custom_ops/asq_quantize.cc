@@ -41,7 +41,7 @@ void AsqQuantizeKernel::compute(OrtKernelContext* context) {
   const AsqInputs in = AsqInputs::read(context, 4, 1, false, qmin, qmax);
   const Tensor& x = in.x;
   const int64_t n = x.shape[0], c = in.channels;
-  const int64_t hw = checked_mul(x.shape[2], x.shape[3], "input x shape " + shape_text(x.shape));
+  const int64_t hw = checked_mul(x.shape[2], x.shape[3], [&] { return "input x shape " + shape_text(x.shape); });
   float* y = static_cast<float*>(output(context, 0, x.shape));
   void* codes = output(context, 1, x.shape);
   float* sample_step = static_cast<float*>(output(context, 2, {n, 1, 1, 1}));

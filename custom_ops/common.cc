@@ -35,16 +35,8 @@ const char* type_name(ONNXTensorElementDataType type) {
   }
 }
 
-int64_t checked_mul(int64_t a, int64_t b, const std::string& what) {
-  int64_t r = 0;
-  if (__builtin_mul_overflow(a, b, &r)) fail(what + " overflows 64-bit size arithmetic (a native kernel limit)");
-  return r;
-}
-
-int64_t checked_add(int64_t a, int64_t b, const std::string& what) {
-  int64_t r = 0;
-  if (__builtin_add_overflow(a, b, &r)) fail(what + " overflows 64-bit size arithmetic (a native kernel limit)");
-  return r;
+void size_overflow(const std::string& what) {
+  fail(what + " overflows 64-bit size arithmetic (a native kernel limit)");
 }
 
 Tensor describe(const OrtValue* value, const std::string& what) {
@@ -69,7 +61,7 @@ Tensor describe(const OrtValue* value, const std::string& what) {
   t.count = 1;
   for (int64_t d : t.shape) {
     if (d < 0) fail(what + " has a negative dimension " + shape_text(t.shape));
-    volume = checked_mul(volume, d > 0 ? d : 1, what + " shape " + shape_text(t.shape));
+    volume = checked_mul(volume, d > 0 ? d : 1, [&] { return what + " shape " + shape_text(t.shape); });
     t.count *= d;  // <= volume: cannot overflow
   }
   if (t.count > std::numeric_limits<int32_t>::max())
@@ -92,7 +84,7 @@ Tensor input(OrtKernelContext* context, size_t index, const std::string& what) {
 
 void* output(OrtKernelContext* context, size_t index, const std::vector<int64_t>& shape) {
   int64_t count = 1;
-  for (int64_t d : shape) count = checked_mul(count, d, "output shape " + shape_text(shape));
+  for (int64_t d : shape) count = checked_mul(count, d, [&] { return "output shape " + shape_text(shape); });
   if (count > std::numeric_limits<int32_t>::max())  // asked of onnxruntime's allocator, it may abort
     fail("output " + shape_text(shape) + " of more than 2^31 - 1 elements (a native kernel limit)");
   OrtValue* value = nullptr;

@@ -34,7 +34,7 @@ ConvShape ConvShape::of(const Tensor& x, const std::vector<int64_t>& ws, const C
     fail("weight " + shape_text(ws) + " does not match input channels " + std::to_string(s.c) + " with group " +
          std::to_string(a.group));
   if (s.kh < 1 || s.kw < 1) fail("empty kernel " + shape_text(ws));
-  const std::string what = "conv size of input " + shape_text(x.shape) + " and weight " + shape_text(ws);
+  const auto what = [&] { return "conv size of input " + shape_text(x.shape) + " and weight " + shape_text(ws); };
   const int64_t eh = checked_add(checked_mul(a.dilations[0], s.kh - 1, what), 1, what);
   const int64_t ew = checked_add(checked_mul(a.dilations[1], s.kw - 1, what), 1, what);
   s.hp = checked_add(checked_add(s.h, a.pads[0], what), a.pads[2], what);
@@ -203,11 +203,11 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
   const int64_t cg4 = layout.cg4, groups = w.groups;
   const int64_t pt = a.pads[0], pl = a.pads[1];
   const int64_t hp = s.hp, wp = s.wp;
-  const std::string what = "padded input " + shape_text({s.n, s.c, hp, wp});
+  const auto what = [&] { return "padded input " + shape_text({s.n, s.c, hp, wp}); };
   const int64_t pixel_bytes = checked_mul(a.group, cg4, what);
   const int64_t image_bytes = checked_mul(checked_mul(hp, wp, what), pixel_bytes, what);
   if (image_bytes > (int64_t(1) << 30) || checked_mul(s.n, image_bytes, what) > (int64_t(1) << 31))
-    fail(what + " too large for the native conv: over 1 GiB per sample or 2 GiB in all (a native kernel limit)");
+    fail(what() + " too large for the native conv: over 1 GiB per sample or 2 GiB in all (a native kernel limit)");
   // reused across runs (a fresh multi-MB buffer per run costs page faults); the lambdas below run on
   // other threads, so they use the pointer, never the thread_local itself.  One per thread: runs on
   // other threads (concurrent Run() calls) have their own.
