@@ -129,10 +129,40 @@ std::vector<float> sample_scales(const Tensor& scale, int64_t n, const std::stri
   return out;
 }
 
-ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTensorElementDataType w_type) {
+void RequantAttrs::read(const OrtKernelInfo* info) {
+  qmin = attr_int(info, "qmin");
+  qmax = attr_int(info, "qmax");
+  if (qmin > qmax) fail("attributes qmin=" + std::to_string(qmin) + " > qmax=" + std::to_string(qmax));
+}
+
+void* ConvInputs::allocate_output(OrtKernelContext* context) const {
+  return output(context, 0, {s.n, s.m, s.ho, s.wo});
+}
+
+void* ConvInputs::lane_row(void* y, int64_t n, int64_t m) const {
+  const int64_t at = (n * s.m + m) * s.ho * s.wo;  // < 2^31: checked in ConvShape::of
+  return requant ? static_cast<void*>(static_cast<uint8_t*>(y) + at) : static_cast<void*>(static_cast<float*>(y) + at);
+}
+
+void ConvInputs::set_output(TileOutput& out, int64_t relu) const {
+  out.relu = int(relu);
+  if (!requant) return;
+  out.codes = true;
+  out.codes_signed = y_signed;
+  out.code_step = y_scale;
+  out.zero_point = y_zero_point;
+  out.code_lo = float(requant->qmin - y_zero_point);
+  out.code_hi = float(requant->qmax - y_zero_point);
+}
+
+ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTensorElementDataType w_type,
+                       const RequantAttrs* requant) {
   size_t count = 0;
   check(api->KernelContext_GetInputCount(context, &count));
-  if (count != 5) fail("takes 5 inputs (x_codes, x_scale, w_codes, w_scale, bias), got " + std::to_string(count));
+  if (requant && count != 7)
+    fail("takes 7 inputs (x_codes, x_scale, w_codes, w_scale, bias, y_scale, y_zero_point), got " + std::to_string(count));
+  if (!requant && count != 5)
+    fail("takes 5 inputs (x_codes, x_scale, w_codes, w_scale, bias), got " + std::to_string(count));
   ConvInputs in;
   in.x = input(context, 0, "input x_codes");
   const Tensor x_scale = input(context, 1, "input x_scale");
@@ -148,14 +178,31 @@ ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTe
   expect_shape(in.w_scale, {in.s.m}, "input w_scale");
   expect_shape(in.bias, {in.s.m}, "input bias");
   in.xs = sample_scales(x_scale, in.s.n, "input x_scale");
+  if (requant) {
+    in.requant = requant;
+    const Tensor y_scale = input(context, 5, "input y_scale");
+    const Tensor zero_point = input(context, 6, "input y_zero_point");
+    expect_type(y_scale, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "input y_scale");
+    expect_shape(y_scale, {}, "input y_scale");
+    in.y_scale = y_scale.as<float>()[0];
+    if (!(in.y_scale > 0.0f) || std::isinf(in.y_scale)) fail("input y_scale must be a positive finite number");
+    expect_shape(zero_point, {}, "input y_zero_point");
+    if (zero_point.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) {
+      in.y_signed = true;
+      in.y_zero_point = zero_point.as<int8_t>()[0];
+    } else if (zero_point.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8) {
+      in.y_zero_point = zero_point.as<uint8_t>()[0];
+    } else {
+      fail(std::string("input y_zero_point must be int8 or uint8, got ") + type_name(zero_point.type));
+    }
+    const int64_t lo = in.y_signed ? -128 : 0, hi = in.y_signed ? 127 : 255;
+    if (requant->qmin < lo || requant->qmax > hi)
+      fail("attributes qmin=" + std::to_string(requant->qmin) + ", qmax=" + std::to_string(requant->qmax) +
+           " must lie in the codes' range [" + std::to_string(lo) + ", " + std::to_string(hi) + "] (y_zero_point's type)");
+  }
   return in;
 }
 
-namespace {
-
-// One input row of C channel planes (NCHW codes) into NHWC pixels: channel c of pixel x goes to
-// row[x * stride + at[c]], plus ``add``.  Four channels that land side by side are interleaved 16
-// pixels at a time in SSE2 registers (x86-64's baseline) and stored as one 4-byte word per pixel.
 void nhwc_row(const uint8_t* __restrict in, int64_t plane, int64_t width, int64_t channels,
               const int64_t* __restrict at, uint8_t add, uint8_t* __restrict row, int64_t stride) {
   int64_t c = 0;
@@ -193,10 +240,9 @@ void nhwc_row(const uint8_t* __restrict in, int64_t plane, int64_t width, int64_
   }
 }
 
-}  // namespace
-
 void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& a, const Tensor& x,
               const PackedWeights& w, bool dup16, const ConvOutput& output) {
+  if (run_pointwise(context, isa, s, a, x, w, output)) return;
   const bool is_signed = x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
   const uint8_t offset = is_signed ? 128 : 0;
   const KLayout layout = KLayout::of(s, a);

@@ -81,19 +81,50 @@ int64_t packed_groups(const ConvShape& s, const ConvAttrs& a);
 // packed_groups) for sample n; run_conv adds the offset corrections and runs every pixel tile into it.
 using ConvOutput = std::function<void(int64_t n, int64_t g, int64_t lane0, TileOutput& out)>;
 
+// One input row of C channel planes (NCHW codes) into NHWC pixels: channel c of pixel x goes to
+// row[x * stride + at[c]], plus ``add``.  Four channels that land side by side are interleaved 16
+// pixels at a time in SSE2 registers (x86-64's baseline) and stored as one 4-byte word per pixel.
+void nhwc_row(const uint8_t* __restrict in, int64_t plane, int64_t width, int64_t channels,
+              const int64_t* __restrict at, uint8_t add, uint8_t* __restrict row, int64_t stride);
+
+// A pointwise conv (1x1, stride 1, no padding, one group) on the AVX-512 VNNI path, vectorised over
+// pixels (pointwise.cc); false (nothing done) for any other conv or path.
+bool run_pointwise(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& attrs, const Tensor& x,
+                   const PackedWeights& w, const ConvOutput& output);
+
 // ``dup16``: lanes 16-31 of a depthwise block read the channels of lanes 0-15 (PostConv's odd sums).
 void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& attrs, const Tensor& x,
               const PackedWeights& w, bool dup16, const ConvOutput& output);
 
+// The *Requant ops' output quantizer: attributes qmin / qmax, both required (the bodies' Clip reads
+// them), qmin <= qmax.
+struct RequantAttrs {
+  int64_t qmin = 0, qmax = 0;
+  void read(const OrtKernelInfo* info);
+};
+
 // The five inputs of every qexport conv op (x_codes, x_scale, w_codes, w_scale, bias), validated
 // exactly as the ops' schema says: x_codes int8/uint8 [N, C, H, W]; x_scale float32 [] or [N, 1, 1, 1]
 // holding positive finite steps; w_codes ``w_type`` [M, C/group, kh, kw]; w_scale, bias float32 [M].
+// With ``requant`` (the *Requant ops) two more: y_scale float32 [] (positive, finite) and
+// y_zero_point int8 / uint8 [] (the codes' type), with qmin <= qmax inside that type's range.
 struct ConvInputs {
   Tensor x, w, w_scale, bias;
   ConvShape s;
   std::vector<float> xs;  // the activation step of each sample
+  const RequantAttrs* requant = nullptr;
+  float y_scale = 1.0f;
+  int32_t y_zero_point = 0;
+  bool y_signed = false;
+  // The output [N, M, H', W'], float32 or (requant) codes; ``lane_row(y, n, m)`` the row of channel m
+  // of sample n in it.
+  void* allocate_output(OrtKernelContext* context) const;
+  void* lane_row(void* y, int64_t n, int64_t m) const;
+  // the output fields of a tile: relu and, with requant, the quantizer
+  void set_output(TileOutput& out, int64_t relu) const;
 };
-ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTensorElementDataType w_type);
+ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTensorElementDataType w_type,
+                       const RequantAttrs* requant);
 
 // Per-sample activation step: [] (one for all) or [N, 1, 1, 1] (one per sample), positive and finite.
 std::vector<float> sample_scales(const Tensor& scale, int64_t n, const std::string& what);

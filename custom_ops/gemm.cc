@@ -42,7 +42,10 @@ void store_scalar(const int32_t* c, const TileOutput& out, size_t p0, size_t cou
       float y = sum * out.scale[l] + out.bias[l];
       if (out.relu && y < 0.0f) y = 0.0f;  // NaN and -0 stay, as the body's Max(y, 0)
       if (out.relu == 6 && y > 6.0f) y = 6.0f;
-      out.row[l][p0 + p] = y;
+      if (!out.codes)
+        static_cast<float*>(out.row[l])[p0 + p] = y;
+      else
+        static_cast<uint8_t*>(out.row[l])[p0 + p] = uint8_t(requantize(y, out));  // int8: the same byte
     }
   }
 }
@@ -62,6 +65,30 @@ void tile_scalar(const uint8_t* const* pixel, const int32_t* k_offset, const int
 
 #if defined(__x86_64__) || defined(__i386__)
 
+// col[l]: the 8 pixels of lane lane0 + l, requantized (as requantize) and stored as 8 bytes
+__attribute__((target("avx2"))) inline void store_codes(const __m256* col, const TileOutput& out, size_t lane0,
+                                                        size_t p0, size_t count) {
+  const __m256 step = _mm256_set1_ps(out.code_step);
+  const __m256 lo = _mm256_set1_ps(out.code_lo), hi = _mm256_set1_ps(out.code_hi);
+  const __m256i zero_point = _mm256_set1_epi32(out.zero_point);
+  for (size_t l = 0; l < 8; ++l) {
+    uint8_t* row = static_cast<uint8_t*>(out.row[lane0 + l]);
+    if (row == nullptr) continue;
+    // maxps / minps return their second operand for a NaN: lo, as requantize
+    const __m256 t = _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(col[l], step), lo), hi);
+    const __m256i q = _mm256_add_epi32(_mm256_cvtps_epi32(t), zero_point);  // MXCSR: round half to even
+    const __m128i words = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    const __m128i bytes = out.codes_signed ? _mm_packs_epi16(words, words) : _mm_packus_epi16(words, words);
+    if (count == kTilePixels) {
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(row + p0), bytes);
+    } else {
+      alignas(16) uint8_t b[16];
+      _mm_store_si128(reinterpret_cast<__m128i*>(b), bytes);
+      std::memcpy(row + p0, b, count);
+    }
+  }
+}
+
 // y[p] holds 8 floats of lanes lane0 .. lane0 + 7 for pixel p: stored transposed, to the rows of
 // those lanes at p0 (the first ``count`` pixels).
 __attribute__((target("avx2"))) inline void transpose_store(const __m256* y, const TileOutput& out, size_t lane0,
@@ -79,10 +106,11 @@ __attribute__((target("avx2"))) inline void transpose_store(const __m256* y, con
       _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
       _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
       _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+  if (out.codes) return store_codes(col, out, lane0, p0, count);
   // lane i of the mask is set for pixels i < count
   const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   for (size_t l = 0; l < 8; ++l) {
-    float* row = out.row[lane0 + l];
+    float* row = static_cast<float*>(out.row[lane0 + l]);
     if (row == nullptr) continue;
     if (count == kTilePixels)
       _mm256_storeu_ps(row + p0, col[l]);

@@ -21,9 +21,11 @@ constexpr size_t kLaneStep = kTileLanes * 4;  // bytes of w per 4 values of k
 // Where a tile's sums go: y[l][p0 + p] = float(c[p][l] - correction[l]) * scale[l] + bias[l] for the
 // lanes with a row; with post_pairs, lane l < 16 writes (float(even) + float(odd) * 0.70710677) *
 // scale[l] + bias[l] with even = lane l, odd = lane l + 16 (POST's combine).  Float operations in
-// this order, unfused, exactly as the ops' function bodies.
+// this order, unfused, exactly as the ops' function bodies.  With ``codes`` (the *Requant ops) y is
+// then quantized as onnxruntime's QuantizeLinear and a Clip do it (see requantize) and one byte is
+// stored per value.
 struct TileOutput {
-  float* row[kTileLanes] = {};  // output row of each lane (nullptr: a padding lane, not written)
+  void* row[kTileLanes] = {};  // output row of each lane: float, or int8 / uint8 codes (nullptr: a padding lane)
   float scale[kTileLanes] = {};
   float bias[kTileLanes] = {};
   int32_t correction[kTileLanes] = {};  // activation offset x lane weight sum
@@ -31,7 +33,22 @@ struct TileOutput {
   // 1 or 6: then y < 0 ? 0 : y (NaN and -0 stay, as the body's Max(y, 0)); 6: then y > 6 ? 6 : y too
   // (NaN stays, as the body's Min(y, 6))
   int relu = 0;
+  bool codes = false;
+  bool codes_signed = false;  // int8 codes, else uint8
+  float code_step = 1.0f;     // y_scale
+  float code_lo = 0.0f, code_hi = 0.0f;  // the code range less the zero point (qmin - zp, qmax - zp)
+  int32_t zero_point = 0;
 };
+
+// The code of y: t = y / step, clamped to [lo, hi] (a NaN to lo, as MLAS's maxps), rounded half to
+// even, plus the zero point: QuantizeLinear (MLAS: divide, clamp, convert) then Clip to [qmin, qmax],
+// in one step (rounding is monotonic and the bounds are integers, so clamping first is the same).
+inline int32_t requantize(float y, const TileOutput& out) {
+  float t = y / out.code_step;
+  t = t > out.code_lo ? t : out.code_lo;
+  t = t < out.code_hi ? t : out.code_hi;
+  return int32_t(__builtin_nearbyintf(t)) + out.zero_point;
+}
 
 constexpr float kSqrtHalf = 0.70710677f;  // float32(1 / sqrt 2): the POST combine's constant
 

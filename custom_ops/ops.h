@@ -1,4 +1,5 @@
-// The native kernels, one file each: post_conv.cc, int_conv.cc, asq_quantize.cc.
+// The native kernels, one file each: post_conv.cc (PostConv, PostConvRequant), int_conv.cc (IntConv,
+// IntConvRequant), asq_quantize.cc, asq_quantize_rows.cc.
 #pragma once
 
 #include <atomic>
@@ -18,10 +19,12 @@ bool is_constant_input(const OrtKernelInfo* info, size_t index);
 // call compute() of one kernel from several threads at once).  A weight that is not constant is packed
 // into the caller's own PackedWeights on every run.
 struct ConvKernel {
-  ConvKernel(const OrtKernelInfo* info, bool group_required)
-      : node(node_name(info)), constant_weights(is_constant_input(info, 2)) {
+  ConvKernel(const OrtKernelInfo* info, bool group_required, bool requantized)
+      : node(node_name(info)), constant_weights(is_constant_input(info, 2)), requantized(requantized) {
     attrs.read(info, group_required);
+    if (requantized) requant.read(info);
   }
+  const RequantAttrs* requant_attrs() const { return requantized ? &requant : nullptr; }
   // The packed weights for this run: ``pack(PackedWeights&)`` fills (and validates) a packing.
   template <typename Pack>
   const PackedWeights& weights(PackedWeights& local, Pack&& pack) {
@@ -40,7 +43,9 @@ struct ConvKernel {
   }
   std::string node;
   bool constant_weights;
+  bool requantized;  // a *Requant op: codes out
   ConvAttrs attrs;
+  RequantAttrs requant;
 
  private:
   std::mutex packing;
@@ -50,7 +55,7 @@ struct ConvKernel {
 
 struct PostConvKernel : ConvKernel {
   static constexpr const char* kName = "PostConv";
-  explicit PostConvKernel(const OrtKernelInfo* info);
+  explicit PostConvKernel(const OrtKernelInfo* info, bool requantized = false);
   void compute(OrtKernelContext* context);
   int64_t bits = 4;
   int64_t relu = 0;  // 0, 1 (ReLU) or 6 (ReLU6)
@@ -58,9 +63,20 @@ struct PostConvKernel : ConvKernel {
 
 struct IntConvKernel : ConvKernel {
   static constexpr const char* kName = "IntConv";
-  explicit IntConvKernel(const OrtKernelInfo* info);
+  explicit IntConvKernel(const OrtKernelInfo* info, bool requantized = false);
   void compute(OrtKernelContext* context);
   int64_t relu = 0;
+};
+
+// The same convs with their output quantizer fused in: codes out (inputs y_scale, y_zero_point).
+struct PostConvRequantKernel : PostConvKernel {
+  static constexpr const char* kName = "PostConvRequant";
+  explicit PostConvRequantKernel(const OrtKernelInfo* info) : PostConvKernel(info, true) {}
+};
+
+struct IntConvRequantKernel : IntConvKernel {
+  static constexpr const char* kName = "IntConvRequant";
+  explicit IntConvRequantKernel(const OrtKernelInfo* info) : IntConvKernel(info, true) {}
 };
 
 // The two ASQ kernels' attributes: qmin / qmax, both required (the function bodies read them).

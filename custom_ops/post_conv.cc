@@ -1,4 +1,5 @@
-// qexport.PostConv native kernel (signature and semantics: qexport/ops/post_conv.py).  Weight rows are
+// qexport.PostConv and PostConvRequant native kernel (signature and semantics: qexport/ops/post_conv.py,
+// post_conv_requant.py).  Weight rows are
 // interleaved per output channel (even, odd), so one tile holds both accumulations of two channels:
 // each activation panel is read once for both.
 #include <algorithm>
@@ -29,7 +30,7 @@ int uint4_at(const uint8_t* packed, int64_t i) { return (packed[i / 2] >> (4 * (
 
 }  // namespace
 
-PostConvKernel::PostConvKernel(const OrtKernelInfo* info) : ConvKernel(info, true) {  // the body reads group
+PostConvKernel::PostConvKernel(const OrtKernelInfo* info, bool requantized) : ConvKernel(info, true, requantized) {  // the body reads group
   bits = attr_int(info, "bits");
   if (bits < 2 || bits > 4) fail("attribute bits=" + std::to_string(bits) + " must be 2, 3 or 4");
   relu = relu_attr(info, false);
@@ -37,11 +38,11 @@ PostConvKernel::PostConvKernel(const OrtKernelInfo* info) : ConvKernel(info, tru
 
 void PostConvKernel::compute(OrtKernelContext* context) {
   const Isa isa = active_isa();
-  const ConvInputs in = conv_inputs(context, attrs, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT4);
+  const ConvInputs in = conv_inputs(context, attrs, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT4, requant_attrs());
   const ConvShape& s = in.s;
   const Tensor& w = in.w;
   const std::vector<float>& xs = in.xs;
-  const int64_t groups = packed_groups(s, attrs), mg = s.m / groups, pixels = s.ho * s.wo;
+  const int64_t groups = packed_groups(s, attrs), mg = s.m / groups;
   // the function body fails (in a Reshape) without output or input channels: so does the kernel
   if (s.m == 0 || s.c == 0)
     fail("needs at least one input and one output channel, got C=" + std::to_string(s.c) + ", M=" + std::to_string(s.m));
@@ -65,17 +66,17 @@ void PostConvKernel::compute(OrtKernelContext* context) {
       return lane % int64_t(kTileLanes) < half ? even : odd;
     });
   });
-  float* y = static_cast<float*>(output(context, 0, {s.n, s.m, s.ho, s.wo}));
+  void* y = in.allocate_output(context);
   if (s.outputs() == 0) return;
   const float* ws = in.w_scale.as<float>();
   const float* b = in.bias.as<float>();
   run_conv(context, isa, s, attrs, in.x, packed, true, [&](int64_t n, int64_t g, int64_t lane0, TileOutput& out) {
     out.post_pairs = true;  // lanes 0-15: even sums of 16 channels, 16-31: their odd sums
-    out.relu = int(relu);
+    in.set_output(out, relu);
     const int64_t half = int64_t(kTileLanes) / 2;
     for (int64_t l = 0; l < half && lane0 / 2 + l < mg; ++l) {
       const int64_t m = g * mg + lane0 / 2 + l;
-      out.row[l] = y + (n * s.m + m) * pixels;
+      out.row[l] = in.lane_row(y, n, m);
       out.scale[l] = xs[size_t(n)] * ws[m];
       out.bias[l] = b[m];
     }

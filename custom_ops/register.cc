@@ -25,6 +25,8 @@ bool is_constant_input(const OrtKernelInfo* info, size_t index) {
 using qx::Op;
 constexpr auto kAny = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
 constexpr auto kFloat = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+constexpr auto kU8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+constexpr auto kS8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
 
 extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOptions* options,
                                                                                 const OrtApiBase* base) {
@@ -38,6 +40,16 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
   // not float32 finds no kernel and runs the function body.
   static Op<qx::PostConvKernel> post_conv("PostConv", {kAny, kAny, kAny, kAny, kAny}, {kFloat});
   static Op<qx::IntConvKernel> int_conv("IntConv", {kAny, kAny, kAny, kAny, kAny}, {kFloat});
+  // codes out, of y_zero_point's type: one registration per type (onnxruntime infers an output of any
+  // type only from a node with one input of any type)
+  static Op<qx::PostConvRequantKernel> post_conv_requant_u8("PostConvRequant", {kAny, kAny, kAny, kAny, kAny, kAny, kU8},
+                                                            {kU8});
+  static Op<qx::PostConvRequantKernel> post_conv_requant_s8("PostConvRequant", {kAny, kAny, kAny, kAny, kAny, kAny, kS8},
+                                                            {kS8});
+  static Op<qx::IntConvRequantKernel> int_conv_requant_u8("IntConvRequant", {kAny, kAny, kAny, kAny, kAny, kAny, kU8},
+                                                          {kU8});
+  static Op<qx::IntConvRequantKernel> int_conv_requant_s8("IntConvRequant", {kAny, kAny, kAny, kAny, kAny, kAny, kS8},
+                                                          {kS8});
   static Op<qx::AsqQuantizeKernel> asq("AsqQuantize", {kFloat, kFloat, kAny, kFloat, kFloat, kFloat, kFloat},
                                        {kFloat, kAny, kFloat}, 1u);  // y is optional
   static Op<qx::AsqQuantizeRowsKernel> asq_rows("AsqQuantizeRows", {kFloat, kFloat, kAny, kFloat, kFloat, kFloat, kFloat},
@@ -45,6 +57,8 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* s = api->CreateCustomOpDomain("qexport", &domain)) return s;
   for (OrtCustomOp* op : {static_cast<OrtCustomOp*>(&post_conv), static_cast<OrtCustomOp*>(&int_conv),
+                          static_cast<OrtCustomOp*>(&post_conv_requant_u8), static_cast<OrtCustomOp*>(&post_conv_requant_s8),
+                          static_cast<OrtCustomOp*>(&int_conv_requant_u8), static_cast<OrtCustomOp*>(&int_conv_requant_s8),
                           static_cast<OrtCustomOp*>(&asq), static_cast<OrtCustomOp*>(&asq_rows)}) {
     if (OrtStatus* s = api->CustomOpDomain_Add(domain, op)) return s;
   }

@@ -45,6 +45,8 @@ UNITS = [  # (what, method, ONNX it becomes, runs as)
      "QLinearConv when its output is quantized, else qexport.IntConv"),
     ("nn.Conv2d", "LSQ / NIPQ weights, ASQ input", "qexport.AsqQuantize -> qexport.IntConv", "native kernel"),
     ("nn.Conv2d", "POST weights (sqrt-2 levels)", "qexport.PostConv (uint4 codes)", "native kernel"),
+    ("nn.Conv2d whose output only a constant-step quantizer reads", "IntConv / PostConv as above",
+     "qexport.IntConvRequant / PostConvRequant (codes out)", "native kernel"),
     ("nn.Linear", "LSQ / NIPQ", "QDQ -> MatMul (3-D+), MatMulInteger (2-D)", "MatMulIntegerToFloat / MatMulInteger"),
     ("nn.Linear", "ASQ input", "qexport.AsqQuantizeRows -> MatMulInteger",
      "function body (no native kernel yet), then ORT's MatMulInteger"),

@@ -210,3 +210,31 @@ def test_graph_forms_the_kernels_rely_on(tmp_path: Path) -> None:
     signed = [n for n in matmuls if int(inits[n.input[2]]) == 128]
     assert signed  # LayerNorm outputs: signed codes, stored offset
     assert qexport.check(tr, tmp_path / "tr.onnx", ids, quick=True).passed
+
+
+def test_conv_output_quantizers_fuse_into_the_conv(tmp_path: Path) -> None:
+    """MobileNetV2 with POST weights: a conv whose float output only a QuantizeLinear (and its code-range
+    Clip) reads becomes a PostConvRequant writing those codes, under the codes' own name, qmin / qmax
+    the Clip's bounds; a conv read by two quantizers (a block's output: the next conv and the residual
+    add), by the final mean, or by an int8 quantizer of a residual add (onnxruntime's QLinearAdd fusion
+    needs that QuantizeLinear) stays PostConv.  Agrees with PyTorch,
+    the native kernels and the function bodies alike (check runs both)."""
+    torch.manual_seed(0)
+    cnn = qexport.quantize(zoo.create("mobilenetv2", num_classes=10), weight="post", act="lsq", bits=4)
+    x = zoo.example_input(cnn, 8, size=32, seed=0)
+    qexport.calibrate(cnn, [x])
+    proto = onnx.load(export(cnn, tmp_path / "cnn.onnx", input_shape=[1, 3, 32, 32]))
+    ops = [n.op_type for n in proto.graph.node]
+    fused = [n for n in proto.graph.node if n.op_type == "PostConvRequant"]
+    assert len(fused) == 33 and ops.count("PostConv") == 18
+    zero_points = {t.name: t.data_type for t in proto.graph.initializer}
+    for conv in (n for n in proto.graph.node if n.op_type == "PostConv"):
+        readers = [n for n in proto.graph.node if conv.output[0] in n.input]
+        int8_add_input = len(readers) == 1 and zero_points.get(readers[0].input[-1]) == onnx.TensorProto.INT8
+        assert len(readers) == 2 or readers[0].op_type == "ReduceMean" or int8_add_input
+    codes = set(json.loads(next(p.value for p in proto.metadata_props if p.key == "codes")).values())
+    for node in fused:
+        bounds = {a.name: a.i for a in node.attribute if a.name in ("qmin", "qmax")}
+        # 4-bit codes of a conv input (a Clip absorbed), 8-bit ones of a residual add's (the type's range)
+        assert node.output[0] in codes and (bounds["qmin"], bounds["qmax"]) in ((0, 15), (-8, 7), (-128, 127))
+    assert qexport.check(cnn, tmp_path / "cnn.onnx", x, quick=True).passed

@@ -20,7 +20,16 @@ from onnx import TensorProto, helper, numpy_helper
 
 import qexport
 from qexport import native, zoo
-from qexport.ops import DOMAIN, asq_quantize, asq_quantize_rows, int_conv, post_conv, post_weights
+from qexport.ops import (
+    DOMAIN,
+    asq_quantize,
+    asq_quantize_rows,
+    int_conv,
+    int_conv_requant,
+    post_conv,
+    post_conv_requant,
+    post_weights,
+)
 from qexport.quant.asq import AsqQuantizer
 from tests.test_ops import _asq_params, _model
 
@@ -58,7 +67,9 @@ def _native_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], threads: i
 
 
 def _conv_model(op: str, x: np.ndarray, x_scale: np.ndarray, w: onnx.TensorProto, w_scale: np.ndarray,
-                bias: np.ndarray, out_shape: list[int], **attrs: object) -> tuple[onnx.ModelProto, dict]:  # fmt: skip
+                bias: np.ndarray, out_shape: list[int], requant: tuple[np.float32, np.ndarray] | None = None,
+                **attrs: object) -> tuple[onnx.ModelProto, dict]:  # fmt: skip
+    """A one-node model; ``requant`` = (y_scale, y_zero_point): a *Requant op's two more inputs."""
     inits = [w, numpy_helper.from_array(w_scale, "ws"), numpy_helper.from_array(bias, "b")]
     x_type = TensorProto.INT8 if x.dtype == np.int8 else TensorProto.UINT8
     inputs = [helper.make_tensor_value_info("x", x_type, ["N", *x.shape[1:]])]
@@ -68,8 +79,14 @@ def _conv_model(op: str, x: np.ndarray, x_scale: np.ndarray, w: onnx.TensorProto
         feeds["xs"] = x_scale
     else:
         inits.append(numpy_helper.from_array(np.asarray(x_scale, np.float32), "xs"))
-    node = helper.make_node(op, ["x", "xs", "w", "ws", "b"], ["y"], domain=DOMAIN, **attrs)
-    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", *out_shape[1:]])
+    names, y_type = ["x", "xs", "w", "ws", "b"], TensorProto.FLOAT
+    if requant is not None:
+        inits += [numpy_helper.from_array(np.asarray(requant[0], np.float32), "ys"),
+                  numpy_helper.from_array(requant[1], "yz")]  # fmt: skip
+        names += ["ys", "yz"]
+        y_type = helper.np_dtype_to_tensor_dtype(requant[1].dtype)
+    node = helper.make_node(op, names, ["y"], domain=DOMAIN, **attrs)
+    out = helper.make_tensor_value_info("y", y_type, ["N", *out_shape[1:]])
     return _model(node, inputs, [out], inits), feeds
 
 
@@ -127,6 +144,98 @@ def test_int_conv_native_is_exact(isa: str, group: int, stride: int, dilation: i
                                **attrs)  # fmt: skip
     (y,) = _native_run(model, feeds)
     np.testing.assert_array_equal(y, ref)
+
+
+def _body_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    so = ort.SessionOptions()
+    so.log_severity_level = 4
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+# (op, y zero point, qmin, qmax): uint8 4-bit codes, int8 3-bit ones, a uint8 zero point of 128 (the
+# signed codes MatMulInteger takes), the whole int8 range
+REQUANT_CASES = [("IntConvRequant", np.uint8(0), 0, 15), ("PostConvRequant", np.int8(0), -4, 3),
+                 ("IntConvRequant", np.uint8(128), 120, 135), ("PostConvRequant", np.int8(-3), -128, 127)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("op", "zero_point", "qmin", "qmax"), REQUANT_CASES)
+@pytest.mark.parametrize("case", [0, 1, 3, 6, 7])
+def test_conv_requant_native_matches_body(isa: str, op: str, zero_point: np.ndarray, qmin: int, qmax: int,
+                                          case: int) -> None:  # fmt: skip
+    """The codes out of the fused epilogue equal the function body's (QuantizeLinear then Clip, run by
+    onnxruntime) and the numpy reference, rounding ties (steps of powers of two make y / y_scale land on
+    k + 0.5) and a NaN bias channel (the lowest code, as MLAS) included."""
+    group, stride, dilation, pads, signed, per_sample, cin, cout, side = CONV_CASES[case]
+    rng = np.random.default_rng(case + qmax)
+    k = 7 if side > 20 else 3
+    x = rng.integers(-8, 8, (2, cin, side, side)).astype(np.int8) if signed else \
+        rng.integers(0, 16, (2, cin, side, side)).astype(np.uint8)  # fmt: skip
+    x_scale = np.full((2, 1, 1, 1), 0.25, np.float32) if per_sample else np.float32(0.5)
+    w_scale = np.full(cout, 0.5, np.float32)
+    bias = (rng.integers(-8, 8, cout) * 0.25).astype(np.float32)
+    bias[cout // 2] = np.nan
+    attrs = {"strides": [stride] * 2, "pads": pads, "dilations": [dilation] * 2, "group": group,
+             "relu": (0, 1, 6)[case % 3], "qmin": qmin, "qmax": qmax}  # fmt: skip
+    y_scale = np.float32(0.25 if op == "IntConvRequant" else 0.5)
+    if op == "IntConvRequant":
+        w = rng.integers(-8, 8, size=(cout, cin // group, k, k)).astype(np.int8)
+        ref = int_conv_requant.reference(x, x_scale, w, w_scale, bias, y_scale, zero_point, **attrs)
+        w_proto = numpy_helper.from_array(w, "w")
+    else:
+        codes = post_weights.pack(rng.integers(-7, 8, size=(cout, cin // group, k, k)), 4)
+        attrs["bits"] = 4
+        ref = post_conv_requant.reference(x, x_scale, codes, w_scale, bias, y_scale, zero_point, **attrs)
+        w_proto = post_weights.uint4_initializer("w", codes)
+    assert (ref == qmin).any() and ((ref == qmax).any() or qmax - qmin > 32)  # narrow ranges: both bounds reached
+    model, feeds = _conv_model(op, x, x_scale, w_proto, w_scale, bias, list(ref.shape), (y_scale, zero_point), **attrs)
+    (body,) = _body_run(model, feeds)
+    np.testing.assert_array_equal(body, ref)
+    for threads in (1, 2):
+        (y,) = _native_run(model, feeds, threads)
+        assert y.dtype == ref.dtype
+        np.testing.assert_array_equal(y, ref)
+
+
+# (in channels, out channels, side, signed): 1x1 convs the AVX-512 VNNI path runs vectorised over pixels
+# (custom_ops/pointwise.cc): 16 x 16 = one task of 4 full steps of 64 pixels; 30 x 30 four tasks, the
+# last one's last step partial (pixels 900-959 computed, not stored); 7 x 7 too few pixels for it (the
+# channel tile runs); 13 channels (not whole quads); several lane blocks
+POINTWISE_CASES = [(16, 40, 16, False), (13, 70, 30, True), (36, 20, 7, False), (8, 33, 16, True)]
+
+
+@pytest.mark.parametrize(("cin", "cout", "side", "signed"), POINTWISE_CASES)
+@pytest.mark.parametrize("op", ["IntConv", "PostConv", "IntConvRequant", "PostConvRequant"])
+def test_pointwise_conv_native_is_exact(isa: str, cin: int, cout: int, side: int, signed: bool, op: str) -> None:
+    rng = np.random.default_rng(cin * side + cout)
+    x = rng.integers(-128, 128, (2, cin, side, side)).astype(np.int8) if signed else \
+        rng.integers(0, 256, (2, cin, side, side)).astype(np.uint8)  # fmt: skip
+    x_scale = (rng.random((2, 1, 1, 1)) + 0.5).astype(np.float32)
+    w_scale, bias = (rng.random(cout) * 0.01).astype(np.float32), rng.standard_normal(cout).astype(np.float32)
+    attrs: dict = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1,
+                   "relu": (0, 1, 6)[cout % 3]}  # fmt: skip
+    requant = None
+    if op.endswith("Requant"):
+        attrs.update(qmin=0, qmax=15)
+    if op.startswith("IntConv"):
+        w = rng.integers(-128, 128, size=(cout, cin, 1, 1)).astype(np.int8)
+        ref = int_conv.reference(x, x_scale, w, w_scale, bias, **{k: attrs[k] for k in CONV_ATTRS})
+        w_proto = numpy_helper.from_array(w, "w")
+    else:
+        codes = post_weights.pack(rng.integers(-7, 8, size=(cout, cin, 1, 1)), 4)
+        attrs["bits"] = 4
+        ref = post_conv.reference(x, x_scale, codes, w_scale, bias, 4, **{k: attrs[k] for k in CONV_ATTRS})
+        w_proto = post_weights.uint4_initializer("w", codes)
+    if op.endswith("Requant"):
+        requant = (np.float32(np.abs(ref).max() / 12), np.uint8(3))  # codes 0-15 over most of y's range
+        ref = int_conv_requant.requantize(ref, requant[0], requant[1], 0, 15)
+        assert len(np.unique(ref)) >= 10
+    model, feeds = _conv_model(op, x, x_scale, w_proto, w_scale, bias, list(ref.shape), requant, **attrs)
+    for threads in (1, 2):
+        (y,) = _native_run(model, feeds, threads)
+        np.testing.assert_array_equal(y, ref)
+
+
+CONV_ATTRS = ("strides", "pads", "dilations", "group", "relu")
 
 
 # (weight values, activation values): at the edges of what the AVX2 paths may sum in int16 (Int16Plan

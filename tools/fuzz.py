@@ -62,12 +62,15 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-NATIVE_OPS = ("PostConv", "IntConv", "AsqQuantize", "AsqQuantizeRows")
+CONV_OPS = ("PostConv", "IntConv", "PostConvRequant", "IntConvRequant")
+NATIVE_OPS = (*CONV_OPS, "AsqQuantize", "AsqQuantizeRows")
 BODY_OPS = ("PostMatMul", "PostWeights", "StepQuantize", "AsqAdapter")
 OPS = NATIVE_OPS + BODY_OPS
 INPUTS = {
     "PostConv": ["x_codes", "x_scale", "w_codes", "w_scale", "bias"],
     "IntConv": ["x_codes", "x_scale", "w_codes", "w_scale", "bias"],
+    "PostConvRequant": ["x_codes", "x_scale", "w_codes", "w_scale", "bias", "y_scale", "y_zero_point"],
+    "IntConvRequant": ["x_codes", "x_scale", "w_codes", "w_scale", "bias", "y_scale", "y_zero_point"],
     "AsqQuantize": ["x", "step", "zero_point", "w1", "b1", "w2", "b2"],
     "AsqQuantizeRows": ["x", "step", "zero_point", "w1", "b1", "w2", "b2"],
     "PostMatMul": ["x_codes", "x_scale", "w_codes", "w_scale", "bias"],
@@ -76,7 +79,8 @@ INPUTS = {
     "AsqAdapter": ["feats", "w1", "b1", "w2", "b2"],
 }
 OUTPUTS = {
-    "PostConv": ["y"], "IntConv": ["y"], "AsqQuantize": ["y", "codes", "sample_step"],
+    "PostConv": ["y"], "IntConv": ["y"], "PostConvRequant": ["y_codes"], "IntConvRequant": ["y_codes"],
+    "AsqQuantize": ["y", "codes", "sample_step"],
     "AsqQuantizeRows": ["y", "codes", "row_step"], "PostMatMul": ["y"], "PostWeights": ["w_even", "w_odd"],
     "StepQuantize": ["y", "codes"], "AsqAdapter": ["beta"],
 }  # fmt: skip
@@ -149,7 +153,26 @@ def post_codes(rng: np.random.Generator, shape: tuple[int, ...], bits: int) -> n
     return (rng.integers(0, m + 1, size=shape) + 8 * rng.integers(0, 2, size=shape)).astype(UINT4)
 
 
+def conv_kind(op: str) -> str:
+    """PostConv or IntConv for a conv op (their Requant forms too), else the op."""
+    return op.removesuffix("Requant")
+
+
 def base_case(op: str, rng: np.random.Generator) -> Case:
+    if op.endswith("Requant"):  # the conv, and its output quantizer: a step, an 8-bit zero point, a code range
+        case = base_case(conv_kind(op), rng)
+        signed = bool(rng.integers(2))
+        lo, hi = (-128, 127) if signed else (0, 255)
+        zp = np.asarray(rng.integers(lo, hi + 1), np.int8 if signed else np.uint8)
+        qmin = int(rng.integers(lo, hi + 1))
+        qmax = int(rng.integers(qmin, hi + 1))
+        case.op = op
+        case.inputs += [steps(rng, ()), zp]
+        case.constant += [bool(rng.integers(4)), bool(rng.integers(4))]
+        case.attrs.update(qmin=Attr(qmin, "int"), qmax=Attr(qmax, "int"))
+        case.attrs.setdefault("relu", Attr(0, "int"))  # required (the bodies read it)
+        case.attrs.setdefault("group", Attr(1, "int"))
+        return case
     r = lambda a, b: int(rng.integers(a, b + 1))  # noqa: E731
     attrs: dict[str, Attr] = {}
     if op in ("PostConv", "IntConv"):
@@ -440,7 +463,7 @@ def m_conv_channels(case: Case, rng: np.random.Generator) -> None:
     case.inputs[0] = regen(rng, (n, c, h, wd), x.dtype)
     if xs is not None and np.ndim(xs):
         case.inputs[1] = steps(rng, (n, 1, 1, 1))
-    if case.op == "PostConv" and wdtype == UINT4:
+    if conv_kind(case.op) == "PostConv" and wdtype == UINT4:
         case.inputs[2] = post_codes(rng, (m, cg, kh, kw), case.attrs.get("bits", Attr(4, "int")).value
                                     if case.attrs.get("bits", Attr(4, "int")).value in (2, 3, 4) else 4)  # fmt: skip
     else:
@@ -534,6 +557,8 @@ GENERIC = [m_attr_drop, m_attr_type, m_attr_value, m_attr_add, m_rank, m_dim, m_
 SPECIFIC = {
     "PostConv": [m_conv_channels, m_conv_shapes, m_conv_attrs, m_post_codes],
     "IntConv": [m_conv_channels, m_conv_shapes, m_conv_attrs],
+    "PostConvRequant": [m_conv_channels, m_conv_shapes, m_conv_attrs, m_post_codes],
+    "IntConvRequant": [m_conv_channels, m_conv_shapes, m_conv_attrs],
     "AsqQuantize": [m_asq],
     "AsqQuantizeRows": [m_asq],
     "PostMatMul": [m_post_codes],
@@ -658,6 +683,27 @@ def _ints_attr(case: Case, name: str, default: list[int]) -> tuple[list[int] | N
     return [int(v) for v in a.value], None
 
 
+def _requant_violation(case: Case) -> str | None:
+    """The output quantizer of a *Requant op: y_scale a positive finite float32 scalar, y_zero_point an
+    int8 / uint8 scalar, qmin <= qmax in its type's range."""
+    qmin, why = _int_attr(case, "qmin", True)
+    if why:
+        return why
+    qmax, why = _int_attr(case, "qmax", True)
+    if why:
+        return why
+    ys, zp = case.inputs[5], case.inputs[6]
+    assert ys is not None and zp is not None and qmin is not None and qmax is not None
+    if ys.dtype != np.float32 or ys.shape != () or not (ys > 0 and np.isfinite(ys)):
+        return "y_scale a positive finite float32 scalar"
+    if zp.dtype not in (np.int8, np.uint8) or zp.shape != ():
+        return "y_zero_point an int8 / uint8 scalar"
+    lo, hi = (-128, 127) if zp.dtype == np.int8 else (0, 255)
+    if not lo <= qmin <= qmax <= hi:
+        return "qmin <= qmax in the codes' range"
+    return None
+
+
 def truncated(case: Case) -> set[int]:
     """The inputs whose initializer build() cuts short (later mutations may have emptied or moved them)."""
     return {i for i in case.truncated if i < len(case.inputs) and case.constant[i] and case.inputs[i] is not None
@@ -670,15 +716,17 @@ def spec_violation(case: Case) -> str | None:
         return None
     if truncated(case):
         return "a truncated initializer"
-    if op in ("PostConv", "IntConv"):
-        group, why = _int_attr(case, "group", op == "PostConv", 1)  # PostConv's body reads group
+    if op in CONV_OPS:
+        requant = op.endswith("Requant")
+        op = conv_kind(op)
+        group, why = _int_attr(case, "group", op == "PostConv" or requant, 1)  # bodies that read group
         if why:
             return why
         if op == "PostConv":
             bits, why = _int_attr(case, "bits", True)
             if why or bits not in (2, 3, 4):
                 return why or f"bits={bits}"
-        relu, why = _int_attr(case, "relu", op == "IntConv", 0)
+        relu, why = _int_attr(case, "relu", op == "IntConv" or requant, 0)
         if why or relu not in (0, 1, 6):
             return why or f"relu={relu}"
         strides, why1 = _ints_attr(case, "strides", [1, 1])
@@ -691,9 +739,13 @@ def spec_violation(case: Case) -> str | None:
             return "strides / pads / dilations lengths"
         if min(strides) < 1 or min(dil) < 1 or min(pads) < 0 or group < 1:
             return "attribute range"
-        if len(case.inputs) != 5 or any(v is None for v in case.inputs):
+        if len(case.inputs) != (7 if requant else 5) or any(v is None for v in case.inputs):
             return "inputs missing or extra"
-        x, xs, w, ws, b = case.inputs
+        if requant:
+            why = _requant_violation(case)
+            if why:
+                return why
+        x, xs, w, ws, b = case.inputs[:5]
         assert x is not None and xs is not None and w is not None and ws is not None and b is not None
         if x.dtype not in (np.int8, np.uint8) or x.ndim != 4:
             return "x_codes int8/uint8 [N, C, H, W]"
@@ -974,7 +1026,7 @@ def conv_outputs(case: Case) -> int:
         x = case.inputs[0]
         assert x is not None
         return max(int(x.size), int(x.shape[0]))
-    if case.op not in ("PostConv", "IntConv") or spec_violation(case) is not None:
+    if case.op not in CONV_OPS or spec_violation(case) is not None:
         return 0
     x, w = case.inputs[0], case.inputs[2]
     assert x is not None and w is not None

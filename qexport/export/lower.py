@@ -9,7 +9,8 @@
    custom translation.
 3. Each ``Unit`` node is replaced by what the Emitter writes for its unit (QDQ, QLinear-fusable
    patterns, IntConv / PostConv / AsqQuantize ...), and small ONNX passes finish the graph
-   (exact adds as ``Sum``, dead nodes dropped, the qexport function bodies attached).
+   (exact adds as ``Sum``, a conv's output quantizer fused into it, dead nodes dropped, the qexport
+   function bodies attached).
 """
 
 from __future__ import annotations
@@ -284,6 +285,66 @@ def _transpose_codes(graph: onnx.GraphProto) -> None:
         n.CopyFrom(dequant)  # ... and dequantized where they were transposed
 
 
+_CODE_RANGE = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127)}
+
+
+def _requantized_convs(graph: onnx.GraphProto, keep: set[str]) -> None:
+    """IntConv / PostConv -> QuantizeLinear (scalar constant step and 8-bit zero point) [-> Clip of
+    constant bounds] becomes one IntConvRequant / PostConvRequant node: the conv writes the codes (its
+    native kernel requantizes in its epilogue) instead of a float tensor that two more passes read.
+    Only where the conv's float output has that one reader and is not kept (a graph output)."""
+    constants = {t.name: t for t in graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+
+    def scalar(name: str) -> onnx.TensorProto | None:
+        t = constants.get(name)
+        return t if t is not None and not t.dims else None
+
+    dropped: set[tuple[str, str]] = set()  # (op type, output) of the absorbed nodes
+    for conv in graph.node:
+        if conv.domain != DOMAIN or conv.op_type not in ("IntConv", "PostConv") or conv.output[0] in keep:
+            continue
+        users = readers.get(conv.output[0], [])
+        quant = users[0] if len(users) == 1 else None
+        if quant is None or quant.op_type != "QuantizeLinear" or quant.domain or len(quant.input) != 3:
+            continue
+        scale, zero = scalar(quant.input[1]), scalar(quant.input[2])
+        if scale is None or zero is None or scale.data_type != onnx.TensorProto.FLOAT:
+            continue
+        if zero.data_type not in _CODE_RANGE:
+            continue
+        if any(a.name not in ("axis", "saturate") for a in quant.attribute):
+            continue
+        qmin, qmax = _CODE_RANGE[zero.data_type]
+        out, absorbed = quant.output[0], [quant]
+        clips = readers.get(out, [])
+        if len(clips) == 1 and clips[0].op_type == "Clip" and not clips[0].domain and out not in keep:
+            bounds = [scalar(i) for i in clips[0].input[1:]]
+            if len(bounds) == 2 and all(b is not None and b.data_type == zero.data_type for b in bounds):
+                lo, hi = (int(onnx.numpy_helper.to_array(b)) for b in bounds)  # type: ignore[arg-type]
+                qmin, qmax = max(qmin, lo), min(qmax, hi)
+                out, absorbed = clips[0].output[0], [quant, clips[0]]
+        if qmin > qmax:  # a Clip that empties the range: leave it as written
+            continue
+        dequantized = any(n.op_type == "DequantizeLinear" for n in readers.get(out, []))
+        if zero.data_type == onnx.TensorProto.INT8 and dequantized:
+            # int8 codes dequantized into a residual add: onnxruntime fuses that add into QLinearAdd only
+            # after turning the QuantizeLinear -> DequantizeLinear pair into uint8 (all its inputs one type)
+            continue
+        fused = onnx.helper.make_node(f"{conv.op_type}Requant", [*conv.input, quant.input[1], quant.input[2]], [out],
+                                      name=conv.name, domain=DOMAIN)  # fmt: skip
+        fused.attribute.extend(conv.attribute)
+        fused.attribute.extend([onnx.helper.make_attribute("qmin", qmin), onnx.helper.make_attribute("qmax", qmax)])
+        conv.CopyFrom(fused)
+        dropped.update((n.op_type, n.output[0]) for n in absorbed)
+    kept = [n for n in graph.node if (n.op_type, n.output[0]) not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
 def _live(graph: onnx.GraphProto, keep: set[str]) -> None:
     live, needed = [], set(keep)
     for node in reversed(graph.node):
@@ -379,7 +440,9 @@ def to_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], opset: int = 21, p
         _exact_adds(graph)
     _transpose_codes(graph)
     _name_axes(graph)
-    _live(graph, {o.name for o in graph.output} | set(e.b.codes.values()) | set(e.b.steps.values()))
+    keep = {o.name for o in graph.output} | set(e.b.codes.values()) | set(e.b.steps.values())
+    _requantized_convs(graph, keep)
+    _live(graph, keep)
     used = {n.op_type for n in graph.node if n.domain == DOMAIN}
     opsets = {o.domain: o.version for o in proto.opset_import if o.domain != LOWER_DOMAIN}
     opsets[DOMAIN] = VERSION

@@ -70,6 +70,9 @@ def to_openvino(model: onnx.ModelProto) -> onnx.ModelProto:
     """The OpenVINO form of a qexport ONNX model (see the module docstring); ``model`` is unchanged."""
     graph_model = ir.serde.deserialize_model(model)
     for node in list(graph_model.graph):
+        if node.domain == DOMAIN and node.op_type in ("IntConvRequant", "PostConvRequant"):
+            _unfused_requant(graph_model.graph, node)
+    for node in list(graph_model.graph):
         if node.domain == DOMAIN and node.op_type == "IntConv":
             _int_conv_as_qdq(graph_model.graph, node)
     inlined = onnx.inliner.inline_local_functions(ir.serde.serialize_model(graph_model))
@@ -149,6 +152,27 @@ def _code_type(value: ir.Value) -> ir.DataType | None:
         zero = ir.convenience.get_const_tensor(node.inputs[2])
         return None if zero is None else zero.dtype
     return value.dtype
+
+
+def _unfused_requant(graph: ir.Graph, node: ir.Node) -> None:
+    """An IntConvRequant / PostConvRequant as the conv -> QuantizeLinear -> Clip it was fused from
+    (lower.py): the conv and QuantizeLinear patterns below, and OpenVINO's own, read that form."""
+    *conv_inputs, y_scale, y_zero = node.inputs
+    zero = _constant(y_zero)
+    if zero is None:
+        raise QexportError(f"{node.op_type} {node.name} has no constant y_zero_point: report it")
+    attrs = {k: v for k, v in node.attributes.items() if k not in ("qmin", "qmax")}
+    conv = ir.node(node.op_type.removesuffix("Requant"), conv_inputs, attributes=attrs, domain=DOMAIN)
+    quant = ir.node("QuantizeLinear", [conv.outputs[0], y_scale, y_zero])
+    bounds = []
+    for bound in ("qmin", "qmax"):
+        value = np.asarray(node.attributes[bound].as_int(), zero.dtype)
+        v = ir.Value(name=f"{node.outputs[0].name}.{bound}", const_value=ir.tensor(value))
+        graph.register_initializer(v)
+        bounds.append(v)
+    clip = ir.node("Clip", [quant.outputs[0], *bounds])
+    graph.insert_before(node, [conv, quant, clip])
+    _replace(graph, [node], {node.outputs[0]: clip.outputs[0]})
 
 
 def _int_conv_as_qdq(graph: ir.Graph, node: ir.Node) -> None:

@@ -15,7 +15,9 @@ from . import (
     asq_quantize,
     asq_quantize_rows,
     int_conv,
+    int_conv_requant,
     post_conv,
+    post_conv_requant,
     post_matmul,
     post_weights,
     relu_bounds,
@@ -28,7 +30,10 @@ _FUNCTIONS = {
     "AsqQuantize": [asq_adapter.AsqAdapter, step_quantize.StepQuantize, asq_quantize.AsqQuantize],
     "AsqQuantizeRows": [asq_adapter.AsqAdapter, step_quantize.StepQuantize, asq_quantize_rows.AsqQuantizeRows],
     "IntConv": [relu_bounds.ReluBounds, int_conv.IntConv],
+    "IntConvRequant": [relu_bounds.ReluBounds, int_conv.IntConv, int_conv_requant.IntConvRequant],
     "PostConv": [post_weights.PostWeights, relu_bounds.ReluBounds, post_conv.PostConv],
+    "PostConvRequant": [post_weights.PostWeights, relu_bounds.ReluBounds, post_conv.PostConv,
+                        post_conv_requant.PostConvRequant],
     "PostMatMul": [post_weights.PostWeights, post_matmul.PostMatMul],
 }
 

@@ -1,0 +1,180 @@
+// Pointwise convs (1x1, stride 1, no padding, one group) on the AVX-512 VNNI path, vectorised over
+// pixels instead of output channels: a zmm holds 16 pixels x 4 input channels of the activations (a
+// [quad][pixel][4] copy of the NCHW codes) and each output lane's 4 weights are broadcast against it,
+// so one accumulator is 16 pixels of one output channel: stored straight to its NCHW row.  The
+// channel-vectorised tile (gemm.cc) must transpose every 8 x 8 block of its sums for that, which
+// costs more than the dot products themselves when K is short (MobileNetV2's 16- to 160-channel
+// expansions).  Same integer sums, same float epilogue (order and operations) as gemm.cc's tiles.
+#include <algorithm>
+#include <cstring>
+
+#include "conv.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace qx {
+
+#if defined(__x86_64__) || defined(__i386__)
+
+namespace {
+
+constexpr int64_t kVec = 16;  // pixels per zmm
+
+// acc[r][v] += the 4-channel dot products of pixels v * 16 .. + 15 with weight lane lanes[r], over
+// all k4 quads; act: the activations of quad 0 at the first pixel, quad_bytes apart.
+template <int kRows, int kVecs>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void pointwise_sums(
+    const uint8_t* act, int64_t quad_bytes, const int8_t* w, const int* lanes, int64_t k4, __m512i (&acc)[kRows][kVecs]) {
+#pragma GCC unroll 8
+  for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_setzero_si512();
+  for (int64_t q = 0; q < k4; ++q, act += quad_bytes, w += kLaneStep) {
+    __m512i a[kVecs];
+#pragma GCC unroll 4
+    for (int v = 0; v < kVecs; ++v) a[v] = _mm512_loadu_si512(act + v * 64);
+#pragma GCC unroll 8
+    for (int r = 0; r < kRows; ++r) {
+      int32_t word;
+      std::memcpy(&word, w + 4 * lanes[r], 4);
+      const __m512i b = _mm512_set1_epi32(word);
+#pragma GCC unroll 4
+      for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], a[v], b);
+    }
+  }
+}
+
+// Pixels p .. p + 15 of output lane l (those in ``mask``), their integer sums combined into ``sum``
+// (exact): gemm.cc's float epilogue -- y = sum * scale[l] + bias[l], then the ReLU -- and the float or
+// (out.codes) the requantized code (gemm.h's requantize) stored to the lane's NCHW row.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void store_row16(__m512 sum, const TileOutput& out, int l,
+                                                                            int64_t p, __mmask16 mask) {
+  const __m512 v = _mm512_add_ps(_mm512_mul_ps(sum, _mm512_set1_ps(out.scale[l])), _mm512_set1_ps(out.bias[l]));
+  __m512 y = out.relu ? _mm512_max_ps(_mm512_setzero_ps(), v) : v;  // NaN stays, as gemm.cc
+  if (out.relu == 6) y = _mm512_min_ps(_mm512_set1_ps(6.0f), y);
+  if (!out.codes) return _mm512_mask_storeu_ps(static_cast<float*>(out.row[l]) + p, mask, y);
+  // maxps / minps give their second operand for a NaN: lo; round half to even (MXCSR); the code's
+  // low byte is its int8 / uint8 value
+  __m512 t = _mm512_div_ps(y, _mm512_set1_ps(out.code_step));
+  t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(out.code_lo)), _mm512_set1_ps(out.code_hi));
+  const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(t), _mm512_set1_epi32(out.zero_point));
+  _mm_mask_storeu_epi8(static_cast<uint8_t*>(out.row[l]) + p, mask, _mm512_cvtepi32_epi8(q));
+}
+
+inline __mmask16 row_mask16(int64_t count) { return count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1); }
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline __m512 lane_sum(__m512i acc, int32_t correction) {
+  return _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_set1_epi32(correction)));
+}
+
+// Pixels [p, p + 16 kVecs) of output lanes l0 .. l0 + 3.
+template <int kVecs>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void lanes_step(
+    const uint8_t* act, int64_t quad_bytes, const int8_t* w, int64_t k4, const TileOutput& out, int l0, int64_t p,
+    int64_t pixels) {
+  const int lanes[4] = {l0, l0 + 1, l0 + 2, l0 + 3};
+  __m512i acc[4][kVecs];
+  pointwise_sums<4, kVecs>(act + 4 * p, quad_bytes, w, lanes, k4, acc);
+  for (int r = 0; r < 4; ++r) {
+    if (out.row[l0 + r] == nullptr) continue;
+    for (int v = 0; v < kVecs && p + v * kVec < pixels; ++v)
+      store_row16(lane_sum(acc[r][v], out.correction[l0 + r]), out, l0 + r, p + v * kVec,
+                  row_mask16(pixels - p - v * kVec));
+  }
+}
+
+// Pixels [p, p + 16 kVecs) of output channels c0 .. c0 + 3 of a POST block: their even lanes and their
+// odd ones (c + 16), combined.
+template <int kVecs>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void pairs_step(
+    const uint8_t* act, int64_t quad_bytes, const int8_t* w, int64_t k4, const TileOutput& out, int c0, int64_t p,
+    int64_t pixels) {
+  constexpr int half = int(kTileLanes) / 2;
+  const int lanes[8] = {c0, c0 + 1, c0 + 2, c0 + 3, half + c0, half + c0 + 1, half + c0 + 2, half + c0 + 3};
+  __m512i acc[8][kVecs];
+  pointwise_sums<8, kVecs>(act + 4 * p, quad_bytes, w, lanes, k4, acc);
+  for (int r = 0; r < 4; ++r) {
+    if (out.row[c0 + r] == nullptr) continue;
+    for (int v = 0; v < kVecs && p + v * kVec < pixels; ++v) {
+      const __m512 even = lane_sum(acc[r][v], out.correction[c0 + r]);
+      const __m512 odd = lane_sum(acc[r + 4][v], out.correction[half + c0 + r]);
+      store_row16(_mm512_add_ps(even, _mm512_mul_ps(odd, _mm512_set1_ps(kSqrtHalf))), out, c0 + r, p + v * kVec,
+                  row_mask16(pixels - p - v * kVec));
+    }
+  }
+}
+
+// Pixels [p0, p1) (a multiple of 16 apart) of one 32-lane block, 4 output lanes at a time: 64 pixels
+// per step (POST: 4 channels' even and odd lanes, 32 pixels), then 16 at a time for the rest.
+void pointwise_block(const uint8_t* act, int64_t quad_bytes, const int8_t* w, int64_t k4, const TileOutput& out,
+                     int64_t p0, int64_t p1, int64_t pixels) {
+  const bool pairs = out.post_pairs;
+  const int lanes = pairs ? int(kTileLanes) / 2 : int(kTileLanes);
+  const int64_t full = (pairs ? 2 : 4) * kVec;
+  for (int l0 = 0; l0 < lanes; l0 += 4) {
+    if (out.row[l0] == nullptr) continue;
+    int64_t p = p0;
+    for (; p + full <= p1; p += full)
+      pairs ? pairs_step<2>(act, quad_bytes, w, k4, out, l0, p, pixels)
+            : lanes_step<4>(act, quad_bytes, w, k4, out, l0, p, pixels);
+    for (; p < p1; p += kVec)
+      pairs ? pairs_step<1>(act, quad_bytes, w, k4, out, l0, p, pixels)
+            : lanes_step<1>(act, quad_bytes, w, k4, out, l0, p, pixels);
+  }
+}
+
+}  // namespace
+
+bool run_pointwise(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& a, const Tensor& x,
+                   const PackedWeights& w, const ConvOutput& output) {
+  const bool pointwise = s.kh == 1 && s.kw == 1 && a.group == 1 && a.strides == std::vector<int64_t>{1, 1} &&
+                         a.pads == std::vector<int64_t>{0, 0, 0, 0};
+  if (isa != Isa::Avx512Vnni || !pointwise || w.groups != 1) return false;
+  const uint8_t offset = x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 ? 128 : 0;
+  const int64_t pixels = s.h * s.w, k4 = w.k4;
+  // tasks of up to 256 pixels (a multiple of every step), the last one's up to 15 tail pixels computed,
+  // never stored
+  const int64_t padded = (pixels + kVec - 1) / kVec * kVec, chunk = std::min<int64_t>(padded, 16 * kVec);
+  if (8 * (padded - pixels) > pixels) return false;  // over 1/8 wasted (7 x 7): the channel tile
+  const auto what = [&] { return "pointwise activations of input " + shape_text(x.shape); };
+  const int64_t sample_bytes = checked_mul(checked_mul(k4, padded, what), 4, what);
+  if (checked_mul(s.n, sample_bytes, what) > (int64_t(1) << 31))
+    fail(what() + " over 2 GiB (a native kernel limit)");
+  thread_local std::vector<uint8_t> scratch;  // as run_conv's: one per calling thread, reused
+  // padding channels (zero weights) and tail pixels (never stored) may hold anything: offset, say
+  scratch.assign(size_t(s.n * sample_bytes), offset);
+  uint8_t* const act = scratch.data();
+  const uint8_t* src = static_cast<const uint8_t*>(x.data);
+  const int64_t at[4] = {0, 1, 2, 3};
+  parallel_for(context, size_t(s.n * k4), [&](size_t task) {
+    const int64_t n = int64_t(task) / k4, q = int64_t(task) % k4;
+    const int64_t channels = std::min<int64_t>(4, s.c - 4 * q);
+    nhwc_row(src + (n * s.c + 4 * q) * pixels, pixels, pixels, channels, at, offset,
+             act + n * sample_bytes + q * padded * 4, 4);
+  });
+  const int64_t blocks = w.lanes / int64_t(kTileLanes), chunks = (padded + chunk - 1) / chunk;
+  parallel_for(context, size_t(s.n * blocks * chunks), [&](size_t task) {
+    const int64_t t = int64_t(task);
+    const int64_t n = t / (blocks * chunks), block = t / chunks % blocks, first = t % chunks * chunk;
+    TileOutput out;
+    output(n, 0, block * int64_t(kTileLanes), out);
+    const int32_t* sums = w.sums.data() + block * int64_t(kTileLanes);
+    for (size_t l = 0; l < kTileLanes; ++l) out.correction[l] = int32_t(offset) * sums[l];
+    pointwise_block(act + n * sample_bytes, padded * 4, w.data.data() + block * int64_t(kTileLanes) * k4 * 4, k4, out,
+                    first, std::min(padded, first + chunk), pixels);
+  });
+  return true;
+}
+
+#else
+
+bool run_pointwise(OrtKernelContext*, Isa, const ConvShape&, const ConvAttrs&, const Tensor&, const PackedWeights&,
+                   const ConvOutput&) {
+  return false;
+}
+
+#endif
+
+}  // namespace qx
