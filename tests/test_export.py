@@ -216,8 +216,8 @@ def test_conv_output_quantizers_fuse_into_the_conv(tmp_path: Path) -> None:
     """MobileNetV2 with POST weights: a conv whose float output only a QuantizeLinear (and its code-range
     Clip) reads becomes a PostConvRequant writing those codes, under the codes' own name, qmin / qmax
     the Clip's bounds; a conv read by two quantizers (a block's output: the next conv and the residual
-    add), by the final mean, or by an int8 quantizer of a residual add (onnxruntime's QLinearAdd fusion
-    needs that QuantizeLinear) stays PostConv.  Agrees with PyTorch,
+    add) or by the final mean stays PostConv; int8 codes of a residual add's input are written as uint8
+    + 128 (onnxruntime's QLinearAdd takes one type).  Agrees with PyTorch,
     the native kernels and the function bodies alike (check runs both)."""
     torch.manual_seed(0)
     cnn = qexport.quantize(zoo.create("mobilenetv2", num_classes=10), weight="post", act="lsq", bits=4)
@@ -226,15 +226,20 @@ def test_conv_output_quantizers_fuse_into_the_conv(tmp_path: Path) -> None:
     proto = onnx.load(export(cnn, tmp_path / "cnn.onnx", input_shape=[1, 3, 32, 32]))
     ops = [n.op_type for n in proto.graph.node]
     fused = [n for n in proto.graph.node if n.op_type == "PostConvRequant"]
-    assert len(fused) == 33 and ops.count("PostConv") == 18
-    zero_points = {t.name: t.data_type for t in proto.graph.initializer}
+    assert len(fused) == 45 and ops.count("PostConv") == 6
     for conv in (n for n in proto.graph.node if n.op_type == "PostConv"):
-        readers = [n for n in proto.graph.node if conv.output[0] in n.input]
-        int8_add_input = len(readers) == 1 and zero_points.get(readers[0].input[-1]) == onnx.TensorProto.INT8
-        assert len(readers) == 2 or readers[0].op_type == "ReduceMean" or int8_add_input
+        readers = [n.op_type for n in proto.graph.node if conv.output[0] in n.input]
+        assert len(readers) == 2 or readers == ["ReduceMean"]
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    offsets = json.loads(next(p.value for p in proto.metadata_props if p.key == "code_offsets"))
+    paths = {v: k for k, v in json.loads(next(p.value for p in proto.metadata_props if p.key == "codes")).items()}
+    shifted = [n for n in fused if inits[n.input[6]].dtype == np.uint8 and int(inits[n.input[6]]) >= 128]
+    assert shifted  # int8 residual-add inputs written as uint8 + 128, their offset recorded for the checker
+    assert all(offsets[paths[n.output[0]]] == 128 for n in shifted)
     codes = set(json.loads(next(p.value for p in proto.metadata_props if p.key == "codes")).values())
     for node in fused:
         bounds = {a.name: a.i for a in node.attribute if a.name in ("qmin", "qmax")}
-        # 4-bit codes of a conv input (a Clip absorbed), 8-bit ones of a residual add's (the type's range)
-        assert node.output[0] in codes and (bounds["qmin"], bounds["qmax"]) in ((0, 15), (-8, 7), (-128, 127))
+        # 4-bit codes of a conv input (a Clip absorbed), 8-bit ones of a residual add's (the type's range,
+        # the int8 one stored as uint8 + 128)
+        assert node.output[0] in codes and (bounds["qmin"], bounds["qmax"]) in ((0, 15), (-8, 7), (0, 255))
     assert qexport.check(cnn, tmp_path / "cnn.onnx", x, quick=True).passed

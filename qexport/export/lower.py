@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import onnx
 import onnxscript
 import torch
@@ -288,11 +289,17 @@ def _transpose_codes(graph: onnx.GraphProto) -> None:
 _CODE_RANGE = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127)}
 
 
-def _requantized_convs(graph: onnx.GraphProto, keep: set[str]) -> None:
+def _requantized_convs(graph: onnx.GraphProto, keep: set[str], codes: dict[str, str], offsets: dict[str, int]) -> None:
     """IntConv / PostConv -> QuantizeLinear (scalar constant step and 8-bit zero point) [-> Clip of
     constant bounds] becomes one IntConvRequant / PostConvRequant node: the conv writes the codes (its
     native kernel requantizes in its epilogue) instead of a float tensor that two more passes read.
-    Only where the conv's float output has that one reader and is not kept (a graph output)."""
+    Only where the conv's float output has that one reader and is not kept (a graph output).
+
+    int8 codes that only DequantizeLinear nodes read (a residual add's input) are written as uint8 +
+    128, those nodes given that zero point, and ``offsets`` (the checker's) updated: onnxruntime fuses
+    the add into QLinearAdd only with all its inputs of one type, which it otherwise gets by turning the
+    QuantizeLinear -> DequantizeLinear pair into uint8 itself."""
+    paths = {name: path for path, name in codes.items()}
     constants = {t.name: t for t in graph.initializer}
     readers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
@@ -329,12 +336,14 @@ def _requantized_convs(graph: onnx.GraphProto, keep: set[str]) -> None:
                 out, absorbed = clips[0].output[0], [quant, clips[0]]
         if qmin > qmax:  # a Clip that empties the range: leave it as written
             continue
-        dequantized = any(n.op_type == "DequantizeLinear" for n in readers.get(out, []))
+        zero_point = quant.input[2]
+        dequantized = [n for n in readers.get(out, []) if n.op_type == "DequantizeLinear"]
         if zero.data_type == onnx.TensorProto.INT8 and dequantized:
-            # int8 codes dequantized into a residual add: onnxruntime fuses that add into QLinearAdd only
-            # after turning the QuantizeLinear -> DequantizeLinear pair into uint8 (all its inputs one type)
-            continue
-        fused = onnx.helper.make_node(f"{conv.op_type}Requant", [*conv.input, quant.input[1], quant.input[2]], [out],
+            shifted = _as_uint8(graph, out, zero, dequantized, readers.get(out, []), paths, offsets)
+            if shifted is None:
+                continue
+            zero_point, qmin, qmax = shifted, qmin + 128, qmax + 128
+        fused = onnx.helper.make_node(f"{conv.op_type}Requant", [*conv.input, quant.input[1], zero_point], [out],
                                       name=conv.name, domain=DOMAIN)  # fmt: skip
         fused.attribute.extend(conv.attribute)
         fused.attribute.extend([onnx.helper.make_attribute("qmin", qmin), onnx.helper.make_attribute("qmax", qmax)])
@@ -343,6 +352,24 @@ def _requantized_convs(graph: onnx.GraphProto, keep: set[str]) -> None:
     kept = [n for n in graph.node if (n.op_type, n.output[0]) not in dropped]
     del graph.node[:]
     graph.node.extend(kept)
+
+
+def _as_uint8(graph: onnx.GraphProto, codes: str, zero: onnx.TensorProto, dequantized: list[onnx.NodeProto],
+              readers: list[onnx.NodeProto], paths: dict[str, str], offsets: dict[str, int]) -> str | None:  # fmt: skip
+    """The uint8 zero point (int8 one + 128) of int8 ``codes`` that only DequantizeLinear nodes with that
+    zero point read, now given to them; None (nothing changed) otherwise."""
+    if len(dequantized) != len(readers) or codes not in paths:
+        return None
+    if any(len(n.input) != 3 or n.input[2] != zero.name for n in dequantized):
+        return None
+    value = int(onnx.numpy_helper.to_array(zero)) + 128
+    name = f"{zero.name}.uint8"
+    if name not in {t.name for t in graph.initializer}:
+        graph.initializer.append(onnx.numpy_helper.from_array(np.array(value, np.uint8), name))
+    for n in dequantized:
+        n.input[2] = name
+    offsets[paths[codes]] = offsets.get(paths[codes], 0) + 128
+    return name
 
 
 def _live(graph: onnx.GraphProto, keep: set[str]) -> None:
@@ -441,7 +468,8 @@ def to_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], opset: int = 21, p
     _transpose_codes(graph)
     _name_axes(graph)
     keep = {o.name for o in graph.output} | set(e.b.codes.values()) | set(e.b.steps.values())
-    _requantized_convs(graph, keep)
+    _live(graph, keep)  # first: the readers the next pass counts are live ones
+    _requantized_convs(graph, keep, e.b.codes, e.b.code_offsets)
     _live(graph, keep)
     used = {n.op_type for n in graph.node if n.domain == DOMAIN}
     opsets = {o.domain: o.version for o in proto.opset_import if o.domain != LOWER_DOMAIN}
