@@ -310,12 +310,19 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
     TileOutput out;
     output(n, g, block * int64_t(kTileLanes), out);
     for (size_t l = 0; l < kTileLanes; ++l) out.correction[l] = int32_t(offset) * sums[l];
+    // the window origin of output pixel (oy, ox): counted along, not divided per pixel
+    const int64_t row_bytes = a.strides[0] * wp * pixel_bytes, col_bytes = a.strides[1] * pixel_bytes;
+    int64_t oy = first / s.wo, ox = first % s.wo;
     for (int64_t p0 = first; p0 < std::min(pixels, first + chunk); p0 += tile) {
       const int64_t count = std::min(tile, pixels - p0);
       const uint8_t* pixel[kTilePixels];
       for (int64_t p = 0; p < tile; ++p) {
-        const int64_t q = p < count ? p0 + p : p0;  // past the end: a real pixel again, never written
-        pixel[p] = image + (q / s.wo * a.strides[0] * wp + q % s.wo * a.strides[1]) * pixel_bytes;
+        if (p >= count) {  // past the end: a real pixel again, never written
+          pixel[p] = pixel[0];
+          continue;
+        }
+        pixel[p] = image + oy * row_bytes + ox * col_bytes;
+        if (++ox == s.wo) ox = 0, ++oy;
       }
       if (layout.depthwise)
         depthwise_tile(isa, pixel, k_offset.data(), weights, size_t(w.k4), w.plan, dup16, out, size_t(p0), size_t(count));
