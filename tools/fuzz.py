@@ -654,7 +654,9 @@ def make_case(seed: int, index: int, bases: list[Case] | None = None) -> Case:
             if len(case.inputs) != len(INPUTS[op]) or any(v is None for v in case.inputs):
                 pool = GENERIC  # the specific ones read every input
             mutate = _pick(rng, pool)
-            with contextlib.suppress(Skip, ValueError):  # ValueError: an array numpy cannot make
+            # ValueError: an array numpy cannot make; IndexError: a mutation that reads the schema's ranks
+            # after an earlier one changed a rank (it does not apply)
+            with contextlib.suppress(Skip, ValueError, IndexError):
                 mutate(case, rng)
             case.inputs = [None if v is None else np.asarray(v) for v in case.inputs]
     case.concurrent = op in NATIVE_OPS and rng.random() < 0.2
@@ -683,13 +685,19 @@ def _ints_attr(case: Case, name: str, default: list[int]) -> tuple[list[int] | N
     return [int(v) for v in a.value], None
 
 
+def _code_range(case: Case) -> tuple[int | None, int | None, str | None]:
+    """The required qmin / qmax attributes, or what is wrong with them."""
+    qmin, why = _int_attr(case, "qmin", True)
+    if why:
+        return None, None, why
+    qmax, why = _int_attr(case, "qmax", True)
+    return (None, None, why) if why else (qmin, qmax, None)
+
+
 def _requant_violation(case: Case) -> str | None:
     """The output quantizer of a *Requant op: y_scale a positive finite float32 scalar, y_zero_point an
     int8 / uint8 scalar, qmin <= qmax in its type's range."""
-    qmin, why = _int_attr(case, "qmin", True)
-    if why:
-        return why
-    qmax, why = _int_attr(case, "qmax", True)
+    qmin, qmax, why = _code_range(case)
     if why:
         return why
     ys, zp = case.inputs[5], case.inputs[6]
@@ -776,10 +784,7 @@ def spec_violation(case: Case) -> str | None:
         return None
     # AsqQuantize, AsqQuantizeRows
     rows = op == "AsqQuantizeRows"
-    qmin, why = _int_attr(case, "qmin", True)
-    if why:
-        return why
-    qmax, why = _int_attr(case, "qmax", True)
+    qmin, qmax, why = _code_range(case)
     if why:
         return why
     assert qmin is not None and qmax is not None
