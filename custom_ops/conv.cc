@@ -240,6 +240,13 @@ void nhwc_row(const uint8_t* __restrict in, int64_t plane, int64_t width, int64_
   }
 }
 
+void block_output(const ConvOutput& output, const PackedWeights& w, uint8_t offset, int64_t n, int64_t g,
+                  int64_t block, TileOutput& out) {
+  output(n, g, block * int64_t(kTileLanes), out);
+  const int32_t* sums = w.sums.data() + g * w.lanes + block * int64_t(kTileLanes);
+  for (size_t l = 0; l < kTileLanes; ++l) out.correction[l] = int32_t(offset) * sums[l];
+}
+
 void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& a, const Tensor& x,
               const PackedWeights& w, bool dup16, const ConvOutput& output) {
   if (run_pointwise(context, isa, s, a, x, w, output)) return;
@@ -306,10 +313,8 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
     const uint8_t* image = nhwc + n * image_bytes + first_byte;
     const size_t live = size_t(std::min(int64_t(kTileLanes), w.real_lanes - block * int64_t(kTileLanes)));
     const int8_t* weights = w.data.data() + (g * w.lanes + block * int64_t(kTileLanes)) * w.k4 * 4;
-    const int32_t* sums = w.sums.data() + g * w.lanes + block * int64_t(kTileLanes);
     TileOutput out;
-    output(n, g, block * int64_t(kTileLanes), out);
-    for (size_t l = 0; l < kTileLanes; ++l) out.correction[l] = int32_t(offset) * sums[l];
+    block_output(output, w, offset, n, g, block, out);
     // the window origin of output pixel (oy, ox): counted along, not divided per pixel
     const int64_t row_bytes = a.strides[0] * wp * pixel_bytes, col_bytes = a.strides[1] * pixel_bytes;
     int64_t oy = first / s.wo, ox = first % s.wo;

@@ -81,6 +81,11 @@ int64_t packed_groups(const ConvShape& s, const ConvAttrs& a);
 // packed_groups) for sample n; run_conv adds the offset corrections and runs every pixel tile into it.
 using ConvOutput = std::function<void(int64_t n, int64_t g, int64_t lane0, TileOutput& out)>;
 
+// The output of lanes [block * 32, + 32) of group g for sample n: ``output``'s rows, scales and biases,
+// and the corrections that take the activation ``offset`` back out of the sums.
+void block_output(const ConvOutput& output, const PackedWeights& w, uint8_t offset, int64_t n, int64_t g,
+                  int64_t block, TileOutput& out);
+
 // One input row of C channel planes (NCHW codes) into NHWC pixels: channel c of pixel x goes to
 // row[x * stride + at[c]], plus ``add``.  Four channels that land side by side are interleaved 16
 // pixels at a time in SSE2 registers (x86-64's baseline) and stored as one 4-byte word per pixel.

@@ -1,6 +1,6 @@
 // qexport.IntConv and IntConvRequant native kernel (signature and semantics: qexport/ops/int_conv.py,
-// int_conv_requant.py): int8 weight codes
-// times activation codes with a scalar or per-sample step, int32 accumulation, one float rescale.
+// int_conv_requant.py): int8 weight codes times activation codes with a scalar or per-sample step,
+// int32 accumulation, one float rescale.
 #include "conv.h"
 #include "ops.h"
 

@@ -69,39 +69,24 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline __m512 la
   return _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_set1_epi32(correction)));
 }
 
-// Pixels [p, p + 16 kVecs) of output lanes l0 .. l0 + 3.
-template <int kVecs>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void lanes_step(
+// Pixels [p, p + 16 kVecs) of output lanes l0 .. l0 + 3, or (kPairs, POST) of output channels
+// l0 .. l0 + 3 of a block: their even lanes and their odd ones (c + 16), combined.
+template <bool kPairs, int kVecs>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void pointwise_step(
     const uint8_t* act, int64_t quad_bytes, const int8_t* w, int64_t k4, const TileOutput& out, int l0, int64_t p,
     int64_t pixels) {
-  const int lanes[4] = {l0, l0 + 1, l0 + 2, l0 + 3};
-  __m512i acc[4][kVecs];
-  pointwise_sums<4, kVecs>(act + 4 * p, quad_bytes, w, lanes, k4, acc);
+  constexpr int half = int(kTileLanes) / 2, rows = kPairs ? 8 : 4;
+  const int lanes[8] = {l0, l0 + 1, l0 + 2, l0 + 3, half + l0, half + l0 + 1, half + l0 + 2, half + l0 + 3};
+  __m512i acc[rows][kVecs];
+  pointwise_sums<rows, kVecs>(act + 4 * p, quad_bytes, w, lanes, k4, acc);
   for (int r = 0; r < 4; ++r) {
     if (out.row[l0 + r] == nullptr) continue;
-    for (int v = 0; v < kVecs && p + v * kVec < pixels; ++v)
-      store_row16(lane_sum(acc[r][v], out.correction[l0 + r]), out, l0 + r, p + v * kVec,
-                  row_mask16(pixels - p - v * kVec));
-  }
-}
-
-// Pixels [p, p + 16 kVecs) of output channels c0 .. c0 + 3 of a POST block: their even lanes and their
-// odd ones (c + 16), combined.
-template <int kVecs>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void pairs_step(
-    const uint8_t* act, int64_t quad_bytes, const int8_t* w, int64_t k4, const TileOutput& out, int c0, int64_t p,
-    int64_t pixels) {
-  constexpr int half = int(kTileLanes) / 2;
-  const int lanes[8] = {c0, c0 + 1, c0 + 2, c0 + 3, half + c0, half + c0 + 1, half + c0 + 2, half + c0 + 3};
-  __m512i acc[8][kVecs];
-  pointwise_sums<8, kVecs>(act + 4 * p, quad_bytes, w, lanes, k4, acc);
-  for (int r = 0; r < 4; ++r) {
-    if (out.row[c0 + r] == nullptr) continue;
     for (int v = 0; v < kVecs && p + v * kVec < pixels; ++v) {
-      const __m512 even = lane_sum(acc[r][v], out.correction[c0 + r]);
-      const __m512 odd = lane_sum(acc[r + 4][v], out.correction[half + c0 + r]);
-      store_row16(_mm512_add_ps(even, _mm512_mul_ps(odd, _mm512_set1_ps(kSqrtHalf))), out, c0 + r, p + v * kVec,
-                  row_mask16(pixels - p - v * kVec));
+      __m512 sum = lane_sum(acc[r][v], out.correction[l0 + r]);
+      if (kPairs)
+        sum = _mm512_add_ps(sum, _mm512_mul_ps(lane_sum(acc[r + 4][v], out.correction[half + l0 + r]),
+                                               _mm512_set1_ps(kSqrtHalf)));  // fmt: skip
+      store_row16(sum, out, l0 + r, p + v * kVec, row_mask16(pixels - p - v * kVec));
     }
   }
 }
@@ -117,11 +102,11 @@ void pointwise_block(const uint8_t* act, int64_t quad_bytes, const int8_t* w, in
     if (out.row[l0] == nullptr) continue;
     int64_t p = p0;
     for (; p + full <= p1; p += full)
-      pairs ? pairs_step<2>(act, quad_bytes, w, k4, out, l0, p, pixels)
-            : lanes_step<4>(act, quad_bytes, w, k4, out, l0, p, pixels);
+      pairs ? pointwise_step<true, 2>(act, quad_bytes, w, k4, out, l0, p, pixels)
+            : pointwise_step<false, 4>(act, quad_bytes, w, k4, out, l0, p, pixels);
     for (; p < p1; p += kVec)
-      pairs ? pairs_step<1>(act, quad_bytes, w, k4, out, l0, p, pixels)
-            : lanes_step<1>(act, quad_bytes, w, k4, out, l0, p, pixels);
+      pairs ? pointwise_step<true, 1>(act, quad_bytes, w, k4, out, l0, p, pixels)
+            : pointwise_step<false, 1>(act, quad_bytes, w, k4, out, l0, p, pixels);
   }
 }
 
@@ -159,9 +144,7 @@ bool run_pointwise(OrtKernelContext* context, Isa isa, const ConvShape& s, const
     const int64_t t = int64_t(task);
     const int64_t n = t / (blocks * chunks), block = t / chunks % blocks, first = t % chunks * chunk;
     TileOutput out;
-    output(n, 0, block * int64_t(kTileLanes), out);
-    const int32_t* sums = w.sums.data() + block * int64_t(kTileLanes);
-    for (size_t l = 0; l < kTileLanes; ++l) out.correction[l] = int32_t(offset) * sums[l];
+    block_output(output, w, offset, n, 0, block, out);
     pointwise_block(act + n * sample_bytes, padded * 4, w.data.data() + block * int64_t(kTileLanes) * k4 * 4, k4, out,
                     first, std::min(padded, first + chunk), pixels);
   });

@@ -58,11 +58,14 @@ def isa(request: pytest.FixtureRequest) -> Iterator[str]:
     os.environ.pop("QEXPORT_ISA", None)
 
 
-def _native_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], threads: int = 2) -> list[np.ndarray]:
+def _ort_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray], threads: int = 2,
+             kernels: bool = True) -> list[np.ndarray]:  # fmt: skip
+    """Run ``model`` in onnxruntime with the native kernels (``kernels``) or its qexport ops' bodies."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 4
-    assert native.register(so)
+    if kernels:
+        assert native.register(so)
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
@@ -122,7 +125,7 @@ def test_post_conv_native_is_exact(isa: str, group: int, stride: int, dilation: 
     model, feeds = _conv_model("PostConv", x, x_scale, post_weights.uint4_initializer("w", codes), w_scale, bias,
                                list(ref.shape), bits=4, **attrs)  # fmt: skip
     for threads in (1, 2):
-        (y,) = _native_run(model, feeds, threads)
+        (y,) = _ort_run(model, feeds, threads)
         np.testing.assert_array_equal(y, ref)  # same integers, same float combine: bit for bit
 
 
@@ -142,14 +145,8 @@ def test_int_conv_native_is_exact(isa: str, group: int, stride: int, dilation: i
     ref = int_conv.reference(x, x_scale, w, w_scale, bias, **attrs)
     model, feeds = _conv_model("IntConv", x, x_scale, numpy_helper.from_array(w, "w"), w_scale, bias, list(ref.shape),
                                **attrs)  # fmt: skip
-    (y,) = _native_run(model, feeds)
+    (y,) = _ort_run(model, feeds)
     np.testing.assert_array_equal(y, ref)
-
-
-def _body_run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
 # (op, y zero point, qmin, qmax): uint8 4-bit codes, int8 3-bit ones, a uint8 zero point of 128 (the
@@ -188,10 +185,10 @@ def test_conv_requant_native_matches_body(isa: str, op: str, zero_point: np.ndar
         w_proto = post_weights.uint4_initializer("w", codes)
     assert (ref == qmin).any() and ((ref == qmax).any() or qmax - qmin > 32)  # narrow ranges: both bounds reached
     model, feeds = _conv_model(op, x, x_scale, w_proto, w_scale, bias, list(ref.shape), (y_scale, zero_point), **attrs)
-    (body,) = _body_run(model, feeds)
+    (body,) = _ort_run(model, feeds, kernels=False)
     np.testing.assert_array_equal(body, ref)
     for threads in (1, 2):
-        (y,) = _native_run(model, feeds, threads)
+        (y,) = _ort_run(model, feeds, threads)
         assert y.dtype == ref.dtype
         np.testing.assert_array_equal(y, ref)
 
@@ -231,7 +228,7 @@ def test_pointwise_conv_native_is_exact(isa: str, cin: int, cout: int, side: int
         assert len(np.unique(ref)) >= 10
     model, feeds = _conv_model(op, x, x_scale, w_proto, w_scale, bias, list(ref.shape), requant, **attrs)
     for threads in (1, 2):
-        (y,) = _native_run(model, feeds, threads)
+        (y,) = _ort_run(model, feeds, threads)
         np.testing.assert_array_equal(y, ref)
 
 
@@ -258,7 +255,7 @@ def test_int_conv_native_int16_edges(isa: str, depthwise: bool, w_values: tuple[
     ref = int_conv.reference(x, np.float32(1.0), w, w_scale, bias, **attrs)
     model, feeds = _conv_model("IntConv", x, np.float32(1.0), numpy_helper.from_array(w, "w"), w_scale, bias,
                                list(ref.shape), **attrs)  # fmt: skip
-    (y,) = _native_run(model, feeds)
+    (y,) = _ort_run(model, feeds)
     np.testing.assert_array_equal(y, ref)
 
 
@@ -284,7 +281,7 @@ def test_asq_quantize_native_matches_reference(isa: str, bits: int, signed: bool
                     helper.make_tensor_value_info("codes", zp_type, dyn),
                     helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 1, 1, 1])], inits)  # fmt: skip
     y_ref, codes_ref, step_ref = asq_quantize.reference(x.numpy(), *params, r.qmin, r.qmax)
-    y, codes, step = _native_run(model, {"x": x.numpy()})
+    y, codes, step = _ort_run(model, {"x": x.numpy()})
     assert codes.dtype == (np.int8 if signed else np.uint8)
     # the channel means are summed in another order than numpy's: the step may differ in its last bit
     np.testing.assert_allclose(step, step_ref, rtol=1e-6)
@@ -331,7 +328,7 @@ def test_asq_quantize_rows_native_matches_body(isa: str, bits: int, signed: bool
         outputs.insert(0, helper.make_tensor_value_info("y", TensorProto.FLOAT, dims))
     model = _model(node, [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)], outputs, inits)
     feeds = {"x": x.numpy()}
-    native_out = _native_run(model, feeds)
+    native_out = _ort_run(model, feeds)
     so = ort.SessionOptions()
     so.log_severity_level = 4
     body_out = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
@@ -405,7 +402,7 @@ def test_malformed_nodes_get_an_error_not_a_crash(change: str, message: str) -> 
         os.environ["QEXPORT_ISA"] = "sse9"
     try:
         with pytest.raises(Exception, match=message):
-            _native_run(model, feeds)
+            _ort_run(model, feeds)
     finally:
         os.environ.pop("QEXPORT_ISA", None)
 

@@ -243,13 +243,19 @@ def _splice(proto: onnx.ModelProto, e: Emitter, plan: _Plan) -> None:
     del graph.value_info[:]  # the placeholders' shapes are gone; onnxruntime infers the rest
 
 
-def _exact_adds(graph: onnx.GraphProto) -> None:
-    """Add of two dequantized tensors read only by a QuantizeLinear -> Sum (see emit's ``_add``)."""
-    producers = {o: n for n in graph.node for o in n.output}
+def _readers(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
+    """Value name -> the nodes that read it (a node once per input naming it)."""
     readers: dict[str, list[onnx.NodeProto]] = {}
     for n in graph.node:
         for i in n.input:
             readers.setdefault(i, []).append(n)
+    return readers
+
+
+def _exact_adds(graph: onnx.GraphProto) -> None:
+    """Add of two dequantized tensors read only by a QuantizeLinear -> Sum (see emit's ``_add``)."""
+    producers = {o: n for n in graph.node for o in n.output}
+    readers = _readers(graph)
     for n in graph.node:
         if n.op_type != "Add" or n.domain or len(n.input) != 2:
             continue
@@ -301,10 +307,7 @@ def _requantized_convs(graph: onnx.GraphProto, keep: set[str], codes: dict[str, 
     QuantizeLinear -> DequantizeLinear pair into uint8 itself."""
     paths = {name: path for path, name in codes.items()}
     constants = {t.name: t for t in graph.initializer}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    readers = _readers(graph)
 
     def scalar(name: str) -> onnx.TensorProto | None:
         t = constants.get(name)
@@ -339,7 +342,7 @@ def _requantized_convs(graph: onnx.GraphProto, keep: set[str], codes: dict[str, 
         zero_point = quant.input[2]
         dequantized = [n for n in readers.get(out, []) if n.op_type == "DequantizeLinear"]
         if zero.data_type == onnx.TensorProto.INT8 and dequantized:
-            shifted = _as_uint8(graph, out, zero, dequantized, readers.get(out, []), paths, offsets)
+            shifted = _as_uint8(graph, constants, out, zero, dequantized, readers.get(out, []), paths, offsets)
             if shifted is None:
                 continue
             zero_point, qmin, qmax = shifted, qmin + 128, qmax + 128
@@ -354,18 +357,21 @@ def _requantized_convs(graph: onnx.GraphProto, keep: set[str], codes: dict[str, 
     graph.node.extend(kept)
 
 
-def _as_uint8(graph: onnx.GraphProto, codes: str, zero: onnx.TensorProto, dequantized: list[onnx.NodeProto],
-              readers: list[onnx.NodeProto], paths: dict[str, str], offsets: dict[str, int]) -> str | None:  # fmt: skip
+def _as_uint8(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto], codes: str, zero: onnx.TensorProto,
+              dequantized: list[onnx.NodeProto], readers: list[onnx.NodeProto], paths: dict[str, str],
+              offsets: dict[str, int]) -> str | None:  # fmt: skip
     """The uint8 zero point (int8 one + 128) of int8 ``codes`` that only DequantizeLinear nodes with that
-    zero point read, now given to them; None (nothing changed) otherwise."""
+    zero point read, now given to them; None (nothing changed) otherwise.  ``constants``: the graph's
+    initializers by name, the new one added."""
     if len(dequantized) != len(readers) or codes not in paths:
         return None
     if any(len(n.input) != 3 or n.input[2] != zero.name for n in dequantized):
         return None
     value = int(onnx.numpy_helper.to_array(zero)) + 128
     name = f"{zero.name}.uint8"
-    if name not in {t.name for t in graph.initializer}:
-        graph.initializer.append(onnx.numpy_helper.from_array(np.array(value, np.uint8), name))
+    if name not in constants:
+        constants[name] = onnx.numpy_helper.from_array(np.array(value, np.uint8), name)
+        graph.initializer.append(constants[name])
     for n in dequantized:
         n.input[2] = name
     offsets[paths[codes]] = offsets.get(paths[codes], 0) + 128
