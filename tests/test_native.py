@@ -196,8 +196,10 @@ def test_conv_requant_native_matches_body(isa: str, op: str, zero_point: np.ndar
 # (in channels, out channels, side, signed): 1x1 convs the AVX-512 VNNI path runs vectorised over pixels
 # (custom_ops/pointwise.cc): 16 x 16 = one task of 4 full steps of 64 pixels; 30 x 30 four tasks, the
 # last one's last step partial (pixels 900-959 computed, not stored); 7 x 7 too few pixels for it (the
-# channel tile runs); 13 channels (not whole quads); several lane blocks
-POINTWISE_CASES = [(16, 40, 16, False), (13, 70, 30, True), (36, 20, 7, False), (8, 33, 16, True)]
+# channel tile runs); 13 channels (not whole quads); several lane blocks; one channel in and out (packed
+# as a depthwise conv, which the pointwise kernel must leave alone: fuzz seed 11 case 798)
+POINTWISE_CASES = [(16, 40, 16, False), (13, 70, 30, True), (36, 20, 7, False), (8, 33, 16, True),
+                   (1, 1, 8, True)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("cin", "cout", "side", "signed"), POINTWISE_CASES)
@@ -289,10 +291,12 @@ def test_asq_quantize_native_matches_reference(isa: str, bits: int, signed: bool
     np.testing.assert_allclose(y, y_ref, rtol=1e-6)
 
 
-# (bits, signed, stored offset, input shape, leave y out): transformer tokens [N, T, C], 2-D [N, C]
+# (bits, signed, stored offset, input shape, leave y out): transformer tokens [N, T, C], 2-D [N, C]; the
+# last has several row tasks, hidden-unit tasks (hidden 256) and K blocks in the adapter
 ROWS_CASES = [(4, True, True, (2, 9, 256), True), (4, False, False, (2, 9, 64), False),
               (8, True, False, (5, 48), False), (2, True, True, (3, 7, 300), False),
-              (4, True, True, (0, 4, 32), False), (4, True, True, (2, 3, 0), False)]  # fmt: skip
+              (4, True, True, (0, 4, 32), False), (4, True, True, (2, 3, 0), False),
+              (4, True, True, (1, 100, 1024), True)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("bits", "signed", "offset", "shape", "no_y"), ROWS_CASES)
@@ -338,7 +342,7 @@ def test_asq_quantize_rows_native_matches_body(isa: str, bits: int, signed: bool
     codes, step = native_out[-2:]
     if x.numel():
         _, codes_ref, step_ref = asq_quantize_rows.reference(x.numpy(), *params, r.qmin, r.qmax)
-        np.testing.assert_allclose(step, step_ref, rtol=1e-5)  # numpy's summation order, with cancellation
+        np.testing.assert_allclose(step, step_ref, rtol=1e-4)  # numpy's summation order, with cancellation
         agree = (codes.astype(np.int64) - shift == codes_ref).mean()
         assert agree > 0.999, agree  # numpy sums the adapter in another order: a step may differ in its last bit
 
