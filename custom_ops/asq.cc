@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstring>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -60,14 +61,18 @@ void quantize(Isa isa, const float* x, float s, float lo, float hi, float add, f
 // onnxruntime's MLAS SGEMM does: K in blocks of kMatMulStrideK, each block a chain of fused
 // multiply-adds from 0, added in order to C, which starts at the bias where onnxruntime has fused
 // MatMul + Add into a Gemm (``bias_first``), else at the first block (the bias added last).
-// Vectorised across h, each a[h] in that same order.  (With C over 256 the function body itself then
-// differs between optimisation levels in a step's last bit.)
+// Vectorised across h (and blocked over rows, each weight load serving kBlockRows rows), each a[h] in
+// that same order.  (With C over 256 the function body itself then differs between optimisation
+// levels in a step's last bit.)
 constexpr int64_t kMatMulStrideK = 256;
+constexpr int64_t kBlockRows = 6, kBlockUnits = 64;
+using Part = float[kBlockRows][kBlockUnits];
+
 // The sum of one K block [k0, k1) of rows r0 .. r0 + height - 1 and hidden units h0 .. h0 + width - 1
 // into part, each a chain of fused multiply-adds from 0 in k order.
 __attribute__((always_inline)) inline void block_sums(const float* feats, int64_t c, const float* w1, int64_t hidden,
                                                       int64_t height, int64_t width, int64_t k0, int64_t k1,
-                                                      float (*part)[16]) {
+                                                      Part& part) {
   for (int64_t r = 0; r < height; ++r)
     for (int64_t h = 0; h < width; ++h) {
       float acc = 0.0f;
@@ -77,52 +82,92 @@ __attribute__((always_inline)) inline void block_sums(const float* feats, int64_
 }
 
 #if defined(__x86_64__) || defined(__i386__)
-// 4 rows x 16 hidden units in 8 ymm accumulators: each weight load serves 4 rows (rows past ``height``
-// repeat row 0 and are dropped).  The same fused multiply-add chain per (row, unit) as block_sums.
+// The rows of a block (rows past ``height`` repeat row 0; their sums are dropped).
+inline void block_rows(const float* feats, int64_t c, int64_t height, const float* (&rows)[kBlockRows]) {
+  for (int64_t r = 0; r < kBlockRows; ++r) rows[r] = feats + (r < height ? r * c : 0);
+}
+
+// 6 rows x 16 hidden units in 12 ymm accumulators: each weight load serves 6 rows.  The same fused
+// multiply-add chain per (row, unit) as block_sums.
 __attribute__((target("avx2,fma"))) void block_sums_avx2(const float* feats, int64_t c, const float* w1, int64_t hidden,
-                                                        int64_t height, int64_t k0, int64_t k1, float (*part)[16]) {
-  const float* f0 = feats;
-  const float* f1 = feats + (height > 1 ? c : 0);
-  const float* f2 = feats + (height > 2 ? 2 * c : 0);
-  const float* f3 = feats + (height > 3 ? 3 * c : 0);
-  __m256 a00 = _mm256_setzero_ps(), a01 = a00, a10 = a00, a11 = a00, a20 = a00, a21 = a00, a30 = a00, a31 = a00;
+                                                        int64_t height, int64_t k0, int64_t k1, Part& part) {
+  const float* f[kBlockRows];
+  block_rows(feats, c, height, f);
+  __m256 acc[kBlockRows][2];
+  for (auto& row : acc) row[0] = row[1] = _mm256_setzero_ps();
   for (int64_t k = k0; k < k1; ++k) {
     const __m256 lo = _mm256_loadu_ps(w1 + k * hidden), hi = _mm256_loadu_ps(w1 + k * hidden + 8);
-    __m256 f = _mm256_set1_ps(f0[k]);
-    a00 = _mm256_fmadd_ps(f, lo, a00), a01 = _mm256_fmadd_ps(f, hi, a01);
-    f = _mm256_set1_ps(f1[k]);
-    a10 = _mm256_fmadd_ps(f, lo, a10), a11 = _mm256_fmadd_ps(f, hi, a11);
-    f = _mm256_set1_ps(f2[k]);
-    a20 = _mm256_fmadd_ps(f, lo, a20), a21 = _mm256_fmadd_ps(f, hi, a21);
-    f = _mm256_set1_ps(f3[k]);
-    a30 = _mm256_fmadd_ps(f, lo, a30), a31 = _mm256_fmadd_ps(f, hi, a31);
+    for (int64_t r = 0; r < kBlockRows; ++r) {
+      const __m256 v = _mm256_set1_ps(f[r][k]);
+      acc[r][0] = _mm256_fmadd_ps(v, lo, acc[r][0]), acc[r][1] = _mm256_fmadd_ps(v, hi, acc[r][1]);
+    }
   }
-  const __m256 sums[4][2] = {{a00, a01}, {a10, a11}, {a20, a21}, {a30, a31}};
-  for (int64_t r = 0; r < height; ++r) {
-    _mm256_storeu_ps(part[r], sums[r][0]);
-    _mm256_storeu_ps(part[r] + 8, sums[r][1]);
+  // constant row indices (a loop to ``height`` would make GCC keep acc in memory)
+  for (int64_t r = 0; r < kBlockRows; ++r) {
+    _mm256_storeu_ps(part[r], acc[r][0]);
+    _mm256_storeu_ps(part[r] + 8, acc[r][1]);
   }
+}
+
+// 6 rows x up to 64 hidden units (kVecs zmm per row, the last masked to ``width``): each row of w1 is
+// read once, contiguously, per block of rows.  The same chain per (row, unit) as block_sums.
+template <int kVecs>
+__attribute__((target("avx512f"))) void block_sums_avx512(const float* feats, int64_t c, const float* w1,
+                                                          int64_t hidden, int64_t height, int64_t width, int64_t k0,
+                                                          int64_t k1, Part& part) {
+  const float* f[kBlockRows];
+  block_rows(feats, c, height, f);
+  const __mmask16 last = __mmask16((1u << (width - 16 * (kVecs - 1))) - 1u);
+  __m512 acc[kBlockRows][kVecs];
+  for (auto& row : acc)
+    for (auto& v : row) v = _mm512_setzero_ps();
+  for (int64_t k = k0; k < k1; ++k) {
+    const float* w = w1 + k * hidden;
+    __m512 wv[kVecs];
+    for (int v = 0; v < kVecs; ++v)
+      wv[v] = v + 1 < kVecs ? _mm512_loadu_ps(w + 16 * v) : _mm512_maskz_loadu_ps(last, w + 16 * v);
+    for (int64_t r = 0; r < kBlockRows; ++r) {
+      const __m512 x = _mm512_set1_ps(f[r][k]);
+      for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_fmadd_ps(x, wv[v], acc[r][v]);
+    }
+  }
+  for (int64_t r = 0; r < kBlockRows; ++r)  // all rows, as in block_sums_avx2
+    for (int v = 0; v < kVecs; ++v) _mm512_storeu_ps(part[r] + 16 * v, acc[r][v]);
 }
 #endif
 
-// a[r][h] for ``rows`` feature rows of c values (the layout the AVX2 path fills 4 x 16 at a time)
-template <bool kAvx2>
+enum class HiddenPath { Scalar, Avx2, Avx512 };
+
+// a[r][h] of ``rows`` feature rows of c values, for hidden units [u0, u1).  Loop order: unit slice,
+// then K block, then blocks of kBlockRows rows, so one slice of w1 (256 x 64 floats) serves every
+// row while it is in cache.  Each a[r][h] still sums its K blocks in order.
+template <HiddenPath kPath>
 __attribute__((always_inline)) inline void hidden_run(const float* feats, int64_t rows, const float* w1, const float* b1,
-                                                      bool bias_first, int64_t c, int64_t hidden, float* a) {
+                                                      bool bias_first, int64_t c, int64_t hidden, int64_t u0,
+                                                      int64_t u1, float* a) {
   for (int64_t r = 0; r < rows; ++r)
-    for (int64_t h = 0; h < hidden; ++h) a[r * hidden + h] = bias_first ? b1[h] : 0.0f;
-  float part[4][16];
-  for (int64_t r0 = 0; r0 < rows; r0 += 4) {
-    const int64_t height = std::min<int64_t>(4, rows - r0);
-    for (int64_t h0 = 0; h0 < hidden; h0 += 16) {
-      const int64_t width = std::min<int64_t>(16, hidden - h0);
-      for (int64_t k0 = 0; k0 < c; k0 += kMatMulStrideK) {
-        const int64_t k1 = std::min(c, k0 + kMatMulStrideK);
+    for (int64_t h = u0; h < u1; ++h) a[r * hidden + h] = bias_first ? b1[h] : 0.0f;
+  // the AVX2 block is 16 units wide; a narrower remainder goes the scalar way
+  const int64_t unit_step = kPath == HiddenPath::Avx2 ? 16 : kBlockUnits;
+  Part part;
+  for (int64_t h0 = u0; h0 < u1; h0 += unit_step) {
+    const int64_t width = std::min(unit_step, u1 - h0);
+    for (int64_t k0 = 0; k0 < c; k0 += kMatMulStrideK) {
+      const int64_t k1 = std::min(c, k0 + kMatMulStrideK);
+      for (int64_t r0 = 0; r0 < rows; r0 += kBlockRows) {
+        const int64_t height = std::min(kBlockRows, rows - r0);
         const float* f = feats + r0 * c;
 #if defined(__x86_64__) || defined(__i386__)
-        if (kAvx2 && width == 16)
+        if constexpr (kPath == HiddenPath::Avx512) {
+          switch ((width + 15) / 16) {
+            case 1: block_sums_avx512<1>(f, c, w1 + h0, hidden, height, width, k0, k1, part); break;
+            case 2: block_sums_avx512<2>(f, c, w1 + h0, hidden, height, width, k0, k1, part); break;
+            case 3: block_sums_avx512<3>(f, c, w1 + h0, hidden, height, width, k0, k1, part); break;
+            default: block_sums_avx512<4>(f, c, w1 + h0, hidden, height, width, k0, k1, part); break;
+          }
+        } else if (kPath == HiddenPath::Avx2 && width == 16) {
           block_sums_avx2(f, c, w1 + h0, hidden, height, k0, k1, part);
-        else
+        } else
 #endif
           block_sums(f, c, w1 + h0, hidden, height, width, k0, k1, part);
         for (int64_t r = 0; r < height; ++r)
@@ -135,21 +180,46 @@ __attribute__((always_inline)) inline void hidden_run(const float* feats, int64_
   }
   if (!bias_first)
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t h = 0; h < hidden; ++h) a[r * hidden + h] = a[r * hidden + h] + b1[h];
+      for (int64_t h = u0; h < u1; ++h) a[r * hidden + h] = a[r * hidden + h] + b1[h];
 }
 
 // with FMA in the target, std::fma is one instruction (else a libm call per product)
 __attribute__((target("avx2,fma"))) void hidden_avx2(const float* f, int64_t rows, const float* w, const float* b,
-                                                    bool first, int64_t c, int64_t h, float* a) {
-  hidden_run<true>(f, rows, w, b, first, c, h, a);
+                                                    bool first, int64_t c, int64_t h, int64_t u0, int64_t u1,
+                                                    float* a) {
+  hidden_run<HiddenPath::Avx2>(f, rows, w, b, first, c, h, u0, u1, a);
 }
 
-void hidden_layer(Isa isa, const float* feats, int64_t rows, const float* w1, const float* b1, bool bias_first,
-                  int64_t c, int64_t hidden, float* a) {
-#if defined(__x86_64__) || defined(__i386__)
-  if (isa != Isa::Scalar) return hidden_avx2(feats, rows, w1, b1, bias_first, c, hidden, a);
-#endif
-  hidden_run<false>(feats, rows, w1, b1, bias_first, c, hidden, a);
+__attribute__((target("avx512f,fma"))) void hidden_avx512(const float* f, int64_t rows, const float* w,
+                                                         const float* b, bool first, int64_t c, int64_t h, int64_t u0,
+                                                         int64_t u1, float* a) {
+  hidden_run<HiddenPath::Avx512>(f, rows, w, b, first, c, h, u0, u1, a);
+}
+
+// The adapter's ReLU and the body's Max(beta, 1e-8): NaN goes through, as in onnxruntime's Relu and Max.
+inline float relu(float v) { return v < 0.0f ? 0.0f : v; }
+
+// The second layer of one row, sum_h relu(a[h]) * w2[h] as one fused multiply-add chain (a GEMV of
+// K = hidden, one block while hidden <= 256).
+__attribute__((always_inline)) inline float second_run(const float* a, const float* w2, int64_t hidden) {
+  float z = 0.0f;
+  for (int64_t h = 0; h < hidden; ++h) z = std::fma(relu(a[h]), w2[h], z);
+  return z;
+}
+
+__attribute__((target("avx2,fma"))) float second_fma(const float* a, const float* w2, int64_t hidden) {
+  return second_run(a, w2, hidden);
+}
+
+// No NaN or infinity among n floats (branch-free, so it vectorises).
+inline bool all_finite(const float* x, int64_t n) {
+  uint32_t worst = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, x + i, sizeof bits);
+    worst = std::max(worst, bits & 0x7fffffffu);
+  }
+  return worst < 0x7f800000u;
 }
 
 // A sample whose step is not a positive finite number, or whose x holds NaN or infinities (a channel
@@ -170,9 +240,6 @@ void quantize_special(const float* x, float step, float lo, float hi, float add,
     if (y) y[i] = q * step;
   }
 }
-
-// The adapter's ReLU and the body's Max(beta, 1e-8): NaN goes through, as in onnxruntime's Relu and Max.
-inline float relu(float v) { return v < 0.0f ? 0.0f : v; }
 
 }  // namespace
 
@@ -229,28 +296,37 @@ AsqInputs AsqInputs::read(OrtKernelContext* context, size_t x_rank, int64_t chan
   return in;
 }
 
+void asq_hidden(Isa isa, const AsqInputs& in, const float* feats, int64_t rows, bool bias_first, int64_t u0,
+                int64_t u1, float* hid) {
+  const float* w1 = in.w1.as<float>();
+  const float* b1 = in.b1.as<float>();
+#if defined(__x86_64__) || defined(__i386__)
+  if (isa == Isa::Avx512Vnni) return hidden_avx512(feats, rows, w1, b1, bias_first, in.channels, in.hidden, u0, u1, hid);
+  if (isa == Isa::Avx2) return hidden_avx2(feats, rows, w1, b1, bias_first, in.channels, in.hidden, u0, u1, hid);
+#endif
+  hidden_run<HiddenPath::Scalar>(feats, rows, w1, b1, bias_first, in.channels, in.hidden, u0, u1, hid);
+}
+
+void asq_step(Isa isa, const AsqInputs& in, const float* hid, const float* feats, float* step, char* special) {
+  // the rest of the body's order: relu, (sum_h hidden * w2) + b2, relu, max with 1e-8
+  const float* w2 = in.w2.as<float>();
+#if defined(__x86_64__) || defined(__i386__)
+  const float z = isa != Isa::Scalar ? second_fma(hid, w2, in.hidden) : second_run(hid, w2, in.hidden);
+#else
+  const float z = second_run(hid, w2, in.hidden);
+#endif
+  const float v = relu(z + in.b2.as<float>()[0]);
+  const float beta = std::isnan(v) ? v : (v > 1e-8f ? v : 1e-8f);
+  *step = in.step * beta;
+  *special = !(std::isfinite(*step) && *step > 0.0f && all_finite(feats, in.channels));
+}
+
 void asq_steps(Isa isa, const AsqInputs& in, const float* feats, int64_t count, bool bias_first, float* step,
                char* special) {
-  // the adapter in the body's order: (sum_k feats * w1) + b1, relu, (sum_h hidden * w2) + b2, relu,
-  // max with 1e-8
-  const int64_t c = in.channels, hidden = in.hidden;
-  const float* pb1 = in.b1.as<float>();
-  const float* pw2 = in.w2.as<float>();
-  const float b20 = in.b2.as<float>()[0];
-  std::vector<float> hid(static_cast<size_t>(count * hidden), 0.0f);
-  hidden_layer(isa, feats, count, in.w1.as<float>(), pb1, bias_first, c, hidden, hid.data());
-  for (int64_t r = 0; r < count; ++r) {
-    const float* f = feats + r * c;
-    const float* a = hid.data() + r * hidden;
-    float z = 0.0f;
-    for (int64_t h = 0; h < hidden; ++h) z = std::fma(relu(a[h]), pw2[h], z);
-    const float v = relu(z + b20);
-    const float beta = std::isnan(v) ? v : (v > 1e-8f ? v : 1e-8f);
-    step[r] = in.step * beta;
-    bool finite = std::isfinite(step[r]) && step[r] > 0.0f;
-    for (int64_t k = 0; k < c && finite; ++k) finite = std::isfinite(f[k]);
-    special[r] = !finite;
-  }
+  std::vector<float> hid(static_cast<size_t>(count * in.hidden), 0.0f);
+  asq_hidden(isa, in, feats, count, bias_first, 0, in.hidden, hid.data());
+  for (int64_t r = 0; r < count; ++r)
+    asq_step(isa, in, hid.data() + r * in.hidden, feats + r * in.channels, step + r, special + r);
 }
 
 void asq_quantize_run(Isa isa, const AsqInputs& in, const float* x, float step, bool special, int64_t qmin,

@@ -34,6 +34,11 @@ struct AsqInputs {
 // it element by element as the body, NaN and all).
 void asq_steps(Isa isa, const AsqInputs& in, const float* feats, int64_t count, bool bias_first, float* step,
                char* special);
+// The same in two parts, for a kernel that splits the work: the first layer's hidden units [u0, u1)
+// of ``rows`` rows into hid [rows, hidden] (before the ReLU), then one row's step from its hidden row.
+void asq_hidden(Isa isa, const AsqInputs& in, const float* feats, int64_t rows, bool bias_first, int64_t u0,
+                int64_t u1, float* hid);
+void asq_step(Isa isa, const AsqInputs& in, const float* hid, const float* feats, float* step, char* special);
 
 // codes / y of ``count`` values x with one step (y may be nullptr: the output is left out).
 void asq_quantize_run(Isa isa, const AsqInputs& in, const float* x, float step, bool special, int64_t qmin,

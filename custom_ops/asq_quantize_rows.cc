@@ -26,17 +26,21 @@ void AsqQuantizeRowsKernel::compute(OrtKernelContext* context) {
   if (rows == 0) return;
   const float* xs = x.as<float>();
   std::vector<char> special(size_t(rows), 0);
-  // the adapter, 16 rows a task (each row's step is independent; with C = 0 it sees no features, as the
-  // body's MatMul over K = 0)
-  const int64_t block = 16, blocks = (rows + block - 1) / block;
-  parallel_for(context, size_t(blocks), [&](size_t b) {
-    const int64_t r0 = int64_t(b) * block, r1 = std::min(rows, r0 + block);
-    asq_steps(isa, in, xs + r0 * c, r1 - r0, x.shape.size() == 2, row_step + r0, special.data() + r0);
+  // the adapter's first layer in tasks of 48 rows x 64 hidden units (each task reads its 64 columns of
+  // w1 once for all its rows); with C = 0 it sees no features, as the body's MatMul over K = 0
+  const int64_t hidden = in.hidden, row_block = 48, unit_block = 64;
+  const int64_t row_tasks = (rows + row_block - 1) / row_block, unit_tasks = std::max<int64_t>(1, (hidden + unit_block - 1) / unit_block);
+  std::vector<float> hid(size_t(checked_mul(rows, hidden, [] { return std::string("rows x hidden units of the adapter"); })));
+  parallel_for(context, size_t(row_tasks * unit_tasks), [&](size_t t) {
+    const int64_t r0 = int64_t(t) / unit_tasks * row_block, u0 = int64_t(t) % unit_tasks * unit_block;
+    asq_hidden(isa, in, xs + r0 * c, std::min(rows - r0, row_block), x.shape.size() == 2, u0,
+               std::min(hidden, u0 + unit_block), hid.data() + r0 * hidden);
   });
-  if (c == 0) return;
   const size_t bytes = in.is_signed ? sizeof(int8_t) : sizeof(uint8_t);
   parallel_for(context, size_t(rows), [&](size_t r) {
     const size_t at = r * size_t(c);
+    asq_step(isa, in, hid.data() + r * size_t(hidden), xs + at, row_step + r, &special[r]);
+    if (c == 0) return;
     asq_quantize_run(isa, in, xs + at, row_step[r], special[r] != 0, qmin, qmax, y ? y + at : nullptr,
                      static_cast<uint8_t*>(codes) + at * bytes, size_t(c));
   });

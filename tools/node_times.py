@@ -22,7 +22,7 @@ import onnx
 import onnxruntime as ort
 
 from qexport import native
-from qexport.bench import session_options
+from qexport.bench import input_shape, random_feeds, session_options, vocab_size
 
 
 def _cpu() -> str:
@@ -32,22 +32,17 @@ def _cpu() -> str:
         return platform.processor() or platform.machine()
 
 
-def _feeds(model: onnx.ModelProto, batch: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for value in model.graph.input:
-        t = value.type.tensor_type
-        shape = [batch if i == 0 else (d.dim_value or 16) for i, d in enumerate(t.shape.dim)]
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)
-        feeds[value.name] = (rng.standard_normal(shape).astype(dtype) if dtype.kind == "f"
-                             else rng.integers(0, 100, shape).astype(dtype))  # fmt: skip
-    return feeds
+def _feeds(path: Path, batch: int) -> dict[str, np.ndarray]:
+    """The inputs the benchmark feeds: a sequence axis at the size the model was exported with."""
+    shape, dtype = input_shape(path)
+    feed = random_feeds(batch, shape, vocab_size(path))[f"tensor({'float' if dtype == 'float32' else dtype})"]
+    name = onnx.load(str(path), load_external_data=False).graph.input[0].name
+    return {name: feed}
 
 
 def profile(path: Path, batch: int, threads: int, runs: int) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
     """Mean microseconds per run by op type and by (op type, node name)."""
-    model = onnx.load(path, load_external_data=False)
-    feeds = _feeds(model, batch)
+    feeds = _feeds(path, batch)
     with tempfile.TemporaryDirectory() as tmp:
         options = session_options(threads)
         options.enable_profiling = True
