@@ -48,9 +48,9 @@ UNITS = [  # (what, method, ONNX it becomes, runs as)
     ("nn.Conv2d whose output only a constant-step quantizer reads", "IntConv / PostConv as above",
      "qexport.IntConvRequant / PostConvRequant (codes out)", "native kernel"),
     ("nn.Linear", "LSQ / NIPQ", "QDQ -> MatMul (3-D+), MatMulInteger (2-D)", "MatMulIntegerToFloat / MatMulInteger"),
-    ("nn.Linear", "ASQ input", "qexport.AsqQuantizeRows -> MatMulInteger",
-     "function body (no native kernel yet), then ORT's MatMulInteger"),
-    ("nn.Linear", "POST weights", "qexport.PostMatMul", "function body (no native kernel yet)"),
+    ("nn.Linear", "ASQ input", "qexport.AsqQuantizeRows -> MatMulInteger", "native kernel, then ORT's MatMulInteger"),
+    ("nn.Linear", "POST weights", "qexport.PostMatMul",
+     "function body: ORT's u8 x s8 MatMulInteger on the decoded even | odd int8 weights (folded at load)"),
     ("glue (deployable placement)", "8-bit LSQ", "QDQ on add / concat / activation-matmul operands",
      "onnxruntime's QDQ fusions (QLinearAdd ...) where they apply"),
 ]  # fmt: skip

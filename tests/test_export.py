@@ -114,6 +114,18 @@ def test_post_weights_on_a_float_input_name_the_layer(tmp_path: Path) -> None:
         export(model, tmp_path / "x.onnx")
 
 
+def test_post_weights_on_wide_activations_name_the_layer(tmp_path: Path) -> None:
+    """POST layers take 8-bit codes (their ops' inputs are int8 / uint8): NIPQ's learned widths past 8
+    bits get a clear error, not a file onnxruntime cannot load."""
+    model = qexport.quantize(zoo.create("resnet20"), weight="post", act="nipq", bits=4, placement="paper")
+    qexport.calibrate(model, [zoo.example_input(model, 4)])
+    q = model.get_submodule("layers.0.0.conv1").act_quant
+    q.frozen_bits.fill_(10)
+    q.refresh_flags()
+    with pytest.raises(QexportError, match=r"'layers\.0\.0\.conv1' has POST weights and 10-bit activations"):
+        export(model, tmp_path / "x.onnx")
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -119,8 +119,9 @@ def test_post_weight_decoding_is_exact(bits: int) -> None:
     k = len(codes)
     w = post_weights.uint4_initializer("w", codes.reshape(k, 1))
     inits = [w, numpy_helper.from_array(np.float32(1.0), "xs"), numpy_helper.from_array(np.ones(1, np.float32), "ws"),
-             numpy_helper.from_array(np.zeros(1, np.float32), "b")]  # fmt: skip
-    node = helper.make_node("PostMatMul", ["x", "xs", "w", "ws", "b"], ["y"], domain=DOMAIN, bits=bits)
+             numpy_helper.from_array(np.zeros(1, np.float32), "b"),
+             numpy_helper.from_array(np.int8(0), "xz")]  # fmt: skip
+    node = helper.make_node("PostMatMul", ["x", "xs", "w", "ws", "b", "xz"], ["y"], domain=DOMAIN, bits=bits)
     model = _model(node, [helper.make_tensor_value_info("x", TensorProto.INT8, ["N", k])],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])], inits)  # fmt: skip
     for (y,) in _runs(model, {"x": np.eye(k, dtype=np.int8)}):
@@ -195,7 +196,10 @@ def test_conv_relu_attribute(op_type: str, relu: int) -> None:
         np.testing.assert_allclose(y, ref, rtol=2e-6, atol=1e-6)
 
 
-def test_post_matmul_matches_reference_per_row() -> None:
+@pytest.mark.parametrize("offset", [False, True])
+def test_post_matmul_matches_reference_per_row(offset: bool) -> None:
+    """Signed codes as they are (zero point int8 0) and stored as uint8 + 128 (what the exporter writes):
+    the same y."""
     rng = np.random.default_rng(3)
     bits, k, m = 3, 24, 5
     codes = post_weights.pack(rng.integers(-3, 4, size=(k, m)), bits)
@@ -203,10 +207,15 @@ def test_post_matmul_matches_reference_per_row() -> None:
     x_scale = (rng.random((2, 7, 1)) + 0.5).astype(np.float32)
     w_scale, bias = (rng.random(m) + 0.1).astype(np.float32), rng.standard_normal(m).astype(np.float32)
     ref = post_matmul.reference(x, x_scale, codes, w_scale, bias, bits)
+    zero = np.uint8(128) if offset else np.int8(0)
+    if offset:
+        x = (x.astype(np.int16) + 128).astype(np.uint8)
+        np.testing.assert_array_equal(post_matmul.reference(x, x_scale, codes, w_scale, bias, bits, 128), ref)
     inits = [post_weights.uint4_initializer("w", codes), numpy_helper.from_array(w_scale, "ws"),
-             numpy_helper.from_array(bias, "b")]  # fmt: skip
-    node = helper.make_node("PostMatMul", ["x", "xs", "w", "ws", "b"], ["y"], domain=DOMAIN, bits=bits)
-    model = _model(node, [helper.make_tensor_value_info("x", TensorProto.INT8, ["N", 7, k]),
+             numpy_helper.from_array(bias, "b"), numpy_helper.from_array(np.asarray(zero), "xz")]  # fmt: skip
+    node = helper.make_node("PostMatMul", ["x", "xs", "w", "ws", "b", "xz"], ["y"], domain=DOMAIN, bits=bits)
+    x_type = TensorProto.UINT8 if offset else TensorProto.INT8
+    model = _model(node, [helper.make_tensor_value_info("x", x_type, ["N", 7, k]),
                           helper.make_tensor_value_info("xs", TensorProto.FLOAT, ["N", 7, 1])],
                    [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 7, m])], inits)  # fmt: skip
     for (y,) in _runs(model, {"x": x, "xs": x_scale}):

@@ -73,7 +73,7 @@ INPUTS = {
     "IntConvRequant": ["x_codes", "x_scale", "w_codes", "w_scale", "bias", "y_scale", "y_zero_point"],
     "AsqQuantize": ["x", "step", "zero_point", "w1", "b1", "w2", "b2"],
     "AsqQuantizeRows": ["x", "step", "zero_point", "w1", "b1", "w2", "b2"],
-    "PostMatMul": ["x_codes", "x_scale", "w_codes", "w_scale", "bias"],
+    "PostMatMul": ["x_codes", "x_scale", "w_codes", "w_scale", "bias", "x_zero_point"],
     "PostWeights": ["codes"],
     "StepQuantize": ["x", "step", "zero_point"],
     "AsqAdapter": ["feats", "w1", "b1", "w2", "b2"],
@@ -229,11 +229,14 @@ def base_case(op: str, rng: np.random.Generator) -> Case:
         lead = (r(1, 3),) if rng.integers(2) else (r(1, 2), r(1, 3))
         signed = bool(rng.integers(2))
         x = codes(rng, (*lead, k_), signed)
+        zp = np.zeros((), x.dtype)
+        if signed and rng.integers(2):  # signed codes stored as uint8 + 128, as the exporter writes them
+            x, zp = (x.astype(np.int16) + 128).astype(np.uint8), np.array(128, np.uint8)
         xs = steps(rng, ()) if rng.integers(2) else steps(rng, (*lead, 1))
         inputs = [x, xs, post_codes(rng, (k_, m), bits), (rng.random(m) + 0.05).astype(np.float32),
-                  rng.standard_normal(m).astype(np.float32)]  # fmt: skip
+                  rng.standard_normal(m).astype(np.float32), zp]  # fmt: skip
         attrs = {"bits": Attr(bits, "int")}
-        constant = [False, bool(rng.integers(2)), True, True, True]
+        constant = [False, bool(rng.integers(2)), True, True, True, True]
     elif op == "PostWeights":
         bits = r(2, 4)
         inputs = [post_codes(rng, (r(1, 4), r(1, 4)), bits).astype(np.int8)]

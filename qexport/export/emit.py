@@ -169,6 +169,11 @@ class Emitter:
         if xq is None or layer.act_quant is None:
             raise QexportError(f"'{path}' has POST weights but a float input: POST layers need an activation quantizer")
         r = layer.act_quant.code_range
+        if r.bits > 8:
+            raise QexportError(
+                f"'{path}' has POST weights and {r.bits}-bit activations: POST layers take activation codes "
+                "of at most 8 bits; limit that quantizer's bits (max_bits=8)"
+            )
         bound = post_weights.accumulator_bound(dep.codes, dep.bits, max(abs(r.qmin), r.qmax))
         if bound >= MAX_EXACT:
             raise QexportError(
@@ -312,7 +317,7 @@ class Emitter:
         # MatMulInteger for a per-row step, and for a 2-D input (DequantizeLinear -> MatMul plus the bias
         # becomes a float Gemm there; from 3-D on, onnxruntime fuses it into MatMulIntegerToFloat)
         integer = form is not None and not _wide(layer, form) and (asq or _rank(node.args[0]) == 2)
-        xq = (self.layer_input(layer, x, path, post or integer, uint8=integer and not post)
+        xq = (self.layer_input(layer, x, path, post or integer, uint8=integer or post)
               if isinstance(layer, QuantLinear) else None)  # fmt: skip
         x = xq.value if xq is not None else x
         if post:
@@ -324,7 +329,9 @@ class Emitter:
             bias = None if layer.bias is None else _np(layer.bias)
             dep = deployed_post(level, _np(q.describe().scale), q.code_range.bits, bias, None)
             inputs = self.post_operands(layer, xq, path, dep, transpose=True)
-            assert layer.weight_quant is not None
+            assert xq is not None  # uint8 codes: + 128 where signed (the zero point), else as they are
+            zero = xq.zero_point or self.b.const(f"{path}.act_quant.zero_point", np.array(0, np.uint8))
+            inputs.append(zero)
             return self.b.node("PostMatMul", inputs, path, domain=DOMAIN, bits=layer.weight_quant.code_range.bits)
         if integer and xq is not None and form is not None:
             assert isinstance(layer, QuantLinear)
