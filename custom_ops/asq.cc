@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -36,17 +37,56 @@ inline void quantize_run(const float* x, float step, float lo, float hi, float a
   }
 }
 
-template <typename T>
-__attribute__((target("avx512f"))) void quantize_avx512(const float* x, float s, float lo, float hi, float add, float* y,
-                                                      T* c, size_t n) {
-  quantize_run(x, s, lo, hi, add, y, c, n);
+#if defined(__x86_64__) || defined(__i386__)
+// 16 values as quantize_run: round half to even (roundscale keeps a -0, as nearbyint), clipped with
+// max(lo, q) / min(hi, q) (which return q when both are zeros, as the compares above), the code as the
+// integer q + add; its low byte is the int8 / uint8 code.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void quantize16(const float* x, __m512 s, __m512 lo,
+                                                                           __m512 hi, __m512 add, float* y,
+                                                                           uint8_t* codes, __mmask16 m) {
+  const __m512 t = _mm512_div_ps(_mm512_maskz_loadu_ps(m, x), s);
+  const __m512 q = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+  _mm_mask_storeu_epi8(codes, m, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_add_ps(q, add))));
+  if (y) _mm512_mask_storeu_ps(y, m, _mm512_mul_ps(q, s));
 }
 
 template <typename T>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void quantize_avx512(const float* x, float s, float lo, float hi,
+                                                                         float add, float* y, T* c, size_t n) {
+  const __m512 vs = _mm512_set1_ps(s), vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi), vadd = _mm512_set1_ps(add);
+  uint8_t* codes = reinterpret_cast<uint8_t*>(c);
+  size_t i = 0;
+  for (; i + 16 <= n; i += 16) quantize16(x + i, vs, vlo, vhi, vadd, y ? y + i : nullptr, codes + i, 0xFFFF);
+  if (i < n) quantize16(x + i, vs, vlo, vhi, vadd, y ? y + i : nullptr, codes + i, __mmask16((1u << (n - i)) - 1));
+}
+
+// 8 values as quantize16, their integer codes returned
+__attribute__((target("avx2"))) inline __m256i quantize8(const float* x, __m256 s, __m256 lo, __m256 hi, __m256 add,
+                                                         float* y) {
+  const __m256 t = _mm256_div_ps(_mm256_loadu_ps(x), s);
+  const __m256 q = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)));
+  if (y) _mm256_storeu_ps(y, _mm256_mul_ps(q, s));
+  return _mm256_cvtps_epi32(_mm256_add_ps(q, add));
+}
+
+// 32 values a step (the codes packed to bytes: every code is in its type's range, so the saturating
+// packs change nothing), the tail as quantize_run
+template <typename T>
 __attribute__((target("avx2"))) void quantize_avx2(const float* x, float s, float lo, float hi, float add, float* y,
                                                   T* c, size_t n) {
-  quantize_run(x, s, lo, hi, add, y, c, n);
+  const __m256 vs = _mm256_set1_ps(s), vlo = _mm256_set1_ps(lo), vhi = _mm256_set1_ps(hi), vadd = _mm256_set1_ps(add);
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+  size_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    __m256i q[4];
+    for (size_t v = 0; v < 4; ++v) q[v] = quantize8(x + i + 8 * v, vs, vlo, vhi, vadd, y ? y + i + 8 * v : nullptr);
+    const __m256i lo16 = _mm256_packs_epi32(q[0], q[1]), hi16 = _mm256_packs_epi32(q[2], q[3]);
+    const __m256i bytes = std::is_signed_v<T> ? _mm256_packs_epi16(lo16, hi16) : _mm256_packus_epi16(lo16, hi16);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(c + i), _mm256_permutevar8x32_epi32(bytes, order));
+  }
+  quantize_run(x + i, s, lo, hi, add, y ? y + i : nullptr, c + i, n - i);
 }
+#endif
 
 template <typename T>
 void quantize(Isa isa, const float* x, float s, float lo, float hi, float add, float* y, T* c, size_t n) {
