@@ -249,7 +249,8 @@ void block_output(const ConvOutput& output, const PackedWeights& w, uint8_t offs
 
 void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& a, const Tensor& x,
               const PackedWeights& w, bool dup16, const ConvOutput& output) {
-  if (run_pointwise(context, isa, s, a, x, w, output)) return;
+  if (run_pointwise(context, isa, s, a, x, w, output) || run_depthwise_planes(context, isa, s, a, x, w, dup16, output))
+    return;
   const bool is_signed = x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
   const uint8_t offset = is_signed ? 128 : 0;
   const KLayout layout = KLayout::of(s, a);

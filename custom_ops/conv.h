@@ -97,6 +97,12 @@ void nhwc_row(const uint8_t* __restrict in, int64_t plane, int64_t width, int64_
 bool run_pointwise(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& attrs, const Tensor& x,
                    const PackedWeights& w, const ConvOutput& output);
 
+// A depthwise conv on the AVX-512 VNNI path with VBMI, vectorised over output pixels of each channel
+// plane (depthwise_planes.cc); false (nothing done) for any other conv or path, or strides and
+// dilations too wide for it.  ``dup16`` as run_conv's.
+bool run_depthwise_planes(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& attrs,
+                          const Tensor& x, const PackedWeights& w, bool dup16, const ConvOutput& output);
+
 // ``dup16``: lanes 16-31 of a depthwise block read the channels of lanes 0-15 (PostConv's odd sums).
 void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& attrs, const Tensor& x,
               const PackedWeights& w, bool dup16, const ConvOutput& output);

@@ -29,6 +29,18 @@ bool supported(Isa isa) {
 
 }  // namespace
 
+bool has_avx512vbmi() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return bool(__builtin_cpu_supports("avx512vbmi"));
+  }();
+  return has;
+#else
+  return false;
+#endif
+}
+
 const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::Avx512Vnni: return "avx512vnni";

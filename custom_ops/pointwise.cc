@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "conv.h"
+#include "pixel_rows.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -46,29 +47,6 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void poin
   }
 }
 
-// Pixels p .. p + 15 of output lane l (those in ``mask``), their integer sums combined into ``sum``
-// (exact): gemm.cc's float epilogue -- y = sum * scale[l] + bias[l], then the ReLU -- and the float or
-// (out.codes) the requantized code (gemm.h's requantize) stored to the lane's NCHW row.
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void store_row16(__m512 sum, const TileOutput& out, int l,
-                                                                            int64_t p, __mmask16 mask) {
-  const __m512 v = _mm512_add_ps(_mm512_mul_ps(sum, _mm512_set1_ps(out.scale[l])), _mm512_set1_ps(out.bias[l]));
-  __m512 y = out.relu ? _mm512_max_ps(_mm512_setzero_ps(), v) : v;  // NaN stays, as gemm.cc
-  if (out.relu == 6) y = _mm512_min_ps(_mm512_set1_ps(6.0f), y);
-  if (!out.codes) return _mm512_mask_storeu_ps(static_cast<float*>(out.row[l]) + p, mask, y);
-  // maxps / minps give their second operand for a NaN: lo; round half to even (MXCSR); the code's
-  // low byte is its int8 / uint8 value
-  __m512 t = _mm512_div_ps(y, _mm512_set1_ps(out.code_step));
-  t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(out.code_lo)), _mm512_set1_ps(out.code_hi));
-  const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(t), _mm512_set1_epi32(out.zero_point));
-  _mm_mask_storeu_epi8(static_cast<uint8_t*>(out.row[l]) + p, mask, _mm512_cvtepi32_epi8(q));
-}
-
-inline __mmask16 row_mask16(int64_t count) { return count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1); }
-
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline __m512 lane_sum(__m512i acc, int32_t correction) {
-  return _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_set1_epi32(correction)));
-}
-
 // Pixels [p, p + 16 kVecs) of output lanes l0 .. l0 + 3, or (kPairs, POST) of output channels
 // l0 .. l0 + 3 of a block: their even lanes and their odd ones (c + 16), combined.
 template <bool kPairs, int kVecs>
@@ -81,13 +59,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void pointwise_s
   pointwise_sums<rows, kVecs>(act + 4 * p, quad_bytes, w, lanes, k4, acc);
   for (int r = 0; r < 4; ++r) {
     if (out.row[l0 + r] == nullptr) continue;
-    for (int v = 0; v < kVecs && p + v * kVec < pixels; ++v) {
-      __m512 sum = lane_sum(acc[r][v], out.correction[l0 + r]);
-      if (kPairs)
-        sum = _mm512_add_ps(sum, _mm512_mul_ps(lane_sum(acc[r + 4][v], out.correction[half + l0 + r]),
-                                               _mm512_set1_ps(kSqrtHalf)));  // fmt: skip
-      store_row16(sum, out, l0 + r, p + v * kVec, row_mask16(pixels - p - v * kVec));
-    }
+    for (int v = 0; v < kVecs && p + v * kVec < pixels; ++v)
+      store_lane16(acc[r][v], acc[kPairs ? r + 4 : r][v], kPairs, out, l0 + r, p + v * kVec,
+                   row_mask16(pixels - p - v * kVec));
   }
 }
 

@@ -202,25 +202,25 @@ POINTWISE_CASES = [(16, 40, 16, False), (13, 70, 30, True), (36, 20, 7, False), 
                    (1, 1, 8, True)]  # fmt: skip
 
 
-@pytest.mark.parametrize(("cin", "cout", "side", "signed"), POINTWISE_CASES)
-@pytest.mark.parametrize("op", ["IntConv", "PostConv", "IntConvRequant", "PostConvRequant"])
-def test_pointwise_conv_native_is_exact(isa: str, cin: int, cout: int, side: int, signed: bool, op: str) -> None:
-    rng = np.random.default_rng(cin * side + cout)
-    x = rng.integers(-128, 128, (2, cin, side, side)).astype(np.int8) if signed else \
-        rng.integers(0, 256, (2, cin, side, side)).astype(np.uint8)  # fmt: skip
-    x_scale = (rng.random((2, 1, 1, 1)) + 0.5).astype(np.float32)
+def _check_conv_exact(op: str, x: np.ndarray, cout: int, kernel: tuple[int, int], rng: np.random.Generator,
+                      **conv: object) -> None:  # fmt: skip
+    """One conv op on ``x`` with random 4-bit or POST weights, bit for bit its numpy reference (with its
+    *Requant form's codes), at 1 and 2 threads."""
+    n, cin = x.shape[:2]
+    x_scale = (rng.random((n, 1, 1, 1)) + 0.5).astype(np.float32)
     w_scale, bias = (rng.random(cout) * 0.01).astype(np.float32), rng.standard_normal(cout).astype(np.float32)
     attrs: dict = {"strides": [1, 1], "pads": [0, 0, 0, 0], "dilations": [1, 1], "group": 1,
-                   "relu": (0, 1, 6)[cout % 3]}  # fmt: skip
+                   "relu": (0, 1, 6)[cout % 3], **conv}  # fmt: skip
+    w_shape = (cout, cin // attrs["group"], *kernel)
     requant = None
     if op.endswith("Requant"):
         attrs.update(qmin=0, qmax=15)
     if op.startswith("IntConv"):
-        w = rng.integers(-128, 128, size=(cout, cin, 1, 1)).astype(np.int8)
+        w = rng.integers(-128, 128, size=w_shape).astype(np.int8)
         ref = int_conv.reference(x, x_scale, w, w_scale, bias, **{k: attrs[k] for k in CONV_ATTRS})
         w_proto = numpy_helper.from_array(w, "w")
     else:
-        codes = post_weights.pack(rng.integers(-7, 8, size=(cout, cin, 1, 1)), 4)
+        codes = post_weights.pack(rng.integers(-7, 8, size=w_shape), 4)
         attrs["bits"] = 4
         ref = post_conv.reference(x, x_scale, codes, w_scale, bias, 4, **{k: attrs[k] for k in CONV_ATTRS})
         w_proto = post_weights.uint4_initializer("w", codes)
@@ -232,6 +232,38 @@ def test_pointwise_conv_native_is_exact(isa: str, cin: int, cout: int, side: int
     for threads in (1, 2):
         (y,) = _ort_run(model, feeds, threads)
         np.testing.assert_array_equal(y, ref)
+
+
+def _codes(rng: np.random.Generator, shape: tuple[int, ...], signed: bool) -> np.ndarray:
+    return rng.integers(-128, 128, shape).astype(np.int8) if signed else rng.integers(0, 256, shape).astype(np.uint8)
+
+
+@pytest.mark.parametrize(("cin", "cout", "side", "signed"), POINTWISE_CASES)
+@pytest.mark.parametrize("op", ["IntConv", "PostConv", "IntConvRequant", "PostConvRequant"])
+def test_pointwise_conv_native_is_exact(isa: str, cin: int, cout: int, side: int, signed: bool, op: str) -> None:
+    rng = np.random.default_rng(cin * side + cout)
+    _check_conv_exact(op, _codes(rng, (2, cin, side, side), signed), cout, (1, 1), rng)
+
+
+# (channels, height, width, kernel, stride, dilation, pads, signed): depthwise convs the AVX-512 VNNI path
+# (with VBMI) runs per channel plane, vectorised over output pixels (custom_ops/depthwise_planes.cc):
+# MobileNet's 3x3 at stride 1 and 2 (rows of 28 and 17: full and partial vectors), dilated, a 5x5 (two
+# tap groups per kernel row, the second mostly zero weights), asymmetric pads, rows of 6 pixels (packed
+# two to a vector) and 3 (five to a vector), channels over several lane blocks (POST: 16 a block); 9 x 9
+# planes are too small for it (the depthwise tile runs)
+DEPTHWISE_CASES = [(40, 28, 28, 3, 1, 1, [1, 1, 1, 1], False), (19, 33, 33, 3, 2, 1, [1, 1, 1, 1], True),
+                   (8, 30, 30, 3, 1, 2, [2, 2, 2, 2], False), (6, 24, 24, 5, 1, 1, [2, 1, 2, 3], True),
+                   (5, 80, 6, 3, 1, 1, [1, 1, 1, 1], False), (3, 200, 5, 3, 2, 1, [1, 1, 1, 1], True),
+                   (33, 9, 9, 3, 1, 1, [1, 1, 1, 1], False)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("c", "h", "w", "k", "stride", "dilation", "pads", "signed"), DEPTHWISE_CASES)
+@pytest.mark.parametrize("op", ["IntConv", "PostConv", "IntConvRequant", "PostConvRequant"])
+def test_depthwise_conv_native_is_exact(isa: str, c: int, h: int, w: int, k: int, stride: int, dilation: int,
+                                        pads: list[int], signed: bool, op: str) -> None:  # fmt: skip
+    rng = np.random.default_rng(c * h + w + k)
+    _check_conv_exact(op, _codes(rng, (2, c, h, w), signed), c, (k, k), rng, group=c, strides=[stride, stride],
+                      dilations=[dilation, dilation], pads=pads)
 
 
 CONV_ATTRS = ("strides", "pads", "dilations", "group", "relu")

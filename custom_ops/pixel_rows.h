@@ -1,0 +1,49 @@
+// The AVX-512 epilogue of kernels vectorised over pixels (pointwise.cc, depthwise_planes.cc): 16 pixels
+// of one output lane's integer sums, the float epilogue of gemm.cc's tiles (same operations, same
+// order) and a masked store straight to the lane's NCHW row.
+#pragma once
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+
+#include "gemm.h"
+
+namespace qx {
+
+// Pixels p .. p + 15 of output lane l (those in ``mask``), their integer sums combined into ``sum``
+// (exact): y = sum * scale[l] + bias[l], then the ReLU, and the float or (out.codes) the requantized
+// code (gemm.h's requantize) stored to the lane's row.
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void store_row16(__m512 sum, const TileOutput& out, int l,
+                                                                            int64_t p, __mmask16 mask) {
+  const __m512 v = _mm512_add_ps(_mm512_mul_ps(sum, _mm512_set1_ps(out.scale[l])), _mm512_set1_ps(out.bias[l]));
+  __m512 y = out.relu ? _mm512_max_ps(_mm512_setzero_ps(), v) : v;  // NaN stays, as gemm.cc
+  if (out.relu == 6) y = _mm512_min_ps(_mm512_set1_ps(6.0f), y);
+  if (!out.codes) return _mm512_mask_storeu_ps(static_cast<float*>(out.row[l]) + p, mask, y);
+  // maxps / minps give their second operand for a NaN: lo; round half to even (MXCSR); the code's
+  // low byte is its int8 / uint8 value
+  __m512 t = _mm512_div_ps(y, _mm512_set1_ps(out.code_step));
+  t = _mm512_min_ps(_mm512_max_ps(t, _mm512_set1_ps(out.code_lo)), _mm512_set1_ps(out.code_hi));
+  const __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(t), _mm512_set1_epi32(out.zero_point));
+  _mm_mask_storeu_epi8(static_cast<uint8_t*>(out.row[l]) + p, mask, _mm512_cvtepi32_epi8(q));
+}
+
+inline __mmask16 row_mask16(int64_t count) { return count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1); }
+
+// float(acc - correction), exact for the sums these kernels make
+__attribute__((target("avx512f"))) inline __m512 lane_sum(__m512i acc, int32_t correction) {
+  return _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_set1_epi32(correction)));
+}
+
+// 16 pixels' sums of lane l, or (pairs, POST) of lanes l (even) and l + 16 (odd) combined as gemm.cc
+// does, stored by store_row16
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline void store_lane16(__m512i even, __m512i odd, bool pairs,
+                                                                             const TileOutput& out, int l, int64_t p,
+                                                                             __mmask16 mask) {
+  __m512 sum = lane_sum(even, out.correction[l]);
+  if (pairs) sum = _mm512_add_ps(sum, _mm512_mul_ps(lane_sum(odd, out.correction[l + 16]), _mm512_set1_ps(kSqrtHalf)));
+  store_row16(sum, out, l, p, mask);
+}
+
+}  // namespace qx
+
+#endif
