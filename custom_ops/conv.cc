@@ -317,7 +317,10 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
     TileOutput out;
     block_output(output, w, offset, n, g, block, out);
     // the window origin of output pixel (oy, ox): counted along, not divided per pixel
-    const int64_t row_bytes = a.strides[0] * wp * pixel_bytes, col_bytes = a.strides[1] * pixel_bytes;
+    // (a stride is only ever multiplied out where there is a second output row / column: a single one
+    // allows any stride, whose product could overflow)
+    const int64_t row_bytes = s.ho > 1 ? a.strides[0] * wp * pixel_bytes : 0;
+    const int64_t col_bytes = s.wo > 1 ? a.strides[1] * pixel_bytes : 0;
     int64_t oy = first / s.wo, ox = first % s.wo;
     for (int64_t p0 = first; p0 < std::min(pixels, first + chunk); p0 += tile) {
       const int64_t count = std::min(tile, pixels - p0);
