@@ -254,7 +254,22 @@ class Emitter:
         (int16 weights or activations) run as a float Conv of dequantized values instead."""
         if form is None or not isinstance(layer, QuantConv2d) or _wide(layer, form):
             return False
-        return not layer.is_integer() or not self.output_quantized(node)
+        return not layer.is_integer() or not self.output_quantized(node) or self.feeds_signed_int_conv(node)
+
+    def feeds_signed_int_conv(self, node: fx.Node) -> bool:
+        """Whether a conv's output quantizer is the signed input of a conv written as IntConv: its codes
+        are then int8 (zero point 0), and onnxruntime fuses DQ -> Conv -> Q into QLinearConv only with
+        the input's type on both sides (uint8 in, int8 out stayed a float Conv with its weights
+        dequantized every run: MobileNetV2's last projection conv).  As an IntConv it becomes an
+        IntConvRequant instead."""
+        users = self.users_after(node, through_relu=True)
+        if len(users) != 1 or users[0].op != "call_module":
+            return False
+        user = self.module(users[0])
+        if not isinstance(user, QuantConv2d) or user.act_quant is None or not user.act_quant.code_range.signed:
+            return False
+        form, post = self.weight_form(user)
+        return not post and self.writes_int_conv(user, users[0], form)
 
     def output_quantized(self, node: fx.Node) -> bool:
         """Whether a conv's output (after its folded BatchNorm and a ReLU) goes into exactly one uniform
