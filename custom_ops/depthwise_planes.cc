@@ -30,10 +30,15 @@ struct PlaneVectors {
 
 // false when one 64-byte load cannot hold a vector's windows (large strides or dilations)
 bool plan_vectors(const ConvShape& s, const ConvAttrs& a, PlaneVectors& v) {
-  const int64_t sh = a.strides[0], sw = a.strides[1], dh = a.dilations[0], dw = a.dilations[1];
+  const int64_t sh = a.strides[0], sw = a.strides[1], dh = a.dilations[0];
+  int64_t dw = a.dilations[1];
   v.wp = s.wp;
   v.kw_groups = (s.kw + 3) / 4;
   const int64_t cols = std::min(s.wo, kVec);
+  // a step that cannot fit a 64-byte window, tested before any product (a stride or dilation that
+  // never applies -- one output column, a 1-wide kernel -- may be any size)
+  if ((cols > 1 && sw > 63) || (s.kw > 1 && dw > 21)) return false;
+  if (s.kw == 1) dw = 0;
   int64_t rows = s.wo <= kVec / 2 ? std::min(kVec / s.wo, s.ho) : 1;
   const auto extent = [&](int64_t r) { return (r - 1) * sh * v.wp + (cols - 1) * sw + 3 * dw; };
   while (rows > 1 && extent(rows) > 63) --rows;
@@ -88,7 +93,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi"))) void 
   const __m512i index = _mm512_load_si512(v.index);
   __m512i acc_e[kVecs], acc_o[kVecs];
   for (int j = 0; j < kVecs; ++j) acc_e[j] = acc_o[j] = _mm512_setzero_si512();
-  const int64_t row = a.dilations[0] * v.wp, group = 4 * a.dilations[1];
+  // (a dilation only ever multiplied out where the kernel has a second row / tap group)
+  const int64_t row = s.kh > 1 ? a.dilations[0] * v.wp : 0, group = v.kw_groups > 1 ? 4 * a.dilations[1] : 0;
   for (int64_t ky = 0; ky < s.kh; ++ky)
     for (int64_t g = 0; g < v.kw_groups; ++g) {
       const int64_t at = ky * row + g * group, word = ky * v.kw_groups + g;
