@@ -31,7 +31,7 @@ from qexport.errors import QexportError
 from qexport.evaluate import subset
 from qexport.export import export
 from qexport.export.openvino import compile_model, import_openvino, precisions, run, to_openvino, write_openvino
-from qexport.ops import DOMAIN, functions_for
+from qexport.ops import DOMAIN, functions_for, post_weights
 
 ov = pytest.importorskip("openvino", reason="OpenVINO not installed (pip install -e '.[test]' brings it)")
 
@@ -274,6 +274,62 @@ def test_int_conv_with_a_constant_step_runs_int8(relu: int, stride: int, tmp_pat
     compiled = compile_model(path, 1)
     assert precisions(compiled).integer_conv == 1
     np.testing.assert_allclose(run(compiled, {"x": x})[0], expected, rtol=1e-5, atol=1e-5)
+
+
+def _post_model(op: str, relu: int) -> tuple[onnx.ModelProto, tuple[int, ...]]:
+    """x -> QuantizeLinear (uint8 + 128 for the matmul, as the exporter writes it) -> qexport.PostConv
+    (3x3) or PostMatMul, random 4-bit POST weights, their function bodies attached; and x's shape."""
+    rng = np.random.default_rng(relu)
+    matmul = op == "PostMatMul"
+    w_shape = (12, 6) if matmul else (6, 4, 3, 3)
+    codes = post_weights.pack(rng.integers(-7, 8, w_shape), 4)
+    zero = np.uint8(128) if matmul else np.int8(0)
+    inits = [
+        numpy_helper.from_array(np.float32(0.05), "x_scale"),
+        numpy_helper.from_array(np.asarray(zero), "x_zero"),
+        post_weights.uint4_initializer("w_codes", codes),
+        numpy_helper.from_array(rng.uniform(0.01, 0.1, 6).astype(np.float32), "w_scale"),
+        numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "bias"),
+    ]
+    inputs = ["codes", "x_scale", "w_codes", "w_scale", "bias"]
+    if matmul:
+        node = helper.make_node(op, [*inputs, "x_zero"], ["y"], domain=DOMAIN, bits=4)
+        x_shape, y_shape = (2, 5, 12), ["batch", 5, 6]
+    else:
+        node = helper.make_node(op, inputs, ["y"], domain=DOMAIN, bits=4, strides=[1, 1], pads=[1, 1, 1, 1],
+                                dilations=[1, 1], group=1, relu=relu)  # fmt: skip
+        x_shape, y_shape = (3, 4, 9, 9), ["batch", 6, 9, 9]
+    graph = helper.make_graph(
+        [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zero"], ["codes"]), node],
+        "post",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", *x_shape[1:]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        inits,
+    )
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid(DOMAIN, 1)]
+    return helper.make_model(graph, opset_imports=opsets, functions=functions_for({op})), x_shape
+
+
+@pytest.mark.parametrize(("op", "relu"), [("PostConv", 0), ("PostConv", 1), ("PostConv", 6), ("PostMatMul", 0)])
+def test_post_with_a_constant_step_runs_int8(op: str, relu: int, tmp_path: Path) -> None:
+    """A PostConv / PostMatMul of a constant input step becomes two QDQ convs / matmuls (even and odd
+    weights) that OpenVINO runs in int8, computing what the function body does up to float rounding."""
+    model, x_shape = _post_model(op, relu)
+    form = to_openvino(model)
+    kind = "MatMul" if op == "PostMatMul" else "Conv"
+    assert not [n for n in form.graph.node if n.domain == DOMAIN]
+    assert [n.op_type for n in form.graph.node].count(kind) == 2
+    path = tmp_path / "form.onnx"
+    onnx.save(form, path)
+    x = np.random.default_rng(2).standard_normal(x_shape).astype(np.float32) * 3
+    cpu = ["CPUExecutionProvider"]
+    expected = ort.InferenceSession(model.SerializeToString(), providers=cpu).run(None, {"x": x})[0]
+    in_ort = ort.InferenceSession(str(path), providers=cpu).run(None, {"x": x})[0]
+    np.testing.assert_allclose(in_ort, expected, rtol=1e-5, atol=1e-5)
+    compiled = compile_model(path, 1, shapes=list(x_shape))
+    counts = precisions(compiled)
+    assert (counts.integer_matmul if op == "PostMatMul" else counts.integer_conv) == 2
+    np.testing.assert_allclose(run(compiled, {"x": x})[0], expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow

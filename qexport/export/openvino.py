@@ -8,7 +8,9 @@ the export checks the rewritten one against the PyTorch model, code for code):
    so a qexport op (``IntConv``, ``PostConv``, ``AsqQuantize`` ...) would be an unknown op; its
    function body runs instead, in float (OpenVINO has no native kernel for it).  An ``IntConv``
    whose input step is one constant (a ResNet stem; not ASQ's per-sample step) is first written as
-   DequantizeLinear -> Conv (-> Relu), which OpenVINO runs as an int8 conv.
+   DequantizeLinear -> Conv (-> Relu), which OpenVINO runs as an int8 conv; a ``PostConv`` /
+   ``PostMatMul`` of a constant step as two of them, over its even and its odd weights (decoded to
+   int8 here), added.
 2. No QuantizeLinear of a constant: OpenVINO's int8 pass (``AddTransformation``) throws on one.
    A QuantizeLinear after a pure data-movement op on a constant (the transformer's position
    embedding, ``Slice(pos, 0, seq)``, which OpenVINO folds to a constant once the sequence length
@@ -42,7 +44,7 @@ import onnx.inliner
 from onnxscript import ir, optimizer
 
 from ..errors import QexportError
-from ..ops import DOMAIN
+from ..ops import DOMAIN, post_weights
 
 if TYPE_CHECKING:
     import openvino
@@ -75,6 +77,8 @@ def to_openvino(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in list(graph_model.graph):
         if node.domain == DOMAIN and node.op_type == "IntConv":
             _int_conv_as_qdq(graph_model.graph, node)
+        elif node.domain == DOMAIN and node.op_type in ("PostConv", "PostMatMul"):
+            _post_as_qdq(graph_model.graph, node)
     inlined = onnx.inliner.inline_local_functions(ir.serde.serialize_model(graph_model))
     graph_model = ir.serde.deserialize_model(onnx.shape_inference.infer_shapes(inlined))  # ranks for 5.
     graph = graph_model.graph
@@ -199,17 +203,73 @@ def _int_conv_as_qdq(graph: ir.Graph, node: ir.Node) -> None:
     w_dq = ir.node("DequantizeLinear", [w, w_scale, zeros[1]], attributes={"axis": 0})
     conv_attrs = {k: v for k, v in node.attributes.items() if k in ("strides", "pads", "dilations", "group")}
     conv = ir.node("Conv", [x_dq.outputs[0], w_dq.outputs[0], bias], attributes=conv_attrs)
+    new = [x_dq, w_dq, conv, *_relu_nodes(graph, node, conv.outputs[0])]
+    graph.insert_before(node, new)
+    _replace(graph, [node], {node.outputs[0]: new[-1].outputs[0]})
+
+
+def _relu_nodes(graph: ir.Graph, node: ir.Node, y: ir.Value) -> list[ir.Node]:
+    """The fused ReLU of qexport conv ``node`` (its ``relu`` attribute: 0, 1 or 6) applied to ``y``."""
     relu = node.attributes["relu"].as_int() if "relu" in node.attributes else 0
-    new = [x_dq, w_dq, conv]
     if relu == 1:
-        new.append(ir.node("Relu", [conv.outputs[0]]))
-    elif relu == 6:  # ReLU6
-        bounds = []
-        for bound, value in (("low", 0.0), ("high", 6.0)):
-            v = ir.Value(name=f"{node.outputs[0].name}.relu6_{bound}", const_value=ir.tensor(np.float32(value)))
+        return [ir.node("Relu", [y])]
+    if relu != 6:
+        return []
+    bounds = []
+    for bound, value in (("low", 0.0), ("high", 6.0)):
+        v = ir.Value(name=f"{node.outputs[0].name}.relu6_{bound}", const_value=ir.tensor(np.float32(value)))
+        graph.register_initializer(v)
+        bounds.append(v)
+    return [ir.node("Clip", [y, *bounds])]
+
+
+def _post_as_qdq(graph: ir.Graph, node: ir.Node) -> None:
+    """A PostConv / PostMatMul whose input step is one constant as two int8 convs / matmuls, the even
+    and the odd weights (decoded at export), each DequantizeLinear -> Conv / MatMul, added (-> Relu):
+    OpenVINO runs both in int8 (the function body decodes the weights at run time and runs a float
+    conv, or an integer MatMul OpenVINO has no int8 kernel for).  The odd weights' scale carries the
+    1 / sqrt 2; float rounding differs from the body's combine in the last bits, as an int8 conv's
+    does from IntConv's."""
+    matmul = node.op_type == "PostMatMul"
+    x, x_scale, w, w_scale, bias = node.inputs[:5]
+    x_zero = node.inputs[5] if matmul and len(node.inputs) > 5 else None
+    step, codes, scales = _constant(x_scale), _constant(w), _constant(w_scale)
+    x_type = None if x is None else _code_type(x)
+    if step is None or step.size != 1 or codes is None or scales is None or x_type not in _CODES:
+        return
+    bits = node.attributes["bits"].as_int()
+    if "relu" in node.attributes and node.attributes["relu"].as_int() not in (0, 1, 6):
+        return
+    name = node.outputs[0].name
+    if x_zero is None:
+        zero = ir.tensor(np.zeros((), _CODES[x_type]), dtype=x_type)
+        x_zero = ir.Value(name=f"{name}.x_zero_point", const_value=zero)
+        graph.register_initializer(x_zero)
+    x_dq = ir.node("DequantizeLinear", [x, x_scale, x_zero])
+    new = [x_dq]
+    sums = []
+    for part, weights, scale in zip(("even", "odd"), post_weights.reference(codes.astype(np.uint8), bits),
+                                    (scales, scales * post_weights.SQRT_HALF), strict=True):  # fmt: skip
+        w_codes = ir.Value(name=f"{name}.w_{part}", const_value=ir.tensor(weights.astype(np.int8)))
+        w_scale_part = ir.Value(name=f"{name}.w_{part}_scale", const_value=ir.tensor(scale.astype(np.float32)))
+        w_zero = ir.Value(name=f"{name}.w_{part}_zero_point", const_value=ir.tensor(np.zeros(scale.shape, np.int8)))
+        for v in (w_codes, w_scale_part, w_zero):
             graph.register_initializer(v)
-            bounds.append(v)
-        new.append(ir.node("Clip", [conv.outputs[0], *bounds]))
+        w_dq = ir.node("DequantizeLinear", [w_codes, w_scale_part, w_zero], attributes={"axis": 1 if matmul else 0})
+        if matmul:
+            op = ir.node("MatMul", [x_dq.outputs[0], w_dq.outputs[0]])
+        else:
+            attrs = {k: v for k, v in node.attributes.items() if k in ("strides", "pads", "dilations", "group")}
+            # the bias in the even conv (per output channel: a Conv input, not a broadcast Add)
+            op = ir.node("Conv", [x_dq.outputs[0], w_dq.outputs[0], *([bias] if part == "even" else [])],
+                         attributes=attrs)  # fmt: skip
+        new += [w_dq, op]
+        sums.append(op.outputs[0])
+    total = ir.node("Add", sums)
+    new.append(total)
+    if matmul:
+        new.append(ir.node("Add", [total.outputs[0], bias]))
+    new += _relu_nodes(graph, node, new[-1].outputs[0])
     graph.insert_before(node, new)
     _replace(graph, [node], {node.outputs[0]: new[-1].outputs[0]})
 
