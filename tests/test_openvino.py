@@ -332,6 +332,52 @@ def test_post_with_a_constant_step_runs_int8(op: str, relu: int, tmp_path: Path)
     np.testing.assert_allclose(run(compiled, {"x": x})[0], expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("op", ["IntConv", "PostConv"])
+def test_conv_with_a_step_per_sample_runs_int8(op: str, tmp_path: Path) -> None:
+    """ASQ's per-sample step (a graph value, not a constant) stays out of the DequantizeLinear: the
+    codes dequantized by 1 run as an int8 conv, times the step and plus the bias after it."""
+    rng = np.random.default_rng(5)
+    if op == "IntConv":
+        w = numpy_helper.from_array(rng.integers(-8, 8, (6, 4, 3, 3)).astype(np.int8), "w_codes")
+        attrs: dict = {}
+    else:
+        w = post_weights.uint4_initializer("w_codes", post_weights.pack(rng.integers(-7, 8, (6, 4, 3, 3)), 4))
+        attrs = {"bits": 4}
+    inits = [
+        numpy_helper.from_array(np.float32(0.05), "q_scale"),
+        numpy_helper.from_array(np.uint8(0), "q_zero"),
+        w,
+        numpy_helper.from_array(rng.uniform(0.01, 0.1, 6).astype(np.float32), "w_scale"),
+        numpy_helper.from_array(rng.standard_normal(6).astype(np.float32), "bias"),
+    ]
+    nodes = [
+        helper.make_node("QuantizeLinear", ["x", "q_scale", "q_zero"], ["codes"]),
+        helper.make_node(op, ["codes", "step", "w_codes", "w_scale", "bias"], ["y"], domain=DOMAIN,
+                         strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1, relu=1, **attrs),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "asq_conv",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 9, 9]),
+         helper.make_tensor_value_info("step", TensorProto.FLOAT, ["batch", 1, 1, 1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6, 9, 9])],
+        inits,
+    )  # fmt: skip
+    opsets = [helper.make_opsetid("", 21), helper.make_opsetid(DOMAIN, 1)]
+    model = helper.make_model(graph, opset_imports=opsets, functions=functions_for({op}))
+    form = to_openvino(model)
+    ops = [n.op_type for n in form.graph.node]
+    assert ops.count("Conv") == (1 if op == "IntConv" else 2) and "Mul" in ops
+    path = tmp_path / "form.onnx"
+    onnx.save(form, path)
+    feed = {"x": np.abs(rng.standard_normal((3, 4, 9, 9))).astype(np.float32) * 3,
+            "step": rng.uniform(0.02, 0.2, (3, 1, 1, 1)).astype(np.float32)}  # fmt: skip
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)[0]
+    compiled = compile_model(path, 1, batch=3)
+    assert precisions(compiled).integer_conv == ops.count("Conv")
+    np.testing.assert_allclose(run(compiled, feed)[0], expected, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.slow
 def test_transformer_loads_with_a_fixed_sequence_and_agrees(tmp_path: Path) -> None:
     """The zoo transformer (LSQ W8A8): with the sequence length fixed, OpenVINO folds the position

@@ -7,10 +7,11 @@ the export checks the rewritten one against the PyTorch model, code for code):
 1. Model-local functions inlined (``onnx.inliner``): OpenVINO does not read model-local functions,
    so a qexport op (``IntConv``, ``PostConv``, ``AsqQuantize`` ...) would be an unknown op; its
    function body runs instead, in float (OpenVINO has no native kernel for it).  An ``IntConv``
-   whose input step is one constant (a ResNet stem; not ASQ's per-sample step) is first written as
+   is first written as
    DequantizeLinear -> Conv (-> Relu), which OpenVINO runs as an int8 conv; a ``PostConv`` /
-   ``PostMatMul`` of a constant step as two of them, over its even and its odd weights (decoded to
-   int8 here), added.
+   ``PostMatMul`` as two of them, over its even and its odd weights (decoded to int8 here), added.
+   ASQ's step per sample (or per row) cannot be a DequantizeLinear scale there: the codes are
+   dequantized by 1 and the conv's output multiplied by the step.
 2. No QuantizeLinear of a constant: OpenVINO's int8 pass (``AddTransformation``) throws on one.
    A QuantizeLinear after a pure data-movement op on a constant (the transformer's position
    embedding, ``Slice(pos, 0, seq)``, which OpenVINO folds to a constant once the sequence length
@@ -141,7 +142,8 @@ def _scalar_quantize(node: ir.Node) -> tuple[ir.Value, ir.Value] | None:
 
 def _code_type(value: ir.Value) -> ir.DataType | None:
     """The integer type of ``value`` where it is known without shape inference: a constant's, a
-    Cast's target, or the zero point's of the QuantizeLinear it comes from (through a range Clip)."""
+    Cast's target, or the zero point's of the QuantizeLinear or ASQ quantizer it comes from (through
+    a range Clip)."""
     tensor = ir.convenience.get_const_tensor(value)
     if tensor is not None:
         return tensor.dtype
@@ -152,7 +154,10 @@ def _code_type(value: ir.Value) -> ir.DataType | None:
         return _code_type(node.inputs[0])
     if node.op_type == "Cast" and "to" in node.attributes:
         return ir.DataType(node.attributes["to"].as_int())
-    if node.op_type == "QuantizeLinear" and len(node.inputs) > 2 and node.inputs[2] is not None:
+    quantize = node.op_type == "QuantizeLinear" or (
+        node.domain == DOMAIN and node.op_type in ("AsqQuantize", "AsqQuantizeRows") and value is node.outputs[1]
+    )  # ASQ's codes: the type of its zero point too
+    if quantize and len(node.inputs) > 2 and node.inputs[2] is not None:
         zero = ir.convenience.get_const_tensor(node.inputs[2])
         return None if zero is None else zero.dtype
     return value.dtype
@@ -179,31 +184,73 @@ def _unfused_requant(graph: ir.Graph, node: ir.Node) -> None:
     _replace(graph, [node], {node.outputs[0]: clip.outputs[0]})
 
 
-def _int_conv_as_qdq(graph: ir.Graph, node: ir.Node) -> None:
-    """An IntConv whose input step is one constant (not ASQ's per-sample step) as
-    DequantizeLinear -> Conv (-> Relu): OpenVINO runs it as an int8 conv (the function body would be
-    a float conv, its scale folded into the weights: not exact)."""
-    x, x_scale, w, w_scale, bias = node.inputs
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
+    value = ir.Value(name=name, const_value=ir.tensor(array, dtype=dtype))
+    graph.register_initializer(value)
+    return value
+
+
+def _input_dq(graph: ir.Graph, node: ir.Node, x: ir.Value, x_type: ir.DataType, x_scale: ir.Value,
+              x_zero: ir.Value | None = None) -> tuple[ir.Node, ir.Value | None]:  # fmt: skip
+    """DequantizeLinear of a qexport conv / matmul's input codes, for OpenVINO's int8 pattern: by their
+    step where it is one constant; else (ASQ's step per sample or per row) by 1, the codes' integer
+    values, and the step is returned, to multiply the conv / matmul's output by (a DequantizeLinear
+    scale must be a constant for OpenVINO's int8 pass)."""
+    name = node.outputs[0].name
+    if x_zero is None:
+        x_zero = _initializer(graph, f"{name}.x_zero_point", np.zeros((), _CODES[x_type]), x_type)
     step = _constant(x_scale)
-    x_type, w_type = (None, None) if x is None or w is None else (_code_type(x), _code_type(w))
-    if step is None or step.size != 1 or x_type not in _CODES or w_type not in _CODES or w_scale is None:
+    if step is not None and step.size == 1:
+        return ir.node("DequantizeLinear", [x, x_scale, x_zero]), None
+    one = _initializer(graph, f"{name}.x_unit_scale", np.float32(1.0))
+    return ir.node("DequantizeLinear", [x, one, x_zero]), x_scale
+
+
+def _rescaled(graph: ir.Graph, node: ir.Node, y: ir.Value, step: ir.Value | None, bias: ir.Value | None,
+              conv: bool) -> list[ir.Node]:  # fmt: skip
+    """y times the input step (where _input_dq left it out), plus the bias (a conv's as [1, M, 1, 1]),
+    then the node's ReLU."""
+    new = []
+    if step is not None:
+        new.append(ir.node("Mul", [y, step]))
+    if bias is not None:
+        b = _constant(bias)
+        if conv:
+            assert b is not None
+            bias = _initializer(graph, f"{node.outputs[0].name}.bias_nchw", b.reshape(1, -1, 1, 1))
+        new.append(ir.node("Add", [new[-1].outputs[0] if new else y, bias]))
+    return new + _relu_nodes(graph, node, new[-1].outputs[0] if new else y)
+
+
+def _convertible(node: ir.Node, x: ir.Value | None, conv: bool, bias: ir.Value | None) -> ir.DataType | None:
+    """The code type of a qexport conv / matmul's input when the rewrites below apply to it: codes of
+    8-bit type, a ReLU they know, and (a conv with a step per sample) a constant bias."""
+    x_type = None if x is None else _code_type(x)
+    if x_type not in _CODES or ("relu" in node.attributes and node.attributes["relu"].as_int() not in (0, 1, 6)):
+        return None
+    step = _constant(node.inputs[1])
+    if conv and not (step is not None and step.size == 1) and (bias is None or _constant(bias) is None):
+        return None
+    return x_type
+
+
+def _int_conv_as_qdq(graph: ir.Graph, node: ir.Node) -> None:
+    """An IntConv as DequantizeLinear -> Conv (-> times ASQ's per-sample step, + bias) (-> Relu):
+    OpenVINO runs it as an int8 conv (the function body would be a float conv, its scale folded into
+    the weights: not exact)."""
+    x, x_scale, w, w_scale, bias = node.inputs
+    x_type = _convertible(node, x, True, bias)
+    w_type = None if w is None else _code_type(w)
+    scales = None if w_scale is None else _constant(w_scale)
+    if x_type is None or w_type not in _CODES or scales is None or x_scale is None:
         return
-    if "relu" in node.attributes and node.attributes["relu"].as_int() not in (0, 1, 6):
-        return
-    scales = _constant(w_scale)
-    if scales is None:
-        return
-    zeros = []
-    for name, dtype, shape in ((f"{node.outputs[0].name}.x_zero_point", x_type, ()), (
-        f"{node.outputs[0].name}.w_zero_point", w_type, scales.shape)):  # fmt: skip
-        zero = ir.Value(name=name, const_value=ir.tensor(np.zeros(shape, _CODES[dtype]), dtype=dtype))
-        graph.register_initializer(zero)
-        zeros.append(zero)
-    x_dq = ir.node("DequantizeLinear", [x, x_scale, zeros[0]])
-    w_dq = ir.node("DequantizeLinear", [w, w_scale, zeros[1]], attributes={"axis": 0})
+    assert x is not None and w is not None and w_scale is not None
+    w_zero = _initializer(graph, f"{node.outputs[0].name}.w_zero_point", np.zeros(scales.shape, _CODES[w_type]), w_type)
+    x_dq, step = _input_dq(graph, node, x, x_type, x_scale)
+    w_dq = ir.node("DequantizeLinear", [w, w_scale, w_zero], attributes={"axis": 0})
     conv_attrs = {k: v for k, v in node.attributes.items() if k in ("strides", "pads", "dilations", "group")}
-    conv = ir.node("Conv", [x_dq.outputs[0], w_dq.outputs[0], bias], attributes=conv_attrs)
-    new = [x_dq, w_dq, conv, *_relu_nodes(graph, node, conv.outputs[0])]
+    conv = ir.node("Conv", [x_dq.outputs[0], w_dq.outputs[0], *([bias] if step is None else [])], attributes=conv_attrs)
+    new = [x_dq, w_dq, conv, *_rescaled(graph, node, conv.outputs[0], step, None if step is None else bias, True)]
     graph.insert_before(node, new)
     _replace(graph, [node], {node.outputs[0]: new[-1].outputs[0]})
 
@@ -224,52 +271,41 @@ def _relu_nodes(graph: ir.Graph, node: ir.Node, y: ir.Value) -> list[ir.Node]:
 
 
 def _post_as_qdq(graph: ir.Graph, node: ir.Node) -> None:
-    """A PostConv / PostMatMul whose input step is one constant as two int8 convs / matmuls, the even
-    and the odd weights (decoded at export), each DequantizeLinear -> Conv / MatMul, added (-> Relu):
+    """A PostConv / PostMatMul as two int8 convs / matmuls, the even and the odd weights (decoded at
+    export), each DequantizeLinear -> Conv / MatMul, added (-> times ASQ's step, + bias) (-> Relu):
     OpenVINO runs both in int8 (the function body decodes the weights at run time and runs a float
     conv, or an integer MatMul OpenVINO has no int8 kernel for).  The odd weights' scale carries the
     1 / sqrt 2; float rounding differs from the body's combine in the last bits, as an int8 conv's
     does from IntConv's."""
     matmul = node.op_type == "PostMatMul"
     x, x_scale, w, w_scale, bias = node.inputs[:5]
-    x_zero = node.inputs[5] if matmul and len(node.inputs) > 5 else None
-    step, codes, scales = _constant(x_scale), _constant(w), _constant(w_scale)
-    x_type = None if x is None else _code_type(x)
-    if step is None or step.size != 1 or codes is None or scales is None or x_type not in _CODES:
+    x_type = _convertible(node, x, not matmul, bias)
+    codes, scales = _constant(w), _constant(w_scale)
+    if x_type is None or codes is None or scales is None or x_scale is None:
         return
-    bits = node.attributes["bits"].as_int()
-    if "relu" in node.attributes and node.attributes["relu"].as_int() not in (0, 1, 6):
-        return
+    assert x is not None
     name = node.outputs[0].name
-    if x_zero is None:
-        zero = ir.tensor(np.zeros((), _CODES[x_type]), dtype=x_type)
-        x_zero = ir.Value(name=f"{name}.x_zero_point", const_value=zero)
-        graph.register_initializer(x_zero)
-    x_dq = ir.node("DequantizeLinear", [x, x_scale, x_zero])
-    new = [x_dq]
-    sums = []
+    x_dq, step = _input_dq(graph, node, x, x_type, x_scale, node.inputs[5] if matmul else None)
+    new, sums = [x_dq], []
+    attrs = {k: v for k, v in node.attributes.items() if k in ("strides", "pads", "dilations", "group")}
+    bits = node.attributes["bits"].as_int()
     for part, weights, scale in zip(("even", "odd"), post_weights.reference(codes.astype(np.uint8), bits),
                                     (scales, scales * post_weights.SQRT_HALF), strict=True):  # fmt: skip
-        w_codes = ir.Value(name=f"{name}.w_{part}", const_value=ir.tensor(weights.astype(np.int8)))
-        w_scale_part = ir.Value(name=f"{name}.w_{part}_scale", const_value=ir.tensor(scale.astype(np.float32)))
-        w_zero = ir.Value(name=f"{name}.w_{part}_zero_point", const_value=ir.tensor(np.zeros(scale.shape, np.int8)))
-        for v in (w_codes, w_scale_part, w_zero):
-            graph.register_initializer(v)
-        w_dq = ir.node("DequantizeLinear", [w_codes, w_scale_part, w_zero], attributes={"axis": 1 if matmul else 0})
+        w_dq = ir.node("DequantizeLinear", [
+            _initializer(graph, f"{name}.w_{part}", weights.astype(np.int8)),
+            _initializer(graph, f"{name}.w_{part}_scale", scale.astype(np.float32)),
+            _initializer(graph, f"{name}.w_{part}_zero_point", np.zeros(scale.shape, np.int8)),
+        ], attributes={"axis": 1 if matmul else 0})  # fmt: skip
         if matmul:
             op = ir.node("MatMul", [x_dq.outputs[0], w_dq.outputs[0]])
-        else:
-            attrs = {k: v for k, v in node.attributes.items() if k in ("strides", "pads", "dilations", "group")}
-            # the bias in the even conv (per output channel: a Conv input, not a broadcast Add)
-            op = ir.node("Conv", [x_dq.outputs[0], w_dq.outputs[0], *([bias] if part == "even" else [])],
-                         attributes=attrs)  # fmt: skip
+        else:  # the bias in the even conv where no step multiplies after (a Conv input, per channel)
+            in_conv = [bias] if part == "even" and step is None else []
+            op = ir.node("Conv", [x_dq.outputs[0], w_dq.outputs[0], *in_conv], attributes=attrs)
         new += [w_dq, op]
         sums.append(op.outputs[0])
     total = ir.node("Add", sums)
-    new.append(total)
-    if matmul:
-        new.append(ir.node("Add", [total.outputs[0], bias]))
-    new += _relu_nodes(graph, node, new[-1].outputs[0])
+    after_bias = bias if matmul or step is not None else None
+    new += [total, *_rescaled(graph, node, total.outputs[0], step, after_bias, not matmul)]
     graph.insert_before(node, new)
     _replace(graph, [node], {node.outputs[0]: new[-1].outputs[0]})
 
