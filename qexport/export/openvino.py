@@ -6,10 +6,10 @@ the export checks the rewritten one against the PyTorch model, code for code):
 
 1. Model-local functions inlined (``onnx.inliner``): OpenVINO does not read model-local functions,
    so a qexport op (``IntConv``, ``PostConv``, ``AsqQuantize`` ...) would be an unknown op; its
-   function body runs instead, in float (OpenVINO has no native kernel for it).  An ``IntConv``
-   is first written as
-   DequantizeLinear -> Conv (-> Relu), which OpenVINO runs as an int8 conv; a ``PostConv`` /
-   ``PostMatMul`` as two of them, over its even and its odd weights (decoded to int8 here), added.
+   function body runs instead, in float (OpenVINO has no native kernel for it).  An ``IntConv`` is
+   first written as DequantizeLinear -> Conv (-> Relu), which OpenVINO runs as an int8 conv; a
+   ``PostConv`` / ``PostMatMul`` as two of them, over its even and its odd weights (decoded to int8
+   here), added.
    ASQ's step per sample (or per row) cannot be a DequantizeLinear scale there: the codes are
    dequantized by 1 and the conv's output multiplied by the step.
 2. No QuantizeLinear of a constant: OpenVINO's int8 pass (``AddTransformation``) throws on one.
