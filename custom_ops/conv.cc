@@ -251,8 +251,7 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
               const PackedWeights& w, bool dup16, const ConvOutput& output) {
   if (run_pointwise(context, isa, s, a, x, w, output) || run_depthwise_planes(context, isa, s, a, x, w, dup16, output))
     return;
-  const bool is_signed = x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
-  const uint8_t offset = is_signed ? 128 : 0;
+  const uint8_t offset = code_offset(x);
   const KLayout layout = KLayout::of(s, a);
   const int64_t cg4 = layout.cg4, groups = w.groups;
   const int64_t pt = a.pads[0], pl = a.pads[1];

@@ -81,6 +81,10 @@ int64_t packed_groups(const ConvShape& s, const ConvAttrs& a);
 // packed_groups) for sample n; run_conv adds the offset corrections and runs every pixel tile into it.
 using ConvOutput = std::function<void(int64_t n, int64_t g, int64_t lane0, TileOutput& out)>;
 
+// What the conv kernels add to activation codes x: int8 codes run as uint8 + 128 (the unsigned operand
+// of vpdpbusd / vpmaddubsw), which the corrections below take back out; uint8 codes as they are.
+inline uint8_t code_offset(const Tensor& x) { return x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 ? 128 : 0; }
+
 // The output of lanes [block * 32, + 32) of group g for sample n: ``output``'s rows, scales and biases,
 // and the corrections that take the activation ``offset`` back out of the sums.
 void block_output(const ConvOutput& output, const PackedWeights& w, uint8_t offset, int64_t n, int64_t g,

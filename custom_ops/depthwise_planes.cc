@@ -129,8 +129,7 @@ bool run_depthwise_planes(OrtKernelContext* context, Isa isa, const ConvShape& s
   if (s.ho * s.wo < (dup16 ? 128 : 256)) return false;
   PlaneVectors v;
   if (!plan_vectors(s, a, v)) return false;
-  const bool is_signed = x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
-  const uint8_t offset = is_signed ? 128 : 0;
+  const uint8_t offset = code_offset(x);
   const uint8_t* src = static_cast<const uint8_t*>(x.data);
   const int64_t pt = a.pads[0], pl = a.pads[1], in_plane = s.h * s.w, words = s.kh * v.kw_groups;
   const int64_t per_block = dup16 ? int64_t(kTileLanes) / 2 : int64_t(kTileLanes);

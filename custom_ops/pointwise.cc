@@ -92,7 +92,7 @@ bool run_pointwise(OrtKernelContext* context, Isa isa, const ConvShape& s, const
                          a.pads == std::vector<int64_t>{0, 0, 0, 0};
   // one channel in and out packs as a depthwise conv (KLayout::of): not this kernel's layout
   if (isa != Isa::Avx512Vnni || !pointwise || w.groups != 1 || KLayout::of(s, a).depthwise) return false;
-  const uint8_t offset = x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 ? 128 : 0;
+  const uint8_t offset = code_offset(x);
   const int64_t pixels = s.h * s.w, k4 = w.k4;
   // tasks of up to 256 pixels (a multiple of every step), the last one's up to 15 tail pixels computed,
   // never stored
