@@ -18,7 +18,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 
 from qexport import native
@@ -32,23 +31,23 @@ def _cpu() -> str:
         return platform.processor() or platform.machine()
 
 
-def _feeds(path: Path, batch: int) -> dict[str, np.ndarray]:
-    """The inputs the benchmark feeds: a sequence axis at the size the model was exported with."""
-    shape, dtype = input_shape(path)
-    feed = random_feeds(batch, shape, vocab_size(path))[f"tensor({'float' if dtype == 'float32' else dtype})"]
-    name = onnx.load(str(path), load_external_data=False).graph.input[0].name
-    return {name: feed}
+def _feed(path: Path, session: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]:
+    """The input the benchmark feeds (qexport.bench): a sequence axis at the size the model was exported
+    with, token ids within the vocabulary."""
+    shape, _ = input_shape(path)
+    inp = session.get_inputs()[0]
+    return {inp.name: random_feeds(batch, shape, vocab_size(path))[inp.type]}
 
 
 def profile(path: Path, batch: int, threads: int, runs: int) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
     """Mean microseconds per run by op type and by (op type, node name)."""
-    feeds = _feeds(path, batch)
     with tempfile.TemporaryDirectory() as tmp:
         options = session_options(threads)
         options.enable_profiling = True
         options.profile_file_prefix = os.path.join(tmp, "profile")
         native.register(options)
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feeds = _feed(path, session, batch)
         for _ in range(5):
             session.run(None, feeds)
         trace = session.end_profiling()  # warm-up runs end up in the trace too; dropped below

@@ -173,21 +173,26 @@ def _unfused_requant(graph: ir.Graph, node: ir.Node) -> None:
     attrs = {k: v for k, v in node.attributes.items() if k not in ("qmin", "qmax")}
     conv = ir.node(node.op_type.removesuffix("Requant"), conv_inputs, attributes=attrs, domain=DOMAIN)
     quant = ir.node("QuantizeLinear", [conv.outputs[0], y_scale, y_zero])
-    bounds = []
-    for bound in ("qmin", "qmax"):
-        value = np.asarray(node.attributes[bound].as_int(), zero.dtype)
-        v = ir.Value(name=f"{node.outputs[0].name}.{bound}", const_value=ir.tensor(value))
-        graph.register_initializer(v)
-        bounds.append(v)
+    bounds = [
+        _initializer(graph, f"{node.outputs[0].name}.{bound}", np.asarray(node.attributes[bound].as_int(), zero.dtype))
+        for bound in ("qmin", "qmax")
+    ]
     clip = ir.node("Clip", [quant.outputs[0], *bounds])
     graph.insert_before(node, [conv, quant, clip])
     _replace(graph, [node], {node.outputs[0]: clip.outputs[0]})
 
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:
+    """A new initializer of ``graph``."""
     value = ir.Value(name=name, const_value=ir.tensor(array, dtype=dtype))
     graph.register_initializer(value)
     return value
+
+
+def _one_constant(value: ir.Value | None) -> bool:
+    """Whether ``value`` is a constant of one element (a step DequantizeLinear can take as its scale)."""
+    array = _constant(value)
+    return array is not None and array.size == 1
 
 
 def _input_dq(graph: ir.Graph, node: ir.Node, x: ir.Value, x_type: ir.DataType, x_scale: ir.Value,
@@ -199,8 +204,7 @@ def _input_dq(graph: ir.Graph, node: ir.Node, x: ir.Value, x_type: ir.DataType, 
     name = node.outputs[0].name
     if x_zero is None:
         x_zero = _initializer(graph, f"{name}.x_zero_point", np.zeros((), _CODES[x_type]), x_type)
-    step = _constant(x_scale)
-    if step is not None and step.size == 1:
+    if _one_constant(x_scale):
         return ir.node("DequantizeLinear", [x, x_scale, x_zero]), None
     one = _initializer(graph, f"{name}.x_unit_scale", np.float32(1.0))
     return ir.node("DequantizeLinear", [x, one, x_zero]), x_scale
@@ -228,8 +232,7 @@ def _convertible(node: ir.Node, x: ir.Value | None, conv: bool, bias: ir.Value |
     x_type = None if x is None else _code_type(x)
     if x_type not in _CODES or ("relu" in node.attributes and node.attributes["relu"].as_int() not in (0, 1, 6)):
         return None
-    step = _constant(node.inputs[1])
-    if conv and not (step is not None and step.size == 1) and (bias is None or _constant(bias) is None):
+    if conv and not _one_constant(node.inputs[1]) and (bias is None or _constant(bias) is None):
         return None
     return x_type
 
@@ -262,11 +265,8 @@ def _relu_nodes(graph: ir.Graph, node: ir.Node, y: ir.Value) -> list[ir.Node]:
         return [ir.node("Relu", [y])]
     if relu != 6:
         return []
-    bounds = []
-    for bound, value in (("low", 0.0), ("high", 6.0)):
-        v = ir.Value(name=f"{node.outputs[0].name}.relu6_{bound}", const_value=ir.tensor(np.float32(value)))
-        graph.register_initializer(v)
-        bounds.append(v)
+    bounds = [_initializer(graph, f"{node.outputs[0].name}.relu6_{bound}", np.float32(value))
+              for bound, value in (("low", 0.0), ("high", 6.0))]  # fmt: skip
     return [ir.node("Clip", [y, *bounds])]
 
 
@@ -340,11 +340,10 @@ def _subsample_before_strided_1x1(graph: ir.Graph, conv: ir.Node) -> None:
     if conv.inputs[0] is None:
         return
     name = conv.outputs[0].name
-    params = []
-    for what, values in (("starts", [0, 0]), ("ends", [2**62, 2**62]), ("axes", [2, 3]), ("steps", strides)):
-        param = ir.Value(name=f"{name}.subsample_{what}", const_value=ir.tensor(np.array(values, np.int64)))
-        graph.register_initializer(param)
-        params.append(param)
+    params = [
+        _initializer(graph, f"{name}.subsample_{what}", np.array(values, np.int64))
+        for what, values in (("starts", [0, 0]), ("ends", [2**62, 2**62]), ("axes", [2, 3]), ("steps", strides))
+    ]
     subsample = ir.node("Slice", [conv.inputs[0], *params])
     graph.insert_before(conv, [subsample])
     conv.replace_input_with(0, subsample.outputs[0])
@@ -400,10 +399,8 @@ def _explicit_residual_rounding(graph: ir.Graph, quant: ir.Node) -> None:
     zp = _constant(zero)
     assert zp is not None
     info = np.iinfo(zp.dtype)
-    lo = ir.Value(name=f"{quant.outputs[0].name}.low", const_value=ir.tensor(np.float32(info.min - int(zp.item()))))
-    hi = ir.Value(name=f"{quant.outputs[0].name}.high", const_value=ir.tensor(np.float32(info.max - int(zp.item()))))
-    graph.register_initializer(lo)
-    graph.register_initializer(hi)
+    lo = _initializer(graph, f"{quant.outputs[0].name}.low", np.float32(info.min - int(zp.item())))
+    hi = _initializer(graph, f"{quant.outputs[0].name}.high", np.float32(info.max - int(zp.item())))
     div = ir.node("Div", [quant.inputs[0], scale])
     rnd = ir.node("Round", [div.outputs[0]])
     clip = ir.node("Clip", [rnd.outputs[0], lo, hi])
