@@ -29,7 +29,7 @@ from onnx import numpy_helper, shape_inference
 from .errors import QexportError
 
 # What onnxruntime's optimised graph holds for a conv / matmul, by kernel family.
-INTEGER_CONV = {"QLinearConv", "ConvInteger", "PostConv", "IntConv"}
+INTEGER_CONV = {"QLinearConv", "ConvInteger", "PostConv", "IntConv", "PostConvRequant", "IntConvRequant"}
 FLOAT_CONV = {"Conv", "FusedConv", "NhwcFusedConv", "NchwcConv"}
 INTEGER_MATMUL = {"QLinearMatMul", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "PostMatMul"}
 FLOAT_MATMUL = {"MatMul", "Gemm", "FusedMatMul", "FusedGemm", "MatMulNBits"}

@@ -65,6 +65,28 @@ def test_uniform_variants_run_as_integer_kernels(tmp_path: Path, name: str, vari
         assert ops.get("QLinearAdd", 0) == adds and k.float_add == 0, ops
 
 
+def test_mobilenetv2_lsq_runs_every_conv_in_integer_kernels(tmp_path: Path) -> None:
+    """MobileNetV2 with LSQ: its last projection conv feeds the int8 codes of an IntConv (the 1x1 conv
+    before the pool) from uint8 input codes, which QLinearConv cannot take (one type in and out); it
+    is written as IntConv and fused into IntConvRequant, so no conv stays float (it was a float Conv
+    dequantizing its weights every run).  The benchmark counts the *Requant ops as integer convs."""
+    model = zoo.create("mobilenetv2", num_classes=10)
+    x = zoo.example_input(model, 8, size=32, seed=3)
+    _settle_batchnorm(model, x)
+    q = qexport.quantize(model, weight="lsq", act="lsq", bits=4)
+    qexport.calibrate(q, [x])
+    path = qexport.export(q, tmp_path / "m.onnx", input_shape=[1, *x.shape[1:]])
+    exported = onnx.load(path).graph.node
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in q.modules())
+    native_convs = [n for n in exported if n.domain == DOMAIN and n.op_type in ("IntConv", "IntConvRequant")]
+    assert any(n.op_type == "IntConvRequant" and n.name.startswith("features.17.block.2") for n in native_convs)
+    k = bench.optimized_kernels(path, native=native.available())
+    assert k.integer_conv + k.float_conv == convs, k.ops
+    if native.available():
+        assert k.float_conv == 0, k.ops
+    assert k.ops.get("QLinearConv", 0) == convs - len(native_convs), k.ops
+
+
 @pytest.mark.parametrize(("act", "adds", "exact"), [("asq", "auto", True), ("asq", "fused", False),
                                                   ("nipq", "auto", False), ("nipq", "exact", True)])  # fmt: skip
 def test_residual_adds_fused_or_exact(tmp_path: Path, act: str, adds: str, exact: bool) -> None:
