@@ -1,5 +1,5 @@
 // The native kernels, one file each: post_conv.cc (PostConv, PostConvRequant), int_conv.cc (IntConv,
-// IntConvRequant), asq_quantize.cc, asq_quantize_rows.cc.
+// IntConvRequant), asq_quantize.cc, asq_quantize_rows.cc, requantize.cc.
 #pragma once
 
 #include <atomic>
@@ -77,6 +77,16 @@ struct PostConvRequantKernel : PostConvKernel {
 struct IntConvRequantKernel : IntConvKernel {
   static constexpr const char* kName = "IntConvRequant";
   explicit IntConvRequantKernel(const OrtKernelInfo* info) : IntConvKernel(info, true) {}
+};
+
+// Codes to codes (requantize.cc): attributes relu (0 or 1) and qmin / qmax.
+struct RequantizeKernel {
+  static constexpr const char* kName = "Requantize";
+  explicit RequantizeKernel(const OrtKernelInfo* info);
+  void compute(OrtKernelContext* context);
+  std::string node;
+  int64_t relu = 0;
+  RequantAttrs requant;
 };
 
 // The two ASQ kernels' attributes: qmin / qmax, both required (the function bodies read them).

@@ -53,6 +53,8 @@ UNITS = [  # (what, method, ONNX it becomes, runs as)
      "function body: ORT's u8 x s8 MatMulInteger on the decoded even | odd int8 weights (folded at load)"),
     ("glue (deployable placement)", "8-bit LSQ", "QDQ on add / concat / activation-matmul operands",
      "onnxruntime's QDQ fusions (QLinearAdd ...) where they apply"),
+    ("codes read by another quantizer (a residual add's output)", "any constant-step quantizers",
+     "qexport.Requantize (codes to codes, ReLU and code range fused)", "native kernel (a 256-entry table)"),
 ]  # fmt: skip
 
 

@@ -28,7 +28,8 @@ def _session(proto: onnx.ModelProto, level: ort.GraphOptimizationLevel) -> ort.I
 def _teacher_forced(model: torch.nn.Module, path: Path, x: torch.Tensor) -> tuple[dict[str, tuple[float, int]], float]:
     """Per quantizer (identical-code fraction, largest step difference) and top-1 agreement."""
     proto = onnx.load(path)
-    codes = json.loads({p.key: p.value for p in proto.metadata_props}["codes"])
+    meta = {p.key: p.value for p in proto.metadata_props}
+    codes, offsets = json.loads(meta["codes"]), json.loads(meta.get("code_offsets", "{}"))
     for name in codes.values():
         proto.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     sess = _session(proto, ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
@@ -36,7 +37,7 @@ def _teacher_forced(model: torch.nn.Module, path: Path, x: torch.Tensor) -> tupl
     result: dict[str, tuple[float, int]] = {}
 
     def hook(q: qexport.quant.Quantizer, inputs: tuple, _out: torch.Tensor, qpath: str) -> torch.Tensor:
-        theirs = outs[codes[qpath]].astype(np.int64)
+        theirs = outs[codes[qpath]].astype(np.int64) - offsets.get(qpath, 0)  # uint8 + 128 storage
         diff = np.abs(q.codes(inputs[0]).numpy().astype(np.int64) - theirs)
         result[qpath] = (float((diff == 0).mean()), int(diff.max()))
         return torch.from_numpy(theirs.astype(np.float32)) * q.describe().scale

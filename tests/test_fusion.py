@@ -1,7 +1,8 @@
 """The integer graph of the uniform quantizers (LSQ, NIPQ fixed and mixed, 2 to 8 bits, `deployable`
 placement), read from onnxruntime's own optimised graph: every conv runs as QLinearConv (or, where its
 output feeds no single quantizer, as the native IntConv), every linear layer as an integer matmul,
-and every residual add of the ResNets as QLinearAdd (but not where ASQ adapters read the sums).
+and every residual add of the ResNets as QLinearAdd (but not where ASQ adapters read the sums), its
+output requantized code to code for the next layer (Requantize).
 Correctness of the graph's shape, so a test; the speed it buys is measured in tools/bench.py."""
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ def test_uniform_variants_run_as_integer_kernels(tmp_path: Path, name: str, vari
     assert ops.get("MatMulNBits", 0) == 0
     if adds:  # every residual add of the ResNets
         assert ops.get("QLinearAdd", 0) == adds and k.float_add == 0, ops
+    if adds and native.available() and not variant.startswith("nipq"):
+        # each add's output codes reach the next conv's quantizer and the next add's as codes (two
+        # Requantize); only the last add's output is dequantized (a ReLU, then the float pool)
+        assert ops.get("Requantize", 0) == 2 * (adds - 1), ops
+        assert ops.get("DequantizeLinear", 0) <= 1 and ops.get("Relu", 0) <= 1, ops
 
 
 def test_mobilenetv2_lsq_runs_every_conv_in_integer_kernels(tmp_path: Path) -> None:

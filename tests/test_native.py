@@ -29,6 +29,7 @@ from qexport.ops import (
     post_conv,
     post_conv_requant,
     post_weights,
+    requantize,
 )
 from qexport.quant.asq import AsqQuantizer
 from tests.test_ops import _asq_params, _model
@@ -379,6 +380,75 @@ def test_asq_quantize_rows_native_matches_body(isa: str, bits: int, signed: bool
         np.testing.assert_allclose(step, step_ref, rtol=1e-4)  # numpy's summation order, with cancellation
         agree = (codes.astype(np.int64) - shift == codes_ref).mean()
         assert agree > 0.999, agree  # numpy sums the adapter in another order: a step may differ in its last bit
+
+
+def _requantize_model(x_type: int, y_zero_point: np.ndarray, relu: int, qmin: int, qmax: int, x_scale: float,
+                      y_scale: float, x_zero_point: int) -> onnx.ModelProto:  # fmt: skip
+    x_dtype = np.int8 if x_type == TensorProto.INT8 else np.uint8
+    inits = [numpy_helper.from_array(np.float32(x_scale), "xs"), numpy_helper.from_array(x_dtype(x_zero_point), "xz"),
+             numpy_helper.from_array(np.float32(y_scale), "ys"), numpy_helper.from_array(y_zero_point, "yz")]
+    y_type = TensorProto.INT8 if y_zero_point.dtype == np.int8 else TensorProto.UINT8
+    node = helper.make_node("Requantize", ["x", "xs", "xz", "ys", "yz"], ["y"], domain=DOMAIN, relu=relu, qmin=qmin,
+                            qmax=qmax)  # fmt: skip
+    return _model(node, [helper.make_tensor_value_info("x", x_type, ["N", "C", "H", "W"])],
+                  [helper.make_tensor_value_info("y", y_type, ["N", "C", "H", "W"])], inits)  # fmt: skip
+
+
+@pytest.mark.parametrize(("x_signed", "y_zero_point", "relu", "qmin", "qmax"),
+                         [(True, np.uint8(0), 1, 0, 15), (True, np.int8(0), 0, -128, 127),
+                          (False, np.uint8(0), 0, 0, 255), (False, np.int8(-3), 1, -8, 7),
+                          (True, np.uint8(128), 0, 120, 135)])  # fmt: skip
+@pytest.mark.parametrize("size", [1, 63, 64, 200, 70001])
+def test_requantize_native_matches_body(isa: str, x_signed: bool, y_zero_point: np.ndarray, relu: int, qmin: int,
+                                        qmax: int, size: int) -> None:  # fmt: skip
+    """Every input byte, a tail of each length class and several parallel chunks; steps whose ratio puts
+    codes exactly on rounding ties (half to even) and past the code range."""
+    rng = np.random.default_rng(size)
+    dtype = np.int8 if x_signed else np.uint8
+    x = np.resize(np.arange(256, dtype=np.uint8), size).view(dtype)
+    x = np.where(rng.random(size) < 0.5, x, rng.integers(0, 256, size, dtype=np.uint8).view(dtype))
+    x = x.reshape(1, 1, 1, size)
+    for x_scale, y_scale, x_zero_point in [(0.25, 0.5, 3), (0.03, 0.17, 0), (1.0, 2.0, -5 if x_signed else 200)]:
+        model = _requantize_model(TensorProto.INT8 if x_signed else TensorProto.UINT8, y_zero_point, relu, qmin, qmax,
+                                  x_scale, y_scale, x_zero_point)  # fmt: skip
+        want = requantize.reference(x, np.float32(x_scale), dtype(x_zero_point), np.float32(y_scale), y_zero_point,
+                                    relu, qmin, qmax)  # fmt: skip
+        native_out = _ort_run(model, {"x": x})[0]
+        body_out = _ort_run(model, {"x": x}, kernels=False)[0]
+        assert native_out.dtype == y_zero_point.dtype
+        np.testing.assert_array_equal(body_out, want)
+        np.testing.assert_array_equal(native_out, want)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("nan_x_scale", "input x_scale must be a positive finite number"),
+        ("zero_y_scale", "input y_scale must be a positive finite number"),
+        ("x_zero_type", "input x_zero_point must have x_codes' type"),
+        ("qmax", "outside y_zero_point's type range"),
+        ("relu", "relu=6 must be 0 or 1"),
+        ("inverted", "qmin=9 > qmax=3"),
+    ],
+)
+def test_malformed_requantize_gets_an_error(change: str, message: str) -> None:
+    """The kernel, not the body, answers: each of these the body would run (or fail on differently)."""
+    model = _requantize_model(TensorProto.UINT8, np.uint8(0), 1, 0, 15, 0.25, 0.5, 0)
+    inits = {t.name: t for t in model.graph.initializer}
+    if change == "nan_x_scale":
+        inits["xs"].CopyFrom(numpy_helper.from_array(np.float32(np.nan), "xs"))
+    elif change == "zero_y_scale":
+        inits["ys"].CopyFrom(numpy_helper.from_array(np.float32(0), "ys"))
+    elif change == "x_zero_type":
+        inits["xz"].CopyFrom(numpy_helper.from_array(np.int8(0), "xz"))
+    elif change == "qmax":
+        model = _edit(model, qmax=256)
+    elif change == "relu":
+        model = _edit(model, relu=6)
+    elif change == "inverted":
+        model = _edit(model, qmin=9, qmax=3)
+    with pytest.raises(Exception, match=message):
+        _ort_run(model, {"x": np.zeros((1, 2, 3, 4), np.uint8)})
 
 
 def _post_conv_case() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:

@@ -5,12 +5,14 @@
     python tools/fuzz.py --replay 1234 --seed 0         # run one case in this process, print everything
 
 Every case is one node of one qexport op, built from a valid random node (dyadic values, so that both
-implementations' float arithmetic is exact and may be compared bit for bit) or taken from a real
+implementations' float arithmetic is exact and may be compared bit for bit; Requantize, whose kernel
+repeats the body's float operations one by one, also gets inexact steps) or taken from a real
 exported graph (--zoo, --exported: the node's attributes, initializers and the activations it sees in a
 run, ASQ inputs rounded to multiples of 1/8), and then, usually, mutated:
 ranks and shapes, channels and groups, empty and huge-but-empty tensors, zero / negative / huge
 attribute values, wrong attribute types, out-of-range bits and codes, wrong dtypes, NaN / inf / zero /
-negative scales, missing and extra inputs, truncated initializers, constant and per-run weights; some
+negative scales, denormal and overflowing steps, rounding ties, missing and extra inputs, truncated
+initializers, constant and per-run weights; some
 valid cases are also run
 from several threads at once.  Each case runs twice at ORT_DISABLE_ALL: with the native library
 registered and with the function bodies only.
@@ -63,7 +65,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 CONV_OPS = ("PostConv", "IntConv", "PostConvRequant", "IntConvRequant")
-NATIVE_OPS = (*CONV_OPS, "AsqQuantize", "AsqQuantizeRows")
+NATIVE_OPS = (*CONV_OPS, "AsqQuantize", "AsqQuantizeRows", "Requantize")
 BODY_OPS = ("PostMatMul", "PostWeights", "StepQuantize", "AsqAdapter")
 OPS = NATIVE_OPS + BODY_OPS
 INPUTS = {
@@ -73,6 +75,7 @@ INPUTS = {
     "IntConvRequant": ["x_codes", "x_scale", "w_codes", "w_scale", "bias", "y_scale", "y_zero_point"],
     "AsqQuantize": ["x", "step", "zero_point", "w1", "b1", "w2", "b2"],
     "AsqQuantizeRows": ["x", "step", "zero_point", "w1", "b1", "w2", "b2"],
+    "Requantize": ["x_codes", "x_scale", "x_zero_point", "y_scale", "y_zero_point"],
     "PostMatMul": ["x_codes", "x_scale", "w_codes", "w_scale", "bias", "x_zero_point"],
     "PostWeights": ["codes"],
     "StepQuantize": ["x", "step", "zero_point"],
@@ -80,8 +83,8 @@ INPUTS = {
 }
 OUTPUTS = {
     "PostConv": ["y"], "IntConv": ["y"], "PostConvRequant": ["y_codes"], "IntConvRequant": ["y_codes"],
-    "AsqQuantize": ["y", "codes", "sample_step"],
-    "AsqQuantizeRows": ["y", "codes", "row_step"], "PostMatMul": ["y"], "PostWeights": ["w_even", "w_odd"],
+    "AsqQuantize": ["y", "codes", "sample_step"], "AsqQuantizeRows": ["y", "codes", "row_step"],
+    "Requantize": ["y_codes"], "PostMatMul": ["y"], "PostWeights": ["w_even", "w_odd"],
     "StepQuantize": ["y", "codes"], "AsqAdapter": ["beta"],
 }  # fmt: skip
 LIMIT = "a native kernel limit"
@@ -151,6 +154,33 @@ def post_codes(rng: np.random.Generator, shape: tuple[int, ...], bits: int) -> n
     shape = small(shape)
     m = 2 ** (bits - 1) - 1
     return (rng.integers(0, m + 1, size=shape) + 8 * rng.integers(0, 2, size=shape)).astype(UINT4)
+
+
+def any_step(rng: np.random.Generator) -> np.float32:
+    """A float32 [] step: a multiple of 1/32 (many exact products and rounding ties) or any float32 from
+    1e-3 to 3 (inexact products: both implementations must round each one alike)."""
+    if rng.integers(2):
+        return np.float32(steps(rng, ()))
+    return np.float32(10 ** rng.uniform(-3, 0.5))
+
+
+def zero_point(rng: np.random.Generator, signed: bool) -> np.ndarray:
+    """An 8-bit zero point []: 0 or 128 as the exporter writes them, or any value of the type."""
+    lo, hi = (-128, 127) if signed else (0, 255)
+    value = int(rng.integers(lo, hi + 1)) if rng.integers(2) else int(_pick(rng, [0] if signed else [0, 128]))
+    return np.asarray(value, np.int8 if signed else np.uint8)
+
+
+def code_range(rng: np.random.Generator, signed: bool) -> tuple[int, int]:
+    """qmin <= qmax in the 8-bit type: the whole type (no Clip), a 4-bit range (a Clip), or any."""
+    lo, hi = (-128, 127) if signed else (0, 255)
+    how = int(rng.integers(3))
+    if how == 0:
+        return lo, hi
+    if how == 1:
+        return (-8, 7) if signed else (0, 15)
+    qmin = int(rng.integers(lo, hi + 1))
+    return qmin, int(rng.integers(qmin, hi + 1))
 
 
 def conv_kind(op: str) -> str:
@@ -224,6 +254,17 @@ def base_case(op: str, rng: np.random.Generator) -> Case:
             inputs = [x, step, zp, *adapter]
             attrs = {"qmin": Attr(qmin, "int"), "qmax": Attr(qmax, "int")}
         constant = [False] + [bool(rng.integers(4)) for _ in inputs[1:]]
+    elif op == "Requantize":  # codes to codes: any rank, both 8-bit types in and out
+        signed, y_signed = bool(rng.integers(2)), bool(rng.integers(2))
+        shape = tuple(r(0 if rng.random() < 0.05 else 1, 5) for _ in range(r(0, 4)))
+        x = codes(rng, shape, signed)
+        xs = any_step(rng)
+        ys = xs * np.float32(2.0 ** r(-2, 3)) if rng.integers(3) == 0 else any_step(rng)  # ties: a power-of-2 ratio
+        qmin, qmax = code_range(rng, y_signed)
+        inputs = [x, np.asarray(xs), zero_point(rng, signed), np.asarray(ys, np.float32), zero_point(rng, y_signed)]
+        # relu is always written (the exporter writes it); m_attr_drop leaves it out
+        attrs = {"relu": Attr(r(0, 1), "int"), "qmin": Attr(qmin, "int"), "qmax": Attr(qmax, "int")}
+        constant = [bool(rng.random() < 0.2)] + [bool(rng.integers(4)) for _ in inputs[1:]]
     elif op == "PostMatMul":
         bits, k_, m = r(2, 4), r(1, 8), r(1, 6)
         lead = (r(1, 3),) if rng.integers(2) else (r(1, 2), r(1, 3))
@@ -555,6 +596,55 @@ def m_asq(case: Case, rng: np.random.Generator) -> None:
     case.mutations.append(f"asq {which}")
 
 
+def m_requantize(case: Case, rng: np.random.Generator) -> None:
+    x, xs, xz, ys, yz = case.inputs[:5]
+    assert x is not None and xs is not None and xz is not None and ys is not None and yz is not None
+    which = _pick(rng, ["ties", "tiny_step", "huge_step", "x_type", "y_type", "x_zero_type", "zero_edge", "zero_shape",
+                        "step_shape", "qrange", "length"])  # fmt: skip
+    other = {np.dtype(np.int8): np.uint8, np.dtype(np.uint8): np.int8}
+    if which == "ties" and xs.dtype == np.float32:  # codes halfway between two output codes (or next to it)
+        case.inputs[3] = np.asarray(xs * np.float32(_pick(rng, [2.0, 4.0, 2 / 3, 0.4])), np.float32)
+    elif which in ("tiny_step", "huge_step"):  # valid: positive, finite (denormal, or products that overflow)
+        values = [1e-45, 1e-40, 1.1754944e-38] if which == "tiny_step" else [3e38, 3.4028235e38, 1e30]
+        case.inputs[int(_pick(rng, [1, 3]))] = np.asarray(_pick(rng, values), np.float32)
+    elif which == "x_type" and x.dtype in other:  # the codes read as the other 8-bit type, its zero point too
+        case.inputs[0] = x.view(other[x.dtype])
+        case.inputs[2] = zero_point(rng, other[x.dtype] == np.int8)
+    elif which == "y_type" and yz.dtype in other:  # the output type changes: a code range of the new type
+        qmin, qmax = code_range(rng, other[yz.dtype] == np.int8)
+        case.inputs[4] = zero_point(rng, other[yz.dtype] == np.int8)
+        case.attrs["qmin"], case.attrs["qmax"] = Attr(qmin, "int"), Attr(qmax, "int")
+    elif which == "x_zero_type" and xz.dtype in other:  # the other 8-bit type: onnxruntime's type check passes
+        case.inputs[2] = np.asarray(int(xz.flat[0]) % 128 if xz.size else 0, other[xz.dtype])
+    elif which == "zero_edge":  # a zero point at its type's end
+        j = int(_pick(rng, [2, 4]))
+        v = case.inputs[j]
+        assert v is not None
+        if v.dtype in other:
+            info = np.iinfo(v.dtype)
+            case.inputs[j] = np.asarray(_pick(rng, [info.min, info.max]), v.dtype)
+    elif which == "zero_shape":
+        j = int(_pick(rng, [2, 4]))
+        v = case.inputs[j]
+        assert v is not None
+        case.inputs[j] = np.full(_pick(rng, [(1,), (1, 1), (2,), (0,)]), v.flat[0] if v.size else 0, v.dtype)
+    elif which == "step_shape":
+        j = int(_pick(rng, [1, 3]))
+        v = case.inputs[j]
+        assert v is not None
+        case.inputs[j] = np.full(_pick(rng, [(1,), (1, 1, 1, 1), (2,), (0,)]), v.flat[0] if v.size else 1, v.dtype)
+    elif which == "qrange":
+        lo, hi = (-128, 127) if yz.dtype == np.int8 else (0, 255)
+        qmin, qmax = _pick(rng, [(lo, lo), (hi, hi), (lo - 1, hi), (lo, hi + 1), (5, 4), (-129, 255), (-128, 255),
+                                 (0, 127), (-(2**63), 2**63 - 1), (2**31, 2**31)])  # fmt: skip
+        case.attrs["qmin"], case.attrs["qmax"] = Attr(qmin, "int"), Attr(qmax, "int")
+    elif which == "length" and x.dtype in other:  # vector tails, and several parallel chunks of 65536 bytes
+        n = int(_pick(rng, [63, 64, 65, 127, 128, 129, 1000, 65535, 65536, 65537, 200001]))
+        shape = (n,) if rng.integers(2) else (1, n, 1)
+        case.inputs[0] = codes(rng, shape, x.dtype == np.int8)
+    case.mutations.append(f"requantize {which}")
+
+
 GENERIC = [m_attr_drop, m_attr_type, m_attr_value, m_attr_add, m_rank, m_dim, m_huge_empty, m_dtype, m_values,
            m_missing, m_extra, m_constness, m_truncate]  # fmt: skip
 SPECIFIC = {
@@ -564,6 +654,7 @@ SPECIFIC = {
     "IntConvRequant": [m_conv_channels, m_conv_shapes, m_conv_attrs],
     "AsqQuantize": [m_asq],
     "AsqQuantizeRows": [m_asq],
+    "Requantize": [m_requantize],
     "PostMatMul": [m_post_codes],
 }
 
@@ -572,14 +663,27 @@ SPECIFIC = {
 # bases from real exported graphs: every qexport node of a model, with its attributes, its initializers
 # and the activations it gets when the model runs (ASQ inputs rounded to multiples of 1/8, see above)
 
-ZOO = [("resnet20", "post", "asq"), ("resnet20", "lsq", "asq")]
+ZOO = [("resnet20", "post", "asq"), ("resnet20", "lsq", "asq"), ("resnet20", "lsq", "lsq")]
+
+
+def sources_tag() -> str:
+    """A digest of the qexport package's sources: a zoo export is made again when they change (an export
+    made before Requantize existed has none of its nodes)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "qexport").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:10]
 
 
 def export_zoo(cache: Path) -> list[Path]:
-    """Small real exports (resnet20, POST / LSQ weights with ASQ activations, 4 bits), made once."""
+    """Small real exports (resnet20: POST / LSQ weights with ASQ activations, and LSQ weights and
+    activations, 4 bits), made once per version of the qexport sources."""
     paths = []
+    tag = sources_tag()
     for arch, weight, act in ZOO:
-        path = cache / f"{arch}_{weight}_{act}_w4a4.onnx"
+        path = cache / f"{arch}_{weight}_{act}_w4a4-{tag}.onnx"
         if not path.is_file():
             import torch
 
@@ -591,7 +695,9 @@ def export_zoo(cache: Path) -> list[Path]:
             with contextlib.redirect_stdout(io.StringIO()):
                 model = qexport.quantize(zoo.create(arch), weight=weight, act=act, bits=4)
                 qexport.calibrate(model, [zoo.example_input(model, 8)])
-                qexport.export(model, path)
+                part = path.with_suffix(f".{os.getpid()}.part")  # another run may read the cache meanwhile
+                qexport.export(model, part)
+                os.replace(part, path)
         paths.append(path)
     return paths
 
@@ -698,12 +804,13 @@ def _code_range(case: Case) -> tuple[int | None, int | None, str | None]:
 
 
 def _requant_violation(case: Case) -> str | None:
-    """The output quantizer of a *Requant op: y_scale a positive finite float32 scalar, y_zero_point an
-    int8 / uint8 scalar, qmin <= qmax in its type's range."""
+    """The output quantizer of a *Requant op or of Requantize: y_scale a positive finite float32 scalar,
+    y_zero_point an int8 / uint8 scalar, qmin <= qmax in its type's range."""
     qmin, qmax, why = _code_range(case)
     if why:
         return why
-    ys, zp = case.inputs[5], case.inputs[6]
+    at = INPUTS[case.op].index("y_scale")
+    ys, zp = case.inputs[at], case.inputs[at + 1]
     assert ys is not None and zp is not None and qmin is not None and qmax is not None
     if ys.dtype != np.float32 or ys.shape != () or not (ys > 0 and np.isfinite(ys)):
         return "y_scale a positive finite float32 scalar"
@@ -712,6 +819,29 @@ def _requant_violation(case: Case) -> str | None:
     lo, hi = (-128, 127) if zp.dtype == np.int8 else (0, 255)
     if not lo <= qmin <= qmax <= hi:
         return "qmin <= qmax in the codes' range"
+    return None
+
+
+def _requantize_violation(case: Case) -> str | None:
+    """Requantize (requantize.cc): relu 0 or 1, required (the body reads it); the output quantizer as the
+    *Requant ops'; x_codes int8 / uint8 of any shape; x_scale a positive finite float32 scalar;
+    x_zero_point a scalar of x_codes' type."""
+    relu, why = _int_attr(case, "relu", True)
+    if why or relu not in (0, 1):
+        return why or f"relu={relu}"
+    if len(case.inputs) != 5 or any(v is None for v in case.inputs):
+        return "inputs missing or extra"
+    why = _requant_violation(case)
+    if why:
+        return why
+    x, xs, xz = case.inputs[:3]
+    assert x is not None and xs is not None and xz is not None
+    if x.dtype not in (np.int8, np.uint8):
+        return "x_codes int8 / uint8"
+    if xs.dtype != np.float32 or xs.shape != () or not (xs > 0 and np.isfinite(xs)):
+        return "x_scale a positive finite float32 scalar"
+    if xz.dtype != x.dtype or xz.shape != ():
+        return "x_zero_point a scalar of x_codes' type"
     return None
 
 
@@ -727,6 +857,8 @@ def spec_violation(case: Case) -> str | None:
         return None
     if truncated(case):
         return "a truncated initializer"
+    if op == "Requantize":
+        return _requantize_violation(case)
     if op in CONV_OPS:
         requant = op.endswith("Requant")
         op = conv_kind(op)
@@ -1254,7 +1386,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="also mutate the qexport nodes of this exported model (repeatable)")
     p.add_argument("--zoo", action="store_true",
                    help=f"also mutate the nodes of small real exports ({', '.join('/'.join(z) for z in ZOO)}), "
-                        "made once into .cache/fuzz/")  # fmt: skip
+                        "made once per version of the qexport sources into .cache/fuzz/")  # fmt: skip
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:

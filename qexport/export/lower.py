@@ -357,6 +357,97 @@ def _requantized_convs(graph: onnx.GraphProto, keep: set[str], codes: dict[str, 
     graph.node.extend(kept)
 
 
+def _requantized_codes(graph: onnx.GraphProto, keep: set[str], codes: dict[str, str], offsets: dict[str, int]) -> None:
+    """DequantizeLinear [-> Relu] -> QuantizeLinear [-> Clip], all of constant scalar steps and 8-bit
+    zero points, becomes one Requantize node from codes to codes (a residual add's output, read by the
+    next conv's quantizer and the next add's): its native kernel looks each code up in a 256-entry
+    table instead of three or four passes over a float tensor.  The DequantizeLinear and Relu stay only
+    while something else reads them (``_live`` drops them otherwise).
+
+    int8 codes that only DequantizeLinear / Requantize nodes read (the add's output quantizer, or a new
+    Requantize's output) are written as uint8 + 128, as in ``_requantized_convs``: onnxruntime fuses
+    QLinearAdd only with one type in and out, and no longer sees the QuantizeLinear -> DequantizeLinear
+    pair it would have turned into uint8 itself."""
+    paths = {name: path for path, name in codes.items()}
+    constants = {t.name: t for t in graph.initializer}
+    readers = _readers(graph)
+
+    def scalar(name: str, types: tuple[int, ...]) -> onnx.TensorProto | None:
+        t = constants.get(name)
+        return t if t is not None and not t.dims and t.data_type in types else None
+
+    def quantizer(n: onnx.NodeProto, op_type: str) -> bool:  # of one constant step and 8-bit zero point
+        return (n.op_type == op_type and not n.domain and len(n.input) == 3
+                and scalar(n.input[1], (onnx.TensorProto.FLOAT,)) is not None
+                and scalar(n.input[2], tuple(_CODE_RANGE)) is not None
+                and all(a.name in ("axis", "saturate", "block_size") for a in n.attribute))  # fmt: skip
+
+    dropped: set[str] = set()  # outputs of the absorbed Clips
+    formed: list[onnx.NodeProto] = []
+    for dq in list(graph.node):
+        if not quantizer(dq, "DequantizeLinear") or dq.output[0] in keep:
+            continue
+        targets = [(0, q) for q in readers.get(dq.output[0], []) if quantizer(q, "QuantizeLinear")]
+        for relu in readers.get(dq.output[0], []):
+            if relu.op_type == "Relu" and not relu.domain and relu.output[0] not in keep:
+                targets += [(1, q) for q in readers.get(relu.output[0], []) if quantizer(q, "QuantizeLinear")]
+        for with_relu, quant in targets:
+            zero = constants[quant.input[2]]
+            qmin, qmax = _CODE_RANGE[zero.data_type]
+            out = quant.output[0]
+            clips = readers.get(out, [])
+            if len(clips) == 1 and clips[0].op_type == "Clip" and not clips[0].domain and out not in keep:
+                bounds = [scalar(i, (zero.data_type,)) for i in clips[0].input[1:]]
+                if len(bounds) == 2 and all(b is not None for b in bounds):
+                    lo, hi = (int(onnx.numpy_helper.to_array(b)) for b in bounds)  # type: ignore[arg-type]
+                    if max(qmin, lo) <= min(qmax, hi):
+                        qmin, qmax = max(qmin, lo), min(qmax, hi)
+                        dropped.add(out)
+                        out = clips[0].output[0]
+            zero_point = quant.input[2]
+            later = readers.get(out, [])
+            dequantized = [n for n in later if n.op_type == "DequantizeLinear"]
+            if zero.data_type == onnx.TensorProto.INT8 and dequantized:
+                shifted = _as_uint8(graph, constants, out, zero, dequantized, later, paths, offsets)
+                if shifted is not None:
+                    zero_point, qmin, qmax = shifted, qmin + 128, qmax + 128
+            node = onnx.helper.make_node("Requantize", [*dq.input, quant.input[1], zero_point], [out], name=quant.name,
+                                         domain=DOMAIN, relu=with_relu, qmin=qmin, qmax=qmax)  # fmt: skip
+            quant.CopyFrom(node)
+            formed.append(quant)
+    kept = [n for n in graph.node if not (n.op_type == "Clip" and n.input[0] in dropped)]
+    del graph.node[:]
+    graph.node.extend(kept)
+    _requantize_from_uint8(graph, constants, formed, paths, offsets)
+
+
+def _requantize_from_uint8(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto], formed: list[onnx.NodeProto],
+                           paths: dict[str, str], offsets: dict[str, int]) -> None:  # fmt: skip
+    """int8 codes of a QuantizeLinear that only DequantizeLinear / Requantize nodes (one of the
+    ``formed`` at least) read, with its zero point, become uint8 + 128 there and in those readers."""
+    readers = _readers(graph)
+    producers = {o: n for n in graph.node for o in n.output}
+    for codes in {n.input[0] for n in formed}:
+        quant = producers.get(codes)
+        if quant is None or quant.op_type != "QuantizeLinear" or quant.domain or codes not in paths:
+            continue
+        zero = constants.get(quant.input[2])
+        users = readers.get(codes, [])
+        if zero is None or zero.data_type != onnx.TensorProto.INT8 or zero.dims:
+            continue
+        if any(u.op_type not in ("DequantizeLinear", "Requantize") or len(u.input) < 3 or u.input[0] != codes
+               or u.input[2] != zero.name for u in users):  # fmt: skip
+            continue
+        name = f"{zero.name}.uint8"
+        if name not in constants:
+            value = np.array(int(onnx.numpy_helper.to_array(zero)) + 128, np.uint8)
+            constants[name] = onnx.numpy_helper.from_array(value, name)
+            graph.initializer.append(constants[name])
+        for n in [quant, *users]:
+            n.input[2] = name
+        offsets[paths[codes]] = offsets.get(paths[codes], 0) + 128
+
+
 def _as_uint8(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto], codes: str, zero: onnx.TensorProto,
               dequantized: list[onnx.NodeProto], readers: list[onnx.NodeProto], paths: dict[str, str],
               offsets: dict[str, int]) -> str | None:  # fmt: skip
@@ -476,6 +567,7 @@ def to_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], opset: int = 21, p
     keep = {o.name for o in graph.output} | set(e.b.codes.values()) | set(e.b.steps.values())
     _live(graph, keep)  # first: the readers the next pass counts are live ones
     _requantized_convs(graph, keep, e.b.codes, e.b.code_offsets)
+    _requantized_codes(graph, keep, e.b.codes, e.b.code_offsets)
     _live(graph, keep)
     used = {n.op_type for n in graph.node if n.domain == DOMAIN}
     opsets = {o.domain: o.version for o in proto.opset_import if o.domain != LOWER_DOMAIN}

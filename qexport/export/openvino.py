@@ -75,6 +75,8 @@ def to_openvino(model: onnx.ModelProto) -> onnx.ModelProto:
     for node in list(graph_model.graph):
         if node.domain == DOMAIN and node.op_type in ("IntConvRequant", "PostConvRequant"):
             _unfused_requant(graph_model.graph, node)
+        elif node.domain == DOMAIN and node.op_type == "Requantize":
+            _unfused_requantize(graph_model.graph, node)
     for node in list(graph_model.graph):
         if node.domain == DOMAIN and node.op_type == "IntConv":
             _int_conv_as_qdq(graph_model.graph, node)
@@ -180,6 +182,27 @@ def _unfused_requant(graph: ir.Graph, node: ir.Node) -> None:
     clip = ir.node("Clip", [quant.outputs[0], *bounds])
     graph.insert_before(node, [conv, quant, clip])
     _replace(graph, [node], {node.outputs[0]: clip.outputs[0]})
+
+
+def _unfused_requantize(graph: ir.Graph, node: ir.Node) -> None:
+    """A Requantize as the DequantizeLinear [-> Relu] -> QuantizeLinear [-> Clip] it was fused from
+    (lower.py): OpenVINO's int8 pass reads quantization in that form."""
+    x, x_scale, x_zero, y_scale, y_zero = node.inputs
+    zero = _constant(y_zero)
+    if zero is None:
+        raise QexportError(f"Requantize {node.name} has no constant y_zero_point: report it")
+    nodes = [ir.node("DequantizeLinear", [x, x_scale, x_zero])]
+    if node.attributes["relu"].as_int():
+        nodes.append(ir.node("Relu", [nodes[-1].outputs[0]]))
+    nodes.append(ir.node("QuantizeLinear", [nodes[-1].outputs[0], y_scale, y_zero]))
+    info = np.iinfo(zero.dtype)
+    qmin, qmax = node.attributes["qmin"].as_int(), node.attributes["qmax"].as_int()
+    if (qmin, qmax) != (info.min, info.max):
+        bounds = [_initializer(graph, f"{node.outputs[0].name}.{name}", np.asarray(value, zero.dtype))
+                  for name, value in (("qmin", qmin), ("qmax", qmax))]  # fmt: skip
+        nodes.append(ir.node("Clip", [nodes[-1].outputs[0], *bounds]))
+    graph.insert_before(node, nodes)
+    _replace(graph, [node], {node.outputs[0]: nodes[-1].outputs[0]})
 
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray, dtype: ir.DataType | None = None) -> ir.Value:

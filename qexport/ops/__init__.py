@@ -21,6 +21,7 @@ from . import (
     post_matmul,
     post_weights,
     relu_bounds,
+    requantize,
     step_quantize,
 )
 from .domain import DOMAIN, VERSION
@@ -35,6 +36,7 @@ _FUNCTIONS = {
     "PostConvRequant": [post_weights.PostWeights, relu_bounds.ReluBounds, post_conv.PostConv,
                         post_conv_requant.PostConvRequant],
     "PostMatMul": [post_weights.PostWeights, post_matmul.PostMatMul],
+    "Requantize": [requantize.Requantize],
 }
 
 
