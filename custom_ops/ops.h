@@ -79,7 +79,13 @@ struct IntConvRequantKernel : IntConvKernel {
   explicit IntConvRequantKernel(const OrtKernelInfo* info) : IntConvKernel(info, true) {}
 };
 
-// Codes to codes (requantize.cc): attributes relu (0 or 1) and qmin / qmax.
+// Requantize's output code for each input byte.
+struct RequantTable {
+  alignas(64) uint8_t code[256] = {};
+};
+
+// Codes to codes (requantize.cc): attributes relu (0 or 1) and qmin / qmax.  With constant steps and
+// zero points (inputs 1-4) the table is made once, by the constructor, and only read after.
 struct RequantizeKernel {
   static constexpr const char* kName = "Requantize";
   explicit RequantizeKernel(const OrtKernelInfo* info);
@@ -87,6 +93,9 @@ struct RequantizeKernel {
   std::string node;
   int64_t relu = 0;
   RequantAttrs requant;
+  bool constant_table = false;
+  ONNXTensorElementDataType x_type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // x_zero_point's (constant_table)
+  RequantTable table;
 };
 
 // The two ASQ kernels' attributes: qmin / qmax, both required (the function bodies read them).

@@ -19,9 +19,7 @@ namespace {
 
 constexpr size_t kChunk = size_t(1) << 16;  // bytes per parallel task
 
-struct Table {
-  alignas(64) uint8_t code[256];
-};
+using Table = RequantTable;
 
 // zero point [] of int8 or uint8 (``what`` names it); its value in ``value``, whether int8 returned
 bool read_zero_point(const Tensor& t, const char* what, int32_t& value) {
@@ -136,48 +134,78 @@ void map_codes(Isa isa, const Table& t, const uint8_t* x, uint8_t* y, size_t n) 
   map_scalar(t, x, y, n);
 }
 
+// The node's two quantizers (inputs 1-4), validated, and its table.
+RequantTable quantizer_table(const Tensor& x_scale_in, const Tensor& x_zero, const Tensor& y_scale_in, const Tensor& y_zero,
+                             const RequantAttrs& requant, bool relu, ONNXTensorElementDataType& x_type) {
+  const float x_scale = read_step(x_scale_in, "input x_scale");
+  int32_t x_zero_point = 0, y_zero_point = 0;
+  const bool x_signed = read_zero_point(x_zero, "input x_zero_point", x_zero_point);
+  x_type = x_zero.type;
+  const float y_scale = read_step(y_scale_in, "input y_scale");
+  const bool y_signed = read_zero_point(y_zero, "input y_zero_point", y_zero_point);
+  const int64_t lo = y_signed ? -128 : 0, hi = y_signed ? 127 : 255;
+  if (requant.qmin < lo || requant.qmax > hi)
+    fail("attributes qmin=" + std::to_string(requant.qmin) + ", qmax=" + std::to_string(requant.qmax) +
+         " are outside y_zero_point's type range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  const TableSpec spec{x_signed, x_zero_point, x_scale, relu, y_scale, y_zero_point,
+                       float(requant.qmin - y_zero_point), float(requant.qmax - y_zero_point)};
+  RequantTable table;
+  fill_table(active_isa(), spec, table);
+  return table;
+}
+
+const char* const kInputs[] = {"input x_codes", "input x_scale", "input x_zero_point", "input y_scale",
+                               "input y_zero_point"};
+
 }  // namespace
 
 RequantizeKernel::RequantizeKernel(const OrtKernelInfo* info) : node(node_name(info)) {
   relu = attr_int(info, "relu");  // required: the body reads it
   if (relu != 0 && relu != 1) fail("attribute relu=" + std::to_string(relu) + " must be 0 or 1");
   requant.read(info);
+  // constant quantizers (what the exporter writes): the table is made once, here
+  Tensor q[4];
+  for (size_t i = 1; i <= 4; ++i) {
+    int constant = 0;
+    const OrtValue* value = nullptr;
+    OrtStatus* status = api->KernelInfoGetConstantInput_tensor(info, i, &constant, &value);
+    if (status) {
+      api->ReleaseStatus(status);
+      return;
+    }
+    if (!constant || value == nullptr) return;
+    q[i - 1] = describe(value, kInputs[i]);
+  }
+  table = quantizer_table(q[0], q[1], q[2], q[3], requant, relu != 0, x_type);
+  constant_table = true;
 }
 
 void RequantizeKernel::compute(OrtKernelContext* context) {
   size_t count = 0;
   check(api->KernelContext_GetInputCount(context, &count));
   if (count != 5) fail("takes 5 inputs (x_codes, x_scale, x_zero_point, y_scale, y_zero_point), got " + std::to_string(count));
-  const Tensor x = input(context, 0, "input x_codes");
+  const Tensor x = input(context, 0, kInputs[0]);
   if (x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 && x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8)
     fail(std::string("input x_codes must be int8 or uint8, got ") + type_name(x.type));
-  const float x_scale = read_step(input(context, 1, "input x_scale"), "input x_scale");
-  const Tensor x_zero = input(context, 2, "input x_zero_point");
-  if (x_zero.type != x.type)
-    fail(std::string("input x_zero_point must have x_codes' type (") + type_name(x.type) + "), got " + type_name(x_zero.type));
-  int32_t x_zero_point = 0, y_zero_point = 0;
-  read_zero_point(x_zero, "input x_zero_point", x_zero_point);
-  const float y_scale = read_step(input(context, 3, "input y_scale"), "input y_scale");
-  const bool y_signed = read_zero_point(input(context, 4, "input y_zero_point"), "input y_zero_point", y_zero_point);
-  const int64_t lo = y_signed ? -128 : 0, hi = y_signed ? 127 : 255;
-  if (requant.qmin < lo || requant.qmax > hi)
-    fail("attributes qmin=" + std::to_string(requant.qmin) + ", qmax=" + std::to_string(requant.qmax) +
-         " are outside y_zero_point's type range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-  const bool x_signed = x.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
-
-  const TableSpec spec{x_signed, x_zero_point, x_scale, relu != 0, y_scale, y_zero_point,
-                       float(requant.qmin - y_zero_point), float(requant.qmax - y_zero_point)};
-  Table table;
-  const Isa isa = active_isa();
-  fill_table(isa, spec, table);
+  ONNXTensorElementDataType zero_type = x_type;
+  RequantTable run_table;
+  if (!constant_table) {
+    Tensor q[4];
+    for (size_t i = 1; i <= 4; ++i) q[i - 1] = input(context, i, kInputs[i]);
+    run_table = quantizer_table(q[0], q[1], q[2], q[3], requant, relu != 0, zero_type);
+  }
+  if (zero_type != x.type)
+    fail(std::string("input x_zero_point must have x_codes' type (") + type_name(x.type) + "), got " + type_name(zero_type));
+  const RequantTable& t = constant_table ? table : run_table;
 
   uint8_t* y = static_cast<uint8_t*>(output(context, 0, x.shape));
   const size_t n = size_t(x.count);
   if (n == 0) return;
+  const Isa isa = active_isa();
   const uint8_t* xs = x.as<uint8_t>();
   parallel_for(context, (n + kChunk - 1) / kChunk, [&](size_t task) {
     const size_t at = task * kChunk;
-    map_codes(isa, table, xs + at, y + at, std::min(kChunk, n - at));
+    map_codes(isa, t, xs + at, y + at, std::min(kChunk, n - at));
   });
 }
 

@@ -420,6 +420,25 @@ def test_requantize_native_matches_body(isa: str, x_signed: bool, y_zero_point: 
         np.testing.assert_array_equal(native_out, want)
 
 
+def test_requantize_with_steps_fed_at_run_time(isa: str) -> None:
+    """Steps and zero points that are graph inputs, not initializers: the kernel builds its table per
+    run (with constant ones it builds it once, when the session is made) and checks them per run."""
+    model = _requantize_model(TensorProto.UINT8, np.int8(-2), 1, -8, 7, 0.25, 0.5, 0)
+    feeds: dict[str, np.ndarray] = {"x": np.arange(256, dtype=np.uint8).reshape(1, 1, 4, 64)}
+    for t in list(model.graph.initializer):
+        if t.name != "yz":
+            model.graph.initializer.remove(t)
+            model.graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, []))
+            feeds[t.name] = numpy_helper.to_array(t)
+    for x_scale, y_scale in [(0.25, 0.5), (0.1, 0.3)]:
+        feeds["xs"], feeds["ys"] = np.array(x_scale, np.float32), np.array(y_scale, np.float32)
+        want = requantize.reference(feeds["x"], feeds["xs"], feeds["xz"], feeds["ys"], np.int8(-2), 1, -8, 7)
+        np.testing.assert_array_equal(_ort_run(model, feeds)[0], want)
+    feeds["ys"] = np.array(np.inf, np.float32)
+    with pytest.raises(Exception, match="input y_scale must be a positive finite number"):
+        _ort_run(model, feeds)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
