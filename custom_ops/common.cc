@@ -1,5 +1,6 @@
 #include "common.h"
 
+#include <cmath>
 #include <limits>
 #include <sstream>
 
@@ -106,6 +107,14 @@ void expect_rank(const Tensor& t, size_t rank, const std::string& what) {
 
 void expect_shape(const Tensor& t, const std::vector<int64_t>& shape, const std::string& what) {
   if (t.shape != shape) fail(what + " must have shape " + shape_text(shape) + ", got " + shape_text(t.shape));
+}
+
+float scalar_step(const Tensor& t, const std::string& what) {
+  expect_type(t, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, what);
+  expect_shape(t, {}, what);
+  const float step = t.as<float>()[0];
+  if (!(step > 0.0f) || std::isinf(step)) fail(what + " must be a positive finite number");
+  return step;
 }
 
 namespace {

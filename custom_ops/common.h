@@ -70,6 +70,8 @@ void expect_type(const Tensor& t, ONNXTensorElementDataType type, const std::str
 void expect_rank(const Tensor& t, size_t rank, const std::string& what);
 // exactly this shape (rank and every dimension)
 void expect_shape(const Tensor& t, const std::vector<int64_t>& shape, const std::string& what);
+// A step: float32 [], positive and finite (``what`` names it in the error).
+float scalar_step(const Tensor& t, const std::string& what);
 
 // Attributes, read strictly: a required one that is missing, or any one of another type, is an error;
 // an optional one takes ``fallback`` only when it is absent.

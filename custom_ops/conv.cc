@@ -182,10 +182,7 @@ ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTe
     in.requant = requant;
     const Tensor y_scale = input(context, 5, "input y_scale");
     const Tensor zero_point = input(context, 6, "input y_zero_point");
-    expect_type(y_scale, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "input y_scale");
-    expect_shape(y_scale, {}, "input y_scale");
-    in.y_scale = y_scale.as<float>()[0];
-    if (!(in.y_scale > 0.0f) || std::isinf(in.y_scale)) fail("input y_scale must be a positive finite number");
+    in.y_scale = scalar_step(y_scale, "input y_scale");
     expect_shape(zero_point, {}, "input y_zero_point");
     if (zero_point.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) {
       in.y_signed = true;

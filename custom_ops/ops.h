@@ -1,5 +1,5 @@
 // The native kernels, one file each: post_conv.cc (PostConv, PostConvRequant), int_conv.cc (IntConv,
-// IntConvRequant), asq_quantize.cc, asq_quantize_rows.cc, requantize.cc.
+// IntConvRequant), asq_quantize.cc, asq_quantize_rows.cc, requantize.cc, add_requant.cc.
 #pragma once
 
 #include <atomic>
@@ -77,6 +77,15 @@ struct PostConvRequantKernel : PostConvKernel {
 struct IntConvRequantKernel : IntConvKernel {
   static constexpr const char* kName = "IntConvRequant";
   explicit IntConvRequantKernel(const OrtKernelInfo* info) : IntConvKernel(info, true) {}
+};
+
+// The exact residual add with its output quantizer (add_requant.cc): attributes qmin / qmax.
+struct AddRequantKernel {
+  static constexpr const char* kName = "AddRequant";
+  explicit AddRequantKernel(const OrtKernelInfo* info);
+  void compute(OrtKernelContext* context);
+  std::string node;
+  RequantAttrs requant;
 };
 
 // Requantize's output code for each input byte.

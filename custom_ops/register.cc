@@ -56,13 +56,16 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
                                                 {kFloat, kAny, kFloat}, 1u);
   static Op<qx::RequantizeKernel> requantize_u8("Requantize", {kAny, kAny, kAny, kAny, kU8}, {kU8});
   static Op<qx::RequantizeKernel> requantize_s8("Requantize", {kAny, kAny, kAny, kAny, kS8}, {kS8});
+  static Op<qx::AddRequantKernel> add_requant_u8("AddRequant", {kAny, kAny, kAny, kAny, kAny, kAny, kAny, kU8}, {kU8});
+  static Op<qx::AddRequantKernel> add_requant_s8("AddRequant", {kAny, kAny, kAny, kAny, kAny, kAny, kAny, kS8}, {kS8});
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* s = api->CreateCustomOpDomain("qexport", &domain)) return s;
   for (OrtCustomOp* op : {static_cast<OrtCustomOp*>(&post_conv), static_cast<OrtCustomOp*>(&int_conv),
                           static_cast<OrtCustomOp*>(&post_conv_requant_u8), static_cast<OrtCustomOp*>(&post_conv_requant_s8),
                           static_cast<OrtCustomOp*>(&int_conv_requant_u8), static_cast<OrtCustomOp*>(&int_conv_requant_s8),
                           static_cast<OrtCustomOp*>(&asq), static_cast<OrtCustomOp*>(&asq_rows),
-                          static_cast<OrtCustomOp*>(&requantize_u8), static_cast<OrtCustomOp*>(&requantize_s8)}) {
+                          static_cast<OrtCustomOp*>(&requantize_u8), static_cast<OrtCustomOp*>(&requantize_s8),
+                          static_cast<OrtCustomOp*>(&add_requant_u8), static_cast<OrtCustomOp*>(&add_requant_s8)}) {
     if (OrtStatus* s = api->CustomOpDomain_Add(domain, op)) return s;
   }
   return api->AddCustomOpDomain(options, domain);

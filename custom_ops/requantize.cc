@@ -35,14 +35,6 @@ bool read_zero_point(const Tensor& t, const char* what, int32_t& value) {
   fail(std::string(what) + " must be int8 or uint8, got " + type_name(t.type));
 }
 
-float read_step(const Tensor& t, const char* what) {
-  expect_type(t, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, what);
-  expect_shape(t, {}, what);
-  const float step = t.as<float>()[0];
-  if (!(step > 0.0f) || std::isinf(step)) fail(std::string(what) + " must be a positive finite number");
-  return step;
-}
-
 struct TableSpec {
   bool x_signed;
   int32_t x_zero_point;
@@ -137,11 +129,11 @@ void map_codes(Isa isa, const Table& t, const uint8_t* x, uint8_t* y, size_t n) 
 // The node's two quantizers (inputs 1-4), validated, and its table.
 RequantTable quantizer_table(const Tensor& x_scale_in, const Tensor& x_zero, const Tensor& y_scale_in, const Tensor& y_zero,
                              const RequantAttrs& requant, bool relu, ONNXTensorElementDataType& x_type) {
-  const float x_scale = read_step(x_scale_in, "input x_scale");
+  const float x_scale = scalar_step(x_scale_in, "input x_scale");
   int32_t x_zero_point = 0, y_zero_point = 0;
   const bool x_signed = read_zero_point(x_zero, "input x_zero_point", x_zero_point);
   x_type = x_zero.type;
-  const float y_scale = read_step(y_scale_in, "input y_scale");
+  const float y_scale = scalar_step(y_scale_in, "input y_scale");
   const bool y_signed = read_zero_point(y_zero, "input y_zero_point", y_zero_point);
   const int64_t lo = y_signed ? -128 : 0, hi = y_signed ? 127 : 255;
   if (requant.qmin < lo || requant.qmax > hi)

@@ -55,6 +55,8 @@ UNITS = [  # (what, method, ONNX it becomes, runs as)
      "onnxruntime's QDQ fusions (QLinearAdd ...) where they apply"),
     ("codes read by another quantizer (a residual add's output)", "any constant-step quantizers",
      "qexport.Requantize (codes to codes, ReLU and code range fused)", "native kernel (a 256-entry table)"),
+    ("exact residual add (`--adds exact`, the default with ASQ)", "constant-step quantizers on its operands and sum",
+     "qexport.AddRequant (two code tensors to the sum's codes)", "native kernel (the body's float operations)"),
 ]  # fmt: skip
 
 

@@ -97,9 +97,10 @@ def test_mobilenetv2_lsq_runs_every_conv_in_integer_kernels(tmp_path: Path) -> N
                                                   ("nipq", "auto", False), ("nipq", "exact", True)])  # fmt: skip
 def test_residual_adds_fused_or_exact(tmp_path: Path, act: str, adds: str, exact: bool) -> None:
     """Exact adds (the default with ASQ activations, where a one-code difference moves a sample's
-    step) are exported as Sum, which onnxruntime does not fuse into QLinearAdd (whose requantization
-    puts a few code pairs per million one code off): the sums run in float on the dequantized codes,
-    exactly as the fake-quant model adds them.  Fused adds run as QLinearAdd."""
+    step) are exported as AddRequant, whose native kernel and whose function body (a Sum, which
+    onnxruntime does not fuse into QLinearAdd, whose requantization puts a few code pairs per million
+    one code off) add the dequantized codes in float, exactly as the fake-quant model adds them.  Fused
+    adds run as QLinearAdd."""
     model = zoo.create("resnet20")
     x = zoo.example_input(model, 16, seed=3)
     _settle_batchnorm(model, x)
@@ -107,10 +108,15 @@ def test_residual_adds_fused_or_exact(tmp_path: Path, act: str, adds: str, exact
     qexport.calibrate(q, [x])
     path = qexport.export(q, tmp_path / "m.onnx", input_shape=[1, *x.shape[1:]], adds=adds)
     adds_in_model = MODELS["resnet20"][2]
-    assert sum(n.op_type == "Sum" for n in onnx.load(path).graph.node) == (adds_in_model if exact else 0)
+    exported = onnx.load(path).graph.node
+    assert sum(n.op_type == "AddRequant" and n.domain == DOMAIN for n in exported) == (adds_in_model if exact else 0)
+    assert not any(n.op_type == "Sum" for n in exported)
     k = bench.optimized_kernels(path, native=native.available())
     assert k.ops.get("QLinearAdd", 0) == (0 if exact else adds_in_model), k.ops
-    assert k.float_add == (adds_in_model if exact else 0), k.ops
+    if native.available():
+        assert k.ops.get("AddRequant", 0) == (adds_in_model if exact else 0) and k.float_add == 0, k.ops
+    else:  # the function body's float Sum
+        assert k.float_add == (adds_in_model if exact else 0), k.ops
     assert f"quantized residual adds: {'exact' if exact else 'fused'}" in onnx_summary(str(path))
     assert qexport.check(q, path, samples=16, reference_samples=0).passed  # the parity contract holds either way
     with pytest.raises(qexport.QexportError, match="adds='sum' is not one of auto, exact, fused"):

@@ -22,6 +22,7 @@ import qexport
 from qexport import native, zoo
 from qexport.ops import (
     DOMAIN,
+    add_requant,
     asq_quantize,
     asq_quantize_rows,
     int_conv,
@@ -468,6 +469,82 @@ def test_malformed_requantize_gets_an_error(change: str, message: str) -> None:
         model = _edit(model, qmin=9, qmax=3)
     with pytest.raises(Exception, match=message):
         _ort_run(model, {"x": np.zeros((1, 2, 3, 4), np.uint8)})
+
+
+def _add_requant_model(a_shape: list[int], b_shape: list[int], a_type: int, b_type: int, steps: tuple[float, ...],
+                       zeros: tuple[int, int], y_zero_point: np.ndarray, qmin: int,
+                       qmax: int) -> onnx.ModelProto:  # fmt: skip
+    """A one-node AddRequant; ``steps`` = (a_scale, b_scale, y_scale), ``zeros`` = (a, b zero points)."""
+    dtype = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8}
+    values = {"as": np.float32(steps[0]), "bs": np.float32(steps[1]), "ys": np.float32(steps[2]),
+              "az": dtype[a_type](zeros[0]), "bz": dtype[b_type](zeros[1]), "yz": y_zero_point}
+    inits = [numpy_helper.from_array(v, k) for k, v in values.items()]
+    y_type = TensorProto.INT8 if y_zero_point.dtype == np.int8 else TensorProto.UINT8
+    symbolic = any(isinstance(d, str) for d in a_shape + b_shape)
+    out_shape = a_shape if symbolic else list(np.broadcast_shapes(tuple(a_shape), tuple(b_shape)))
+    node = helper.make_node("AddRequant", ["a", "as", "az", "b", "bs", "bz", "ys", "yz"], ["y"], domain=DOMAIN,
+                            qmin=qmin, qmax=qmax)  # fmt: skip
+    return _model(node, [helper.make_tensor_value_info("a", a_type, a_shape),
+                         helper.make_tensor_value_info("b", b_type, b_shape)],
+                  [helper.make_tensor_value_info("y", y_type, out_shape)], inits)  # fmt: skip
+
+
+@pytest.mark.parametrize(("a_shape", "b_shape"),
+                         [([1, 16, 8, 8], [1, 16, 8, 8]), ([2, 3, 5, 7], [2, 3, 5, 7]), ([1, 70001], [1, 70001]),
+                          ([2, 9, 33], [9, 33]), ([2, 3, 4, 5], [3, 1, 1]), ([4, 1], [1, 19]),
+                          ([], [5, 3])])  # fmt: skip
+@pytest.mark.parametrize(("signed", "y_zero_point", "qmin", "qmax"),
+                         [((True, True), np.int8(0), -128, 127), ((False, True), np.uint8(128), 120, 135),
+                          ((True, False), np.uint8(0), 0, 15), ((False, False), np.int8(-3), -8, 7)])  # fmt: skip
+def test_add_requant_native_matches_body(isa: str, a_shape: list[int], b_shape: list[int], signed: tuple[bool, bool],
+                                         y_zero_point: np.ndarray, qmin: int, qmax: int) -> None:  # fmt: skip
+    """Equal shapes (vector body and tail, several parallel chunks) and broadcasting; steps whose sums
+    fall on rounding ties and past the code range; sums that overflow to inf and inf - inf (NaN)."""
+    rng = np.random.default_rng(len(a_shape) * 100 + len(b_shape))
+    types = [TensorProto.INT8 if sg else TensorProto.UINT8 for sg in signed]
+    dtypes = [np.int8 if sg else np.uint8 for sg in signed]
+    a = rng.integers(0, 256, a_shape, dtype=np.uint8).view(dtypes[0]) if a_shape else np.array(100, dtypes[0])
+    b = rng.integers(0, 256, b_shape, dtype=np.uint8).view(dtypes[1])
+    for steps, zeros in [((0.25, 0.5, 0.5), (3, 1)), ((0.031, 0.017, 0.05), (0, 0)), ((3e38, 3e38, 1.0), (0, 0))]:
+        model = _add_requant_model(a_shape, b_shape, types[0], types[1], steps, zeros, y_zero_point, qmin, qmax)
+        want = add_requant.reference(a, np.float32(steps[0]), dtypes[0](zeros[0]), b, np.float32(steps[1]),
+                                     dtypes[1](zeros[1]), np.float32(steps[2]), y_zero_point, qmin, qmax)  # fmt: skip
+        native_out = _ort_run(model, {"a": a, "b": b})[0]
+        body_out = _ort_run(model, {"a": a, "b": b}, kernels=False)[0]
+        assert native_out.dtype == y_zero_point.dtype and native_out.shape == want.shape
+        np.testing.assert_array_equal(body_out, want)
+        np.testing.assert_array_equal(native_out, want)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("nan_b_scale", "input b_scale must be a positive finite number"),
+        ("a_zero_type", "input a_zero_point must have a_codes' type"),
+        ("qmax", "outside y_zero_point's type range"),
+        ("broadcast", "do not broadcast"),
+        ("float_b", "input b_codes must be int8 or uint8"),
+    ],
+)
+def test_malformed_add_requant_gets_an_error(change: str, message: str) -> None:
+    """The kernel, not the body, answers."""
+    dims: list = ["N", "C", "H", "W"]  # any shapes at run time
+    model = _add_requant_model(dims, dims, TensorProto.UINT8, TensorProto.UINT8, (0.25, 0.5, 0.5), (0, 0),
+                               np.uint8(0), 0, 15)  # fmt: skip
+    b_shape = (1, 2, 3, 5) if change == "broadcast" else (1, 2, 3, 4)
+    feeds = {"a": np.zeros((1, 2, 3, 4), np.uint8), "b": np.zeros(b_shape, np.uint8)}
+    inits = {t.name: t for t in model.graph.initializer}
+    if change == "nan_b_scale":
+        inits["bs"].CopyFrom(numpy_helper.from_array(np.float32(np.nan), "bs"))
+    elif change == "a_zero_type":
+        inits["az"].CopyFrom(numpy_helper.from_array(np.int8(0), "az"))
+    elif change == "qmax":
+        model = _edit(model, qmax=256)
+    elif change == "float_b":
+        model.graph.input[1].type.tensor_type.elem_type = TensorProto.FLOAT
+        feeds["b"] = feeds["b"].astype(np.float32)
+    with pytest.raises(Exception, match=message):
+        _ort_run(model, feeds)
 
 
 def _post_conv_case() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:

@@ -5,8 +5,8 @@
     python tools/fuzz.py --replay 1234 --seed 0         # run one case in this process, print everything
 
 Every case is one node of one qexport op, built from a valid random node (dyadic values, so that both
-implementations' float arithmetic is exact and may be compared bit for bit; Requantize, whose kernel
-repeats the body's float operations one by one, also gets inexact steps) or taken from a real
+implementations' float arithmetic is exact and may be compared bit for bit; Requantize and AddRequant,
+whose kernels repeat the body's float operations one by one, also get inexact steps) or taken from a real
 exported graph (--zoo, --exported: the node's attributes, initializers and the activations it sees in a
 run, ASQ inputs rounded to multiples of 1/8), and then, usually, mutated:
 ranks and shapes, channels and groups, empty and huge-but-empty tensors, zero / negative / huge
@@ -65,7 +65,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 CONV_OPS = ("PostConv", "IntConv", "PostConvRequant", "IntConvRequant")
-NATIVE_OPS = (*CONV_OPS, "AsqQuantize", "AsqQuantizeRows", "Requantize")
+NATIVE_OPS = (*CONV_OPS, "AsqQuantize", "AsqQuantizeRows", "Requantize", "AddRequant")
 BODY_OPS = ("PostMatMul", "PostWeights", "StepQuantize", "AsqAdapter")
 OPS = NATIVE_OPS + BODY_OPS
 INPUTS = {
@@ -76,6 +76,8 @@ INPUTS = {
     "AsqQuantize": ["x", "step", "zero_point", "w1", "b1", "w2", "b2"],
     "AsqQuantizeRows": ["x", "step", "zero_point", "w1", "b1", "w2", "b2"],
     "Requantize": ["x_codes", "x_scale", "x_zero_point", "y_scale", "y_zero_point"],
+    "AddRequant": ["a_codes", "a_scale", "a_zero_point", "b_codes", "b_scale", "b_zero_point", "y_scale",
+                   "y_zero_point"],
     "PostMatMul": ["x_codes", "x_scale", "w_codes", "w_scale", "bias", "x_zero_point"],
     "PostWeights": ["codes"],
     "StepQuantize": ["x", "step", "zero_point"],
@@ -84,7 +86,7 @@ INPUTS = {
 OUTPUTS = {
     "PostConv": ["y"], "IntConv": ["y"], "PostConvRequant": ["y_codes"], "IntConvRequant": ["y_codes"],
     "AsqQuantize": ["y", "codes", "sample_step"], "AsqQuantizeRows": ["y", "codes", "row_step"],
-    "Requantize": ["y_codes"], "PostMatMul": ["y"], "PostWeights": ["w_even", "w_odd"],
+    "Requantize": ["y_codes"], "AddRequant": ["y_codes"], "PostMatMul": ["y"], "PostWeights": ["w_even", "w_odd"],
     "StepQuantize": ["y", "codes"], "AsqAdapter": ["beta"],
 }  # fmt: skip
 LIMIT = "a native kernel limit"
@@ -183,13 +185,31 @@ def code_range(rng: np.random.Generator, signed: bool) -> tuple[int, int]:
     return qmin, int(rng.integers(qmin, hi + 1))
 
 
+def broadcast_pair(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Two shapes that broadcast (numpy's rules) to ``shape``: each axis kept in both or made 1 in one of
+    them (a 0 against a 1 too), then some leading axes of one dropped; in either order."""
+    a, b = list(shape), list(shape)
+    for i in range(len(shape)):
+        how = int(rng.integers(3))
+        if how == 1:
+            a[i] = 1
+        elif how == 2:
+            b[i] = 1
+    b = b[int(rng.integers(len(b) + 1)) :]
+    return (tuple(a), tuple(b)) if rng.integers(2) else (tuple(b), tuple(a))
+
+
+HUGE_STEPS = [3e38, 3.4028235e38, 1e38]  # (code - zero point) * step overflows, or the sum of two products
+LONG = [15, 16, 17, 63, 64, 65, 1000, 65535, 65536, 65537, 131073, 200001]  # lengths around 16 / 8 and 65536
+
+
 def conv_kind(op: str) -> str:
     """PostConv or IntConv for a conv op (their Requant forms too), else the op."""
     return op.removesuffix("Requant")
 
 
 def base_case(op: str, rng: np.random.Generator) -> Case:
-    if op.endswith("Requant"):  # the conv, and its output quantizer: a step, an 8-bit zero point, a code range
+    if op in CONV_OPS and op.endswith("Requant"):  # the conv, and its output quantizer: a step, a zero point, a range
         case = base_case(conv_kind(op), rng)
         signed = bool(rng.integers(2))
         lo, hi = (-128, 127) if signed else (0, 255)
@@ -265,6 +285,28 @@ def base_case(op: str, rng: np.random.Generator) -> Case:
         # relu is always written (the exporter writes it); m_attr_drop leaves it out
         attrs = {"relu": Attr(r(0, 1), "int"), "qmin": Attr(qmin, "int"), "qmax": Attr(qmax, "int")}
         constant = [bool(rng.random() < 0.2)] + [bool(rng.integers(4)) for _ in inputs[1:]]
+    elif op == "AddRequant":  # two codes to their sum's codes: both 8-bit types for a, b and y; any rank
+        a_signed, b_signed, y_signed = (bool(rng.integers(2)) for _ in range(3))
+        shape = tuple(r(0 if rng.random() < 0.05 else 1, 5) for _ in range(r(0, 4)))
+        if rng.random() < 0.1:  # long: vector bodies and tails, several 65536-value parallel chunks, long rows
+            shape = (r(1, 3), _pick(rng, LONG)) if rng.integers(2) else (_pick(rng, LONG),)
+        a_shape, b_shape = (shape, shape) if rng.integers(2) else broadcast_pair(rng, shape)
+        how = int(rng.integers(4))
+        if how == 0:  # rounding ties: multiples of 1/32 summed (exact), then divided by a power of two
+            sa, sb, sy = steps(rng, ()), steps(rng, ()), np.float32(2.0 ** -r(1, 4))
+        elif how == 1:  # products or sums past float32: +-inf, and inf - inf (NaN: qmin in body and kernel)
+            sa = np.float32(_pick(rng, HUGE_STEPS))
+            sb = np.float32(_pick(rng, HUGE_STEPS)) if rng.integers(3) else any_step(rng)
+            sy = any_step(rng)
+        else:  # inexact steps: both must round each product, the sum and the quotient alike
+            sa, sb = any_step(rng), any_step(rng)
+            sy = sa * np.float32(2.0 ** r(-2, 3)) if rng.integers(3) == 0 else any_step(rng)
+        qmin, qmax = code_range(rng, y_signed)
+        inputs = [codes(rng, a_shape, a_signed), np.asarray(sa, np.float32), zero_point(rng, a_signed),
+                  codes(rng, b_shape, b_signed), np.asarray(sb, np.float32), zero_point(rng, b_signed),
+                  np.asarray(sy, np.float32), zero_point(rng, y_signed)]  # fmt: skip
+        attrs = {"qmin": Attr(qmin, "int"), "qmax": Attr(qmax, "int")}
+        constant = [bool(rng.random() < 0.2) if i in (0, 3) else bool(rng.integers(4)) for i in range(8)]
     elif op == "PostMatMul":
         bits, k_, m = r(2, 4), r(1, 8), r(1, 6)
         lead = (r(1, 3),) if rng.integers(2) else (r(1, 2), r(1, 3))
@@ -645,6 +687,115 @@ def m_requantize(case: Case, rng: np.random.Generator) -> None:
     case.mutations.append(f"requantize {which}")
 
 
+def m_add_requant(case: Case, rng: np.random.Generator) -> None:
+    a, b, zy = case.inputs[0], case.inputs[3], case.inputs[7]
+    assert a is not None and b is not None and zy is not None
+    which = _pick(rng, ["ties", "overflow", "tiny_step", "bad_step", "step_shape", "a_type", "b_type", "y_type",
+                        "zero_type", "zero_edge", "zero_shape", "code_edge", "broadcast", "broadcast", "no_broadcast",
+                        "qrange", "length", "length"])  # fmt: skip
+    other = {np.dtype(np.int8): np.uint8, np.dtype(np.uint8): np.int8}
+
+    def like(shape: tuple[int, ...], v: np.ndarray) -> np.ndarray:  # new codes of v's type
+        return codes(rng, shape, v.dtype == np.int8) if v.dtype in other else regen(rng, shape, v.dtype)
+
+    if which == "ties":  # multiples of 1/32 summed exactly, divided by a power of two: halfway cases
+        case.inputs[1], case.inputs[4] = steps(rng, ()), steps(rng, ())
+        case.inputs[6] = np.asarray(_pick(rng, [1 / 16, 1 / 8, 1 / 4, 1 / 2, 1 / 32]), np.float32)
+    elif which == "overflow":  # (code - zero point) * step, or the sum, past float32: inf, inf - inf = NaN
+        case.inputs[1] = np.asarray(_pick(rng, HUGE_STEPS), np.float32)
+        case.inputs[4] = np.asarray(_pick(rng, HUGE_STEPS), np.float32)
+        if rng.integers(2):
+            case.inputs[6] = np.asarray(_pick(rng, [1.0, 3e38, 1e-45, 0.5]), np.float32)
+    elif which == "tiny_step":  # valid: positive and finite (denormal, the least normal)
+        case.inputs[int(_pick(rng, [1, 4, 6]))] = np.asarray(_pick(rng, [1e-45, 1e-40, 1.1754944e-38]), np.float32)
+    elif which == "bad_step":
+        v = _pick(rng, [0.0, -0.0, -1.0, -1e-45, np.nan, np.inf, -np.inf])
+        case.inputs[int(_pick(rng, [1, 4, 6]))] = np.asarray(v, np.float32)
+    elif which == "step_shape":
+        j = int(_pick(rng, [1, 4, 6]))
+        v = case.inputs[j]
+        assert v is not None
+        case.inputs[j] = np.full(_pick(rng, [(1,), (1, 1, 1, 1), (2,), (0,)]), v.flat[0] if v.size else 1, v.dtype)
+    elif which in ("a_type", "b_type"):  # the codes read as the other 8-bit type, their zero point too
+        j = 0 if which == "a_type" else 3
+        v = case.inputs[j]
+        assert v is not None
+        if v.dtype in other:
+            case.inputs[j] = v.view(other[v.dtype])
+            case.inputs[j + 2] = zero_point(rng, other[v.dtype] == np.int8)
+    elif which == "y_type" and zy.dtype in other:  # the output type changes: a code range of the new type
+        qmin, qmax = code_range(rng, other[zy.dtype] == np.int8)
+        case.inputs[7] = zero_point(rng, other[zy.dtype] == np.int8)
+        case.attrs["qmin"], case.attrs["qmax"] = Attr(qmin, "int"), Attr(qmax, "int")
+    elif which == "zero_type":  # a or b's zero point of the other 8-bit type: no type check but the kernel's
+        j = int(_pick(rng, [2, 5]))
+        v = case.inputs[j]
+        assert v is not None
+        if v.dtype in other:
+            case.inputs[j] = np.asarray(int(v.flat[0]) % 128 if v.size else 0, other[v.dtype])
+    elif which == "zero_edge":  # a zero point at its type's end
+        j = int(_pick(rng, [2, 5, 7]))
+        v = case.inputs[j]
+        assert v is not None
+        if v.dtype in other:
+            info = np.iinfo(v.dtype)
+            case.inputs[j] = np.asarray(_pick(rng, [info.min, info.max]), v.dtype)
+    elif which == "zero_shape":
+        j = int(_pick(rng, [2, 5, 7]))
+        v = case.inputs[j]
+        assert v is not None
+        case.inputs[j] = np.full(_pick(rng, [(1,), (1, 1), (2,), (0,)]), v.flat[0] if v.size else 0, v.dtype)
+    elif which == "code_edge":  # codes at their type's ends, the zero point at one end: |code - zero| up to 255
+        j = int(_pick(rng, [0, 3]))
+        v = case.inputs[j]
+        assert v is not None
+        if v.dtype in other and v.size:
+            info = np.iinfo(v.dtype)
+            v = v.copy()
+            ends = np.asarray(rng.choice([info.min, info.max], size=v.shape), v.dtype)
+            mask = rng.random(v.shape) < _pick(rng, [0.5, 1.0])
+            v[mask] = ends[mask]
+            case.inputs[j] = v
+            case.inputs[j + 2] = np.asarray(_pick(rng, [info.min, info.max]), v.dtype)
+    elif which == "broadcast":  # valid shapes: scalars, 1 against 0, rows and columns, leading axes
+        pair = _pick(rng, [((), ()), ((), (5, 3)), ((1,), ()), ((0,), (1,)), ((1, 0), (3, 1)), ((4, 1), (1, 19)),
+                           ((2, 3, 4, 5), (3, 1, 1)), ((1, 1, 1), (7,)), ((2, 1, 3), (2, 5, 1)), None])  # fmt: skip
+        if pair is None:
+            pair = broadcast_pair(rng, tuple(int(rng.integers(0 if rng.random() < 0.1 else 1, 6))
+                                             for _ in range(int(rng.integers(0, 5)))))  # fmt: skip
+        sa_, sb_ = pair if rng.integers(2) else pair[::-1]
+        case.inputs[0], case.inputs[3] = like(sa_, a), like(sb_, b)
+    elif which == "no_broadcast":  # an aligned axis of two sizes, neither 1
+        shape = [int(rng.integers(1, 5)) for _ in range(int(rng.integers(1, 5)))]
+        d = int(rng.integers(len(shape)))
+        x, y = _pick(rng, [(2, 3), (3, 2), (0, 2), (2, 0), (4, 5), (7, 70)])
+        sa_, sb_ = list(shape), list(shape)
+        sa_[d], sb_[d] = x, y
+        sb_ = sb_[int(rng.integers(d + 1)) :]  # leading axes dropped: axis d stays aligned from the end
+        if rng.integers(2):
+            sa_, sb_ = sb_, sa_
+        case.inputs[0], case.inputs[3] = like(tuple(sa_), a), like(tuple(sb_), b)
+    elif which == "qrange":
+        lo, hi = (-128, 127) if zy.dtype == np.int8 else (0, 255)
+        qmin, qmax = _pick(rng, [(lo, lo), (hi, hi), (lo - 1, hi), (lo, hi + 1), (5, 4), (-129, 255), (-128, 255),
+                                 (0, 127), (-(2**63), 2**63 - 1), (2**31, 2**31)])  # fmt: skip
+        case.attrs["qmin"], case.attrs["qmax"] = Attr(qmin, "int"), Attr(qmax, "int")
+    elif which == "length":  # vector bodies and tails (16 / 8 a step), 65536-value parallel chunks, long rows
+        n = int(_pick(rng, [7, 8, 9, 31, 33, 127, 129, *LONG]))
+        k = int(rng.integers(1, 4))
+        form = _pick(rng, ["flat", "flat", "rows", "column", "outer", "scalar", "huge"])  # huge: 2^31 outputs, a limit
+        sa_, sb_ = {"flat": ((n,), (n,)) if rng.integers(2) else ((1, n, 1), (1, n, 1)),
+                    "rows": ((k, n), (n,)),  # rows of both, unit strides
+                    "column": ((k, n), (k, 1)),  # one value broadcast along each row
+                    "outer": ((min(n, 4096), 1), (1, k)) if rng.integers(2) else ((k, 1), (1, n)),
+                    "scalar": ((), (n,)),
+                    "huge": ((2**16, 1), (1, 2**15 + int(rng.integers(2))))}[form]  # fmt: skip
+        if rng.integers(2):
+            sa_, sb_ = sb_, sa_
+        case.inputs[0], case.inputs[3] = like(sa_, a), like(sb_, b)
+    case.mutations.append(f"add_requant {which}")
+
+
 GENERIC = [m_attr_drop, m_attr_type, m_attr_value, m_attr_add, m_rank, m_dim, m_huge_empty, m_dtype, m_values,
            m_missing, m_extra, m_constness, m_truncate]  # fmt: skip
 SPECIFIC = {
@@ -655,6 +806,7 @@ SPECIFIC = {
     "AsqQuantize": [m_asq],
     "AsqQuantizeRows": [m_asq],
     "Requantize": [m_requantize],
+    "AddRequant": [m_add_requant],
     "PostMatMul": [m_post_codes],
 }
 
@@ -845,6 +997,33 @@ def _requantize_violation(case: Case) -> str | None:
     return None
 
 
+def _add_requant_violation(case: Case) -> str | None:
+    """AddRequant (add_requant.cc): qmin, qmax required ints, qmin <= qmax (RequantAttrs::read); 8 inputs;
+    a_codes, b_codes int8 / uint8 of shapes that broadcast (numpy's rules); a_scale, b_scale, y_scale
+    positive finite float32 scalars; a_zero_point, b_zero_point scalars of their codes' types;
+    y_zero_point an int8 / uint8 scalar, qmin and qmax inside its type's range."""
+    if len(case.inputs) != 8 or any(v is None for v in case.inputs):
+        return "inputs missing or extra"
+    why = _requant_violation(case)  # qmin / qmax, y_scale, y_zero_point
+    if why:
+        return why
+    for name, at in (("a", 0), ("b", 3)):
+        c, scale, zp = case.inputs[at : at + 3]
+        assert c is not None and scale is not None and zp is not None
+        if c.dtype not in (np.int8, np.uint8):
+            return f"{name}_codes int8 / uint8"
+        if scale.dtype != np.float32 or scale.shape != () or not (scale > 0 and np.isfinite(scale)):
+            return f"{name}_scale a positive finite float32 scalar"
+        if zp.dtype != c.dtype or zp.shape != ():
+            return f"{name}_zero_point a scalar of {name}_codes' type"
+    a, b = case.inputs[0], case.inputs[3]
+    assert a is not None and b is not None
+    for da, db in zip(a.shape[::-1], b.shape[::-1], strict=False):  # aligned from the last axis
+        if da != db and da != 1 and db != 1:
+            return "a_codes and b_codes do not broadcast"
+    return None
+
+
 def truncated(case: Case) -> set[int]:
     """The inputs whose initializer build() cuts short (later mutations may have emptied or moved them)."""
     return {i for i in case.truncated if i < len(case.inputs) and case.constant[i] and case.inputs[i] is not None
@@ -859,6 +1038,8 @@ def spec_violation(case: Case) -> str | None:
         return "a truncated initializer"
     if op == "Requantize":
         return _requantize_violation(case)
+    if op == "AddRequant":
+        return _add_requant_violation(case)
     if op in CONV_OPS:
         requant = op.endswith("Requant")
         op = conv_kind(op)
@@ -1161,11 +1342,17 @@ def _typed_inputs_not_float(case: Case) -> bool:
 
 def conv_outputs(case: Case) -> int:
     """Elements of a valid case's largest output (0 for other cases): a conv's y, AsqQuantize's y or its
-    per-sample steps (N of them, also when x is empty)."""
+    per-sample steps (N of them, also when x is empty), AddRequant's y (the broadcast shape)."""
     if case.op == "AsqQuantize" and spec_violation(case) is None:
         x = case.inputs[0]
         assert x is not None
         return max(int(x.size), int(x.shape[0]))
+    if case.op == "AddRequant" and spec_violation(case) is None:
+        a, b = case.inputs[0], case.inputs[3]
+        assert a is not None and b is not None
+        rank = max(a.ndim, b.ndim)
+        da, db = (1,) * (rank - a.ndim) + a.shape, (1,) * (rank - b.ndim) + b.shape
+        return int(np.prod([y if x == 1 else x for x, y in zip(da, db, strict=True)], dtype=object))
     if case.op not in CONV_OPS or spec_violation(case) is not None:
         return 0
     x, w = case.inputs[0], case.inputs[2]

@@ -295,6 +295,26 @@ def _transpose_codes(graph: onnx.GraphProto) -> None:
 _CODE_RANGE = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127)}
 
 
+def _code_clip(quant: onnx.NodeProto, zero: onnx.TensorProto, readers: dict[str, list[onnx.NodeProto]],
+               constants: dict[str, onnx.TensorProto],
+               keep: set[str]) -> tuple[int, int, onnx.NodeProto | None]:  # fmt: skip
+    """The code range (qmin, qmax) of QuantizeLinear ``quant`` (8-bit zero point ``zero``) and the Clip
+    that narrows it, when its one reader is a Clip of constant scalar bounds of the codes' type that
+    leaves a range; else the type's range and None (a Clip that empties the range stays as written)."""
+    qmin, qmax = _CODE_RANGE[zero.data_type]
+    out = quant.output[0]
+    clips = readers.get(out, [])
+    if len(clips) != 1 or clips[0].op_type != "Clip" or clips[0].domain or out in keep or len(clips[0].input) != 3:
+        return qmin, qmax, None
+    bounds = [constants.get(i) for i in clips[0].input[1:]]
+    if any(b is None or b.dims or b.data_type != zero.data_type for b in bounds):
+        return qmin, qmax, None
+    lo, hi = (int(onnx.numpy_helper.to_array(b)) for b in bounds)  # type: ignore[arg-type]
+    if max(qmin, lo) > min(qmax, hi):
+        return qmin, qmax, None
+    return max(qmin, lo), min(qmax, hi), clips[0]
+
+
 def _requantized_convs(graph: onnx.GraphProto, keep: set[str], codes: dict[str, str], offsets: dict[str, int]) -> None:
     """IntConv / PostConv -> QuantizeLinear (scalar constant step and 8-bit zero point) [-> Clip of
     constant bounds] becomes one IntConvRequant / PostConvRequant node: the conv writes the codes (its
@@ -328,17 +348,8 @@ def _requantized_convs(graph: onnx.GraphProto, keep: set[str], codes: dict[str, 
             continue
         if any(a.name not in ("axis", "saturate") for a in quant.attribute):
             continue
-        qmin, qmax = _CODE_RANGE[zero.data_type]
-        out, absorbed = quant.output[0], [quant]
-        clips = readers.get(out, [])
-        if len(clips) == 1 and clips[0].op_type == "Clip" and not clips[0].domain and out not in keep:
-            bounds = [scalar(i) for i in clips[0].input[1:]]
-            if len(bounds) == 2 and all(b is not None and b.data_type == zero.data_type for b in bounds):
-                lo, hi = (int(onnx.numpy_helper.to_array(b)) for b in bounds)  # type: ignore[arg-type]
-                qmin, qmax = max(qmin, lo), min(qmax, hi)
-                out, absorbed = clips[0].output[0], [quant, clips[0]]
-        if qmin > qmax:  # a Clip that empties the range: leave it as written
-            continue
+        qmin, qmax, clip = _code_clip(quant, zero, readers, constants, keep)
+        out, absorbed = (clip.output[0], [quant, clip]) if clip else (quant.output[0], [quant])
         zero_point = quant.input[2]
         dequantized = [n for n in readers.get(out, []) if n.op_type == "DequantizeLinear"]
         if zero.data_type == onnx.TensorProto.INT8 and dequantized:
@@ -393,24 +404,12 @@ def _requantized_codes(graph: onnx.GraphProto, keep: set[str], codes: dict[str, 
                 targets += [(1, q) for q in readers.get(relu.output[0], []) if quantizer(q, "QuantizeLinear")]
         for with_relu, quant in targets:
             zero = constants[quant.input[2]]
-            qmin, qmax = _CODE_RANGE[zero.data_type]
+            qmin, qmax, clip = _code_clip(quant, zero, readers, constants, keep)
             out = quant.output[0]
-            clips = readers.get(out, [])
-            if len(clips) == 1 and clips[0].op_type == "Clip" and not clips[0].domain and out not in keep:
-                bounds = [scalar(i, (zero.data_type,)) for i in clips[0].input[1:]]
-                if len(bounds) == 2 and all(b is not None for b in bounds):
-                    lo, hi = (int(onnx.numpy_helper.to_array(b)) for b in bounds)  # type: ignore[arg-type]
-                    if max(qmin, lo) <= min(qmax, hi):
-                        qmin, qmax = max(qmin, lo), min(qmax, hi)
-                        dropped.add(out)
-                        out = clips[0].output[0]
-            zero_point = quant.input[2]
-            later = readers.get(out, [])
-            dequantized = [n for n in later if n.op_type == "DequantizeLinear"]
-            if zero.data_type == onnx.TensorProto.INT8 and dequantized:
-                shifted = _as_uint8(graph, constants, out, zero, dequantized, later, paths, offsets)
-                if shifted is not None:
-                    zero_point, qmin, qmax = shifted, qmin + 128, qmax + 128
+            if clip is not None:
+                dropped.add(out)
+                out = clip.output[0]
+            zero_point, qmin, qmax = _written_codes(graph, constants, readers, out, quant, qmin, qmax, paths, offsets)
             node = onnx.helper.make_node("Requantize", [*dq.input, quant.input[1], zero_point], [out], name=quant.name,
                                          domain=DOMAIN, relu=with_relu, qmin=qmin, qmax=qmax)  # fmt: skip
             quant.CopyFrom(node)
@@ -419,6 +418,71 @@ def _requantized_codes(graph: onnx.GraphProto, keep: set[str], codes: dict[str, 
     del graph.node[:]
     graph.node.extend(kept)
     _requantize_from_uint8(graph, constants, formed, paths, offsets)
+
+
+def _requantized_sums(graph: onnx.GraphProto, keep: set[str], codes: dict[str, str], offsets: dict[str, int]) -> None:
+    """DequantizeLinear, DequantizeLinear -> Sum -> QuantizeLinear [-> Clip], all of constant scalar
+    steps and 8-bit zero points (an exact residual add, ``_exact_adds``), becomes one AddRequant node:
+    codes in, the sum's codes out, the same float operations in one pass.  Only where each
+    DequantizeLinear's output and the sum have that one reader and none is kept.  int8 output codes
+    that only DequantizeLinear nodes read are written as uint8 + 128, as in ``_requantized_convs``."""
+    paths = {name: path for path, name in codes.items()}
+    constants = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    readers = _readers(graph)
+
+    def scalar(name: str, types: tuple[int, ...]) -> onnx.TensorProto | None:
+        t = constants.get(name)
+        return t if t is not None and not t.dims and t.data_type in types else None
+
+    def quantizer(n: onnx.NodeProto | None, op_type: str) -> bool:  # of one constant step and 8-bit zero point
+        return (n is not None and n.op_type == op_type and not n.domain and len(n.input) == 3
+                and scalar(n.input[1], (onnx.TensorProto.FLOAT,)) is not None
+                and scalar(n.input[2], tuple(_CODE_RANGE)) is not None
+                and all(a.name in ("axis", "saturate", "block_size") for a in n.attribute))  # fmt: skip
+
+    def only_reader(value: str, node: onnx.NodeProto) -> bool:
+        users = readers.get(value, [])
+        return value not in keep and len(users) == 1 and users[0].output[0] == node.output[0]
+
+    dropped: set[tuple[str, str]] = set()  # (op type, output) of the absorbed nodes
+    for total in graph.node:
+        if total.op_type != "Sum" or total.domain or len(total.input) != 2 or total.input[0] == total.input[1]:
+            continue
+        dqs = [producers.get(i) for i in total.input]
+        if not all(quantizer(dq, "DequantizeLinear") and only_reader(dq.output[0], total) for dq in dqs):  # type: ignore[union-attr]
+            continue
+        users = readers.get(total.output[0], [])
+        quant = users[0] if len(users) == 1 else None
+        if not quantizer(quant, "QuantizeLinear") or total.output[0] in keep:
+            continue
+        assert quant is not None
+        zero = constants[quant.input[2]]
+        qmin, qmax, clip = _code_clip(quant, zero, readers, constants, keep)
+        out, absorbed = (clip.output[0], [*dqs, quant, clip]) if clip else (quant.output[0], [*dqs, quant])
+        zero_point, qmin, qmax = _written_codes(graph, constants, readers, out, quant, qmin, qmax, paths, offsets)
+        inputs = [*dqs[0].input, *dqs[1].input, quant.input[1], zero_point]  # type: ignore[union-attr]
+        fused = onnx.helper.make_node("AddRequant", inputs, [out], name=total.name, domain=DOMAIN, qmin=qmin, qmax=qmax)
+        dropped.update((n.op_type, n.output[0]) for n in absorbed)  # type: ignore[union-attr]
+        total.CopyFrom(fused)
+    kept = [n for n in graph.node if (n.op_type, n.output[0]) not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _written_codes(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto],
+                   readers: dict[str, list[onnx.NodeProto]], out: str, quant: onnx.NodeProto, qmin: int, qmax: int,
+                   paths: dict[str, str], offsets: dict[str, int]) -> tuple[str, int, int]:  # fmt: skip
+    """The zero point and code range a node fused from QuantizeLinear ``quant`` writes ``out`` with:
+    int8 codes that only DequantizeLinear nodes read as uint8 + 128 (``_as_uint8``), else as quantized."""
+    zero = constants[quant.input[2]]
+    later = readers.get(out, [])
+    dequantized = [n for n in later if n.op_type == "DequantizeLinear"]
+    if zero.data_type == onnx.TensorProto.INT8 and dequantized:
+        shifted = _as_uint8(graph, constants, out, zero, dequantized, later, paths, offsets)
+        if shifted is not None:
+            return shifted, qmin + 128, qmax + 128
+    return quant.input[2], qmin, qmax
 
 
 def _requantize_from_uint8(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto], formed: list[onnx.NodeProto],
@@ -568,6 +632,7 @@ def to_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], opset: int = 21, p
     _live(graph, keep)  # first: the readers the next pass counts are live ones
     _requantized_convs(graph, keep, e.b.codes, e.b.code_offsets)
     _requantized_codes(graph, keep, e.b.codes, e.b.code_offsets)
+    _requantized_sums(graph, keep, e.b.codes, e.b.code_offsets)
     _live(graph, keep)
     used = {n.op_type for n in graph.node if n.domain == DOMAIN}
     opsets = {o.domain: o.version for o in proto.opset_import if o.domain != LOWER_DOMAIN}

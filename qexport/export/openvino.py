@@ -77,6 +77,8 @@ def to_openvino(model: onnx.ModelProto) -> onnx.ModelProto:
             _unfused_requant(graph_model.graph, node)
         elif node.domain == DOMAIN and node.op_type == "Requantize":
             _unfused_requantize(graph_model.graph, node)
+        elif node.domain == DOMAIN and node.op_type == "AddRequant":
+            _unfused_add_requant(graph_model.graph, node)
     for node in list(graph_model.graph):
         if node.domain == DOMAIN and node.op_type == "IntConv":
             _int_conv_as_qdq(graph_model.graph, node)
@@ -195,6 +197,25 @@ def _unfused_requantize(graph: ir.Graph, node: ir.Node) -> None:
     if node.attributes["relu"].as_int():
         nodes.append(ir.node("Relu", [nodes[-1].outputs[0]]))
     nodes.append(ir.node("QuantizeLinear", [nodes[-1].outputs[0], y_scale, y_zero]))
+    _clipped(graph, node, nodes, zero)
+
+
+def _unfused_add_requant(graph: ir.Graph, node: ir.Node) -> None:
+    """An AddRequant as the DequantizeLinear, DequantizeLinear -> Sum -> QuantizeLinear [-> Clip] it
+    was fused from (lower.py)."""
+    a, a_scale, a_zero, b, b_scale, b_zero, y_scale, y_zero = node.inputs
+    zero = _constant(y_zero)
+    if zero is None:
+        raise QexportError(f"AddRequant {node.name} has no constant y_zero_point: report it")
+    dqs = [ir.node("DequantizeLinear", [a, a_scale, a_zero]), ir.node("DequantizeLinear", [b, b_scale, b_zero])]
+    nodes = [*dqs, ir.node("Sum", [dqs[0].outputs[0], dqs[1].outputs[0]])]
+    nodes.append(ir.node("QuantizeLinear", [nodes[-1].outputs[0], y_scale, y_zero]))
+    _clipped(graph, node, nodes, zero)
+
+
+def _clipped(graph: ir.Graph, node: ir.Node, nodes: list[ir.Node], zero: np.ndarray) -> None:
+    """``nodes`` (ending in a QuantizeLinear) and a Clip to ``node``'s qmin / qmax where they are narrower
+    than the codes' type, in place of ``node``."""
     info = np.iinfo(zero.dtype)
     qmin, qmax = node.attributes["qmin"].as_int(), node.attributes["qmax"].as_int()
     if (qmin, qmax) != (info.min, info.max):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import onnx
 
 from . import (
+    add_requant,
     asq_adapter,
     asq_quantize,
     asq_quantize_rows,
@@ -28,6 +29,7 @@ from .domain import DOMAIN, VERSION
 
 # op name -> the function protos a model using it must carry (dependencies first)
 _FUNCTIONS = {
+    "AddRequant": [add_requant.AddRequant],
     "AsqQuantize": [asq_adapter.AsqAdapter, step_quantize.StepQuantize, asq_quantize.AsqQuantize],
     "AsqQuantizeRows": [asq_adapter.AsqAdapter, step_quantize.StepQuantize, asq_quantize_rows.AsqQuantizeRows],
     "IntConv": [relu_bounds.ReluBounds, int_conv.IntConv],
