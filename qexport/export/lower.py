@@ -368,6 +368,19 @@ def _requantized_convs(graph: onnx.GraphProto, keep: set[str], codes: dict[str, 
     graph.node.extend(kept)
 
 
+def _scalar_quantizer(n: onnx.NodeProto | None, op_type: str, constants: dict[str, onnx.TensorProto]) -> bool:
+    """Whether ``n`` is a standard QuantizeLinear / DequantizeLinear (``op_type``) of one constant float32
+    step and an 8-bit constant zero point."""
+
+    def scalar(name: str, types: tuple[int, ...]) -> bool:
+        t = constants.get(name)
+        return t is not None and not t.dims and t.data_type in types
+
+    return (n is not None and n.op_type == op_type and not n.domain and len(n.input) == 3
+            and scalar(n.input[1], (onnx.TensorProto.FLOAT,)) and scalar(n.input[2], tuple(_CODE_RANGE))
+            and all(a.name in ("axis", "saturate", "block_size") for a in n.attribute))  # fmt: skip
+
+
 def _requantized_codes(graph: onnx.GraphProto, keep: set[str], codes: dict[str, str], offsets: dict[str, int]) -> None:
     """DequantizeLinear [-> Relu] -> QuantizeLinear [-> Clip], all of constant scalar steps and 8-bit
     zero points, becomes one Requantize node from codes to codes (a residual add's output, read by the
@@ -383,25 +396,16 @@ def _requantized_codes(graph: onnx.GraphProto, keep: set[str], codes: dict[str, 
     constants = {t.name: t for t in graph.initializer}
     readers = _readers(graph)
 
-    def scalar(name: str, types: tuple[int, ...]) -> onnx.TensorProto | None:
-        t = constants.get(name)
-        return t if t is not None and not t.dims and t.data_type in types else None
-
-    def quantizer(n: onnx.NodeProto, op_type: str) -> bool:  # of one constant step and 8-bit zero point
-        return (n.op_type == op_type and not n.domain and len(n.input) == 3
-                and scalar(n.input[1], (onnx.TensorProto.FLOAT,)) is not None
-                and scalar(n.input[2], tuple(_CODE_RANGE)) is not None
-                and all(a.name in ("axis", "saturate", "block_size") for a in n.attribute))  # fmt: skip
-
     dropped: set[str] = set()  # outputs of the absorbed Clips
     formed: list[onnx.NodeProto] = []
     for dq in list(graph.node):
-        if not quantizer(dq, "DequantizeLinear") or dq.output[0] in keep:
+        if not _scalar_quantizer(dq, "DequantizeLinear", constants) or dq.output[0] in keep:
             continue
-        targets = [(0, q) for q in readers.get(dq.output[0], []) if quantizer(q, "QuantizeLinear")]
+        quants = [(0, q) for q in readers.get(dq.output[0], [])]
         for relu in readers.get(dq.output[0], []):
             if relu.op_type == "Relu" and not relu.domain and relu.output[0] not in keep:
-                targets += [(1, q) for q in readers.get(relu.output[0], []) if quantizer(q, "QuantizeLinear")]
+                quants += [(1, q) for q in readers.get(relu.output[0], [])]
+        targets = [(r, q) for r, q in quants if _scalar_quantizer(q, "QuantizeLinear", constants)]
         for with_relu, quant in targets:
             zero = constants[quant.input[2]]
             qmin, qmax, clip = _code_clip(quant, zero, readers, constants, keep)
@@ -431,16 +435,6 @@ def _requantized_sums(graph: onnx.GraphProto, keep: set[str], codes: dict[str, s
     producers = {o: n for n in graph.node for o in n.output}
     readers = _readers(graph)
 
-    def scalar(name: str, types: tuple[int, ...]) -> onnx.TensorProto | None:
-        t = constants.get(name)
-        return t if t is not None and not t.dims and t.data_type in types else None
-
-    def quantizer(n: onnx.NodeProto | None, op_type: str) -> bool:  # of one constant step and 8-bit zero point
-        return (n is not None and n.op_type == op_type and not n.domain and len(n.input) == 3
-                and scalar(n.input[1], (onnx.TensorProto.FLOAT,)) is not None
-                and scalar(n.input[2], tuple(_CODE_RANGE)) is not None
-                and all(a.name in ("axis", "saturate", "block_size") for a in n.attribute))  # fmt: skip
-
     def only_reader(value: str, node: onnx.NodeProto) -> bool:
         users = readers.get(value, [])
         return value not in keep and len(users) == 1 and users[0].output[0] == node.output[0]
@@ -450,11 +444,13 @@ def _requantized_sums(graph: onnx.GraphProto, keep: set[str], codes: dict[str, s
         if total.op_type != "Sum" or total.domain or len(total.input) != 2 or total.input[0] == total.input[1]:
             continue
         dqs = [producers.get(i) for i in total.input]
-        if not all(quantizer(dq, "DequantizeLinear") and only_reader(dq.output[0], total) for dq in dqs):  # type: ignore[union-attr]
+        if not all(_scalar_quantizer(dq, "DequantizeLinear", constants) for dq in dqs):
+            continue
+        if not all(only_reader(dq.output[0], total) for dq in dqs):  # type: ignore[union-attr]
             continue
         users = readers.get(total.output[0], [])
         quant = users[0] if len(users) == 1 else None
-        if not quantizer(quant, "QuantizeLinear") or total.output[0] in keep:
+        if not _scalar_quantizer(quant, "QuantizeLinear", constants) or total.output[0] in keep:
             continue
         assert quant is not None
         zero = constants[quant.input[2]]
