@@ -7,7 +7,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cmath>
 #include <string>
 #include <vector>
 
@@ -43,13 +42,13 @@ inline void add_run(const AddSpec& s, const uint8_t* a, size_t sa, const uint8_t
   for (size_t i = 0; i < n; ++i) y[i] = add_one(s, a[i * sa], b[i * sb]);
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+
 // SSE4.1 in the target makes nearbyintf one roundss (else a libm call per value)
 __attribute__((target("avx2"))) void add_run_sse41(const AddSpec& s, const uint8_t* a, size_t sa, const uint8_t* b,
                                                    size_t sb, uint8_t* y, size_t n) {
   add_run(s, a, sa, b, sb, y, n);
 }
-
-#if defined(__x86_64__) || defined(__i386__)
 
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void add_avx512(const AddSpec& s, const uint8_t* a,
                                                                      const uint8_t* b, uint8_t* y, size_t n) {
@@ -109,18 +108,21 @@ void add_flat(Isa isa, const AddSpec& s, const uint8_t* a, const uint8_t* b, uin
   add_run(s, a, 1, b, 1, y, n);
 }
 
-// a zero point [] of ``codes``' type (int8 or uint8)
-int32_t read_zero_point(const Tensor& t, ONNXTensorElementDataType codes, const char* what, const char* codes_name) {
+// a row with a stride of 0 (broadcast) on either side
+void add_strided(Isa isa, const AddSpec& s, const uint8_t* a, size_t sa, const uint8_t* b, size_t sb, uint8_t* y,
+                 size_t n) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (isa != Isa::Scalar) return add_run_sse41(s, a, sa, b, sb, y, n);
+#endif
+  add_run(s, a, sa, b, sb, y, n);
+}
+
+// a zero point [] of ``codes``' type
+int32_t zero_point_of(const Tensor& t, ONNXTensorElementDataType codes, const char* what, const char* codes_name) {
   expect_shape(t, {}, what);
   if (t.type != codes)
     fail(std::string(what) + " must have " + codes_name + "' type (" + type_name(codes) + "), got " + type_name(t.type));
-  return codes == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 ? int32_t(t.as<int8_t>()[0]) : int32_t(t.as<uint8_t>()[0]);
-}
-
-const Tensor& codes_input(const Tensor& t, const char* what) {
-  if (t.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 && t.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8)
-    fail(std::string(what) + " must be int8 or uint8, got " + type_name(t.type));
-  return t;
+  return scalar_zero_point(t, what);
 }
 
 }  // namespace
@@ -133,31 +135,19 @@ void AddRequantKernel::compute(OrtKernelContext* context) {
   if (count != 8)
     fail("takes 8 inputs (a_codes, a_scale, a_zero_point, b_codes, b_scale, b_zero_point, y_scale, y_zero_point), got " +
          std::to_string(count));
-  const Tensor a = codes_input(input(context, 0, "input a_codes"), "input a_codes");
-  const Tensor b = codes_input(input(context, 3, "input b_codes"), "input b_codes");
+  const Tensor a = input(context, 0, "input a_codes");
+  const Tensor b = input(context, 3, "input b_codes");
+  expect_codes(a, "input a_codes");
+  expect_codes(b, "input b_codes");
   AddSpec s{};
   s.a_signed = a.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
   s.b_signed = b.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
   s.a_scale = scalar_step(input(context, 1, "input a_scale"), "input a_scale");
-  s.a_zero = read_zero_point(input(context, 2, "input a_zero_point"), a.type, "input a_zero_point", "a_codes");
+  s.a_zero = zero_point_of(input(context, 2, "input a_zero_point"), a.type, "input a_zero_point", "a_codes");
   s.b_scale = scalar_step(input(context, 4, "input b_scale"), "input b_scale");
-  s.b_zero = read_zero_point(input(context, 5, "input b_zero_point"), b.type, "input b_zero_point", "b_codes");
+  s.b_zero = zero_point_of(input(context, 5, "input b_zero_point"), b.type, "input b_zero_point", "b_codes");
   s.y_scale = scalar_step(input(context, 6, "input y_scale"), "input y_scale");
-  const Tensor y_zero = input(context, 7, "input y_zero_point");
-  expect_shape(y_zero, {}, "input y_zero_point");
-  bool y_signed = false;
-  if (y_zero.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) {
-    y_signed = true;
-    s.y_zero = y_zero.as<int8_t>()[0];
-  } else if (y_zero.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8) {
-    s.y_zero = y_zero.as<uint8_t>()[0];
-  } else {
-    fail(std::string("input y_zero_point must be int8 or uint8, got ") + type_name(y_zero.type));
-  }
-  const int64_t lo = y_signed ? -128 : 0, hi = y_signed ? 127 : 255;
-  if (requant.qmin < lo || requant.qmax > hi)
-    fail("attributes qmin=" + std::to_string(requant.qmin) + ", qmax=" + std::to_string(requant.qmax) +
-         " are outside y_zero_point's type range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  s.y_zero = requant.output_codes(input(context, 7, "input y_zero_point")).zero_point;
   s.lo = float(requant.qmin - s.y_zero);
   s.hi = float(requant.qmax - s.y_zero);
 
@@ -207,10 +197,8 @@ void AddRequantKernel::compute(OrtKernelContext* context) {
     uint8_t* out = y + r * size_t(row);
     if (step_a == 1 && step_b == 1)
       add_flat(isa, s, ap + offset_a, bp + offset_b, out, size_t(row));
-    else if (isa != Isa::Scalar)
-      add_run_sse41(s, ap + offset_a, step_a, bp + offset_b, step_b, out, size_t(row));
     else
-      add_run(s, ap + offset_a, step_a, bp + offset_b, step_b, out, size_t(row));
+      add_strided(isa, s, ap + offset_a, step_a, bp + offset_b, step_b, out, size_t(row));
   });
 }
 

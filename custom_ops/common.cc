@@ -117,6 +117,17 @@ float scalar_step(const Tensor& t, const std::string& what) {
   return step;
 }
 
+void expect_codes(const Tensor& t, const std::string& what) {
+  if (t.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 && t.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8)
+    fail(what + " must be int8 or uint8, got " + type_name(t.type));
+}
+
+int32_t scalar_zero_point(const Tensor& t, const std::string& what) {
+  expect_shape(t, {}, what);
+  expect_codes(t, what);
+  return t.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 ? int32_t(t.as<int8_t>()[0]) : int32_t(t.as<uint8_t>()[0]);
+}
+
 namespace {
 
 enum class AttrKind { Missing, Int, Ints, Other };

@@ -72,6 +72,10 @@ void expect_rank(const Tensor& t, size_t rank, const std::string& what);
 void expect_shape(const Tensor& t, const std::vector<int64_t>& shape, const std::string& what);
 // A step: float32 [], positive and finite (``what`` names it in the error).
 float scalar_step(const Tensor& t, const std::string& what);
+// Codes: int8 or uint8, any shape.
+void expect_codes(const Tensor& t, const std::string& what);
+// A zero point: int8 or uint8 []; its value.
+int32_t scalar_zero_point(const Tensor& t, const std::string& what);
 
 // Attributes, read strictly: a required one that is missing, or any one of another type, is an error;
 // an optional one takes ``fallback`` only when it is absent.

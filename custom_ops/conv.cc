@@ -135,6 +135,17 @@ void RequantAttrs::read(const OrtKernelInfo* info) {
   if (qmin > qmax) fail("attributes qmin=" + std::to_string(qmin) + " > qmax=" + std::to_string(qmax));
 }
 
+RequantAttrs::Codes RequantAttrs::output_codes(const Tensor& y_zero_point) const {
+  Codes codes;
+  codes.zero_point = scalar_zero_point(y_zero_point, "input y_zero_point");
+  codes.is_signed = y_zero_point.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
+  const int64_t lo = codes.is_signed ? -128 : 0, hi = codes.is_signed ? 127 : 255;
+  if (qmin < lo || qmax > hi)
+    fail("attributes qmin=" + std::to_string(qmin) + ", qmax=" + std::to_string(qmax) + " are outside y_zero_point's type range [" +
+         std::to_string(lo) + ", " + std::to_string(hi) + "]");
+  return codes;
+}
+
 void* ConvInputs::allocate_output(OrtKernelContext* context) const {
   return output(context, 0, {s.n, s.m, s.ho, s.wo});
 }
@@ -169,8 +180,7 @@ ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTe
   in.w = input(context, 2, "input w_codes");
   in.w_scale = input(context, 3, "input w_scale");
   in.bias = input(context, 4, "input bias");
-  if (in.x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 && in.x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8)
-    fail(std::string("input x_codes must be int8 or uint8, got ") + type_name(in.x.type));
+  expect_codes(in.x, "input x_codes");
   expect_type(in.w, w_type, "input w_codes");
   expect_type(in.w_scale, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "input w_scale");
   expect_type(in.bias, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, "input bias");
@@ -183,19 +193,9 @@ ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTe
     const Tensor y_scale = input(context, 5, "input y_scale");
     const Tensor zero_point = input(context, 6, "input y_zero_point");
     in.y_scale = scalar_step(y_scale, "input y_scale");
-    expect_shape(zero_point, {}, "input y_zero_point");
-    if (zero_point.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) {
-      in.y_signed = true;
-      in.y_zero_point = zero_point.as<int8_t>()[0];
-    } else if (zero_point.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8) {
-      in.y_zero_point = zero_point.as<uint8_t>()[0];
-    } else {
-      fail(std::string("input y_zero_point must be int8 or uint8, got ") + type_name(zero_point.type));
-    }
-    const int64_t lo = in.y_signed ? -128 : 0, hi = in.y_signed ? 127 : 255;
-    if (requant->qmin < lo || requant->qmax > hi)
-      fail("attributes qmin=" + std::to_string(requant->qmin) + ", qmax=" + std::to_string(requant->qmax) +
-           " must lie in the codes' range [" + std::to_string(lo) + ", " + std::to_string(hi) + "] (y_zero_point's type)");
+    const RequantAttrs::Codes codes = requant->output_codes(zero_point);
+    in.y_zero_point = codes.zero_point;
+    in.y_signed = codes.is_signed;
   }
   return in;
 }

@@ -116,6 +116,13 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
 struct RequantAttrs {
   int64_t qmin = 0, qmax = 0;
   void read(const OrtKernelInfo* info);
+  // The output codes of y_zero_point's type (int8 or uint8 []): its value and signedness, with qmin /
+  // qmax checked inside that type's range.
+  struct Codes {
+    int32_t zero_point = 0;
+    bool is_signed = false;
+  };
+  Codes output_codes(const Tensor& y_zero_point) const;
 };
 
 // The five inputs of every qexport conv op (x_codes, x_scale, w_codes, w_scale, bias), validated

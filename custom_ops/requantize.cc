@@ -6,8 +6,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cmath>
-#include <cstring>
 #include <string>
 
 #include "isa.h"
@@ -20,20 +18,6 @@ namespace {
 constexpr size_t kChunk = size_t(1) << 16;  // bytes per parallel task
 
 using Table = RequantTable;
-
-// zero point [] of int8 or uint8 (``what`` names it); its value in ``value``, whether int8 returned
-bool read_zero_point(const Tensor& t, const char* what, int32_t& value) {
-  expect_shape(t, {}, what);
-  if (t.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8) {
-    value = t.as<int8_t>()[0];
-    return true;
-  }
-  if (t.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8) {
-    value = t.as<uint8_t>()[0];
-    return false;
-  }
-  fail(std::string(what) + " must be int8 or uint8, got " + type_name(t.type));
-}
 
 struct TableSpec {
   bool x_signed;
@@ -59,9 +43,11 @@ inline void fill_run(const TableSpec& s, Table& t) {
   }
 }
 
+#if defined(__x86_64__) || defined(__i386__)
 // with SSE4.1 in the target nearbyintf is one roundss; without, a libm call that saves and restores the
 // floating-point environment (256 of them were most of a small tensor's time)
 __attribute__((target("avx2"))) void fill_avx2(const TableSpec& s, Table& t) { fill_run(s, t); }
+#endif
 
 void fill_table(Isa isa, const TableSpec& s, Table& t) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -130,16 +116,11 @@ void map_codes(Isa isa, const Table& t, const uint8_t* x, uint8_t* y, size_t n) 
 RequantTable quantizer_table(const Tensor& x_scale_in, const Tensor& x_zero, const Tensor& y_scale_in, const Tensor& y_zero,
                              const RequantAttrs& requant, bool relu, ONNXTensorElementDataType& x_type) {
   const float x_scale = scalar_step(x_scale_in, "input x_scale");
-  int32_t x_zero_point = 0, y_zero_point = 0;
-  const bool x_signed = read_zero_point(x_zero, "input x_zero_point", x_zero_point);
+  const int32_t x_zero_point = scalar_zero_point(x_zero, "input x_zero_point");
   x_type = x_zero.type;
   const float y_scale = scalar_step(y_scale_in, "input y_scale");
-  const bool y_signed = read_zero_point(y_zero, "input y_zero_point", y_zero_point);
-  const int64_t lo = y_signed ? -128 : 0, hi = y_signed ? 127 : 255;
-  if (requant.qmin < lo || requant.qmax > hi)
-    fail("attributes qmin=" + std::to_string(requant.qmin) + ", qmax=" + std::to_string(requant.qmax) +
-         " are outside y_zero_point's type range [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
-  const TableSpec spec{x_signed, x_zero_point, x_scale, relu, y_scale, y_zero_point,
+  const int32_t y_zero_point = requant.output_codes(y_zero).zero_point;
+  const TableSpec spec{x_type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8, x_zero_point, x_scale, relu, y_scale, y_zero_point,
                        float(requant.qmin - y_zero_point), float(requant.qmax - y_zero_point)};
   RequantTable table;
   fill_table(active_isa(), spec, table);
@@ -177,8 +158,7 @@ void RequantizeKernel::compute(OrtKernelContext* context) {
   check(api->KernelContext_GetInputCount(context, &count));
   if (count != 5) fail("takes 5 inputs (x_codes, x_scale, x_zero_point, y_scale, y_zero_point), got " + std::to_string(count));
   const Tensor x = input(context, 0, kInputs[0]);
-  if (x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8 && x.type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8)
-    fail(std::string("input x_codes must be int8 or uint8, got ") + type_name(x.type));
+  expect_codes(x, kInputs[0]);
   ONNXTensorElementDataType zero_type = x_type;
   RequantTable run_table;
   if (!constant_table) {

@@ -638,6 +638,24 @@ def m_asq(case: Case, rng: np.random.Generator) -> None:
     case.mutations.append(f"asq {which}")
 
 
+def _zero_point_at_edge(case: Case, rng: np.random.Generator, indices: list[int]) -> None:
+    """One of the 8-bit zero points at ``indices`` set to its type's lowest or highest value."""
+    j = int(_pick(rng, indices))
+    v = case.inputs[j]
+    assert v is not None
+    if v.dtype in (np.int8, np.uint8):
+        info = np.iinfo(v.dtype)
+        case.inputs[j] = np.asarray(_pick(rng, [info.min, info.max]), v.dtype)
+
+
+def _zero_point_reshaped(case: Case, rng: np.random.Generator, indices: list[int]) -> None:
+    """One of the zero points at ``indices`` given a shape other than []."""
+    j = int(_pick(rng, indices))
+    v = case.inputs[j]
+    assert v is not None
+    case.inputs[j] = np.full(_pick(rng, [(1,), (1, 1), (2,), (0,)]), v.flat[0] if v.size else 0, v.dtype)
+
+
 def m_requantize(case: Case, rng: np.random.Generator) -> None:
     x, xs, xz, ys, yz = case.inputs[:5]
     assert x is not None and xs is not None and xz is not None and ys is not None and yz is not None
@@ -659,17 +677,9 @@ def m_requantize(case: Case, rng: np.random.Generator) -> None:
     elif which == "x_zero_type" and xz.dtype in other:  # the other 8-bit type: onnxruntime's type check passes
         case.inputs[2] = np.asarray(int(xz.flat[0]) % 128 if xz.size else 0, other[xz.dtype])
     elif which == "zero_edge":  # a zero point at its type's end
-        j = int(_pick(rng, [2, 4]))
-        v = case.inputs[j]
-        assert v is not None
-        if v.dtype in other:
-            info = np.iinfo(v.dtype)
-            case.inputs[j] = np.asarray(_pick(rng, [info.min, info.max]), v.dtype)
+        _zero_point_at_edge(case, rng, [2, 4])
     elif which == "zero_shape":
-        j = int(_pick(rng, [2, 4]))
-        v = case.inputs[j]
-        assert v is not None
-        case.inputs[j] = np.full(_pick(rng, [(1,), (1, 1), (2,), (0,)]), v.flat[0] if v.size else 0, v.dtype)
+        _zero_point_reshaped(case, rng, [2, 4])
     elif which == "step_shape":
         j = int(_pick(rng, [1, 3]))
         v = case.inputs[j]
@@ -734,17 +744,9 @@ def m_add_requant(case: Case, rng: np.random.Generator) -> None:
         if v.dtype in other:
             case.inputs[j] = np.asarray(int(v.flat[0]) % 128 if v.size else 0, other[v.dtype])
     elif which == "zero_edge":  # a zero point at its type's end
-        j = int(_pick(rng, [2, 5, 7]))
-        v = case.inputs[j]
-        assert v is not None
-        if v.dtype in other:
-            info = np.iinfo(v.dtype)
-            case.inputs[j] = np.asarray(_pick(rng, [info.min, info.max]), v.dtype)
+        _zero_point_at_edge(case, rng, [2, 5, 7])
     elif which == "zero_shape":
-        j = int(_pick(rng, [2, 5, 7]))
-        v = case.inputs[j]
-        assert v is not None
-        case.inputs[j] = np.full(_pick(rng, [(1,), (1, 1), (2,), (0,)]), v.flat[0] if v.size else 0, v.dtype)
+        _zero_point_reshaped(case, rng, [2, 5, 7])
     elif which == "code_edge":  # codes at their type's ends, the zero point at one end: |code - zero| up to 255
         j = int(_pick(rng, [0, 3]))
         v = case.inputs[j]

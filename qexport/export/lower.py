@@ -498,14 +498,21 @@ def _requantize_from_uint8(graph: onnx.GraphProto, constants: dict[str, onnx.Ten
         if any(u.op_type not in ("DequantizeLinear", "Requantize") or len(u.input) < 3 or u.input[0] != codes
                or u.input[2] != zero.name for u in users):  # fmt: skip
             continue
-        name = f"{zero.name}.uint8"
-        if name not in constants:
-            value = np.array(int(onnx.numpy_helper.to_array(zero)) + 128, np.uint8)
-            constants[name] = onnx.numpy_helper.from_array(value, name)
-            graph.initializer.append(constants[name])
+        name = _uint8_zero_point(graph, constants, zero)
         for n in [quant, *users]:
             n.input[2] = name
         offsets[paths[codes]] = offsets.get(paths[codes], 0) + 128
+
+
+def _uint8_zero_point(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto], zero: onnx.TensorProto) -> str:
+    """The name of the uint8 zero point (the int8 one + 128) for int8 ``zero``, made once (added to
+    ``constants`` and the graph)."""
+    name = f"{zero.name}.uint8"
+    if name not in constants:
+        value = np.array(int(onnx.numpy_helper.to_array(zero)) + 128, np.uint8)
+        constants[name] = onnx.numpy_helper.from_array(value, name)
+        graph.initializer.append(constants[name])
+    return name
 
 
 def _as_uint8(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto], codes: str, zero: onnx.TensorProto,
@@ -518,11 +525,7 @@ def _as_uint8(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto], co
         return None
     if any(len(n.input) != 3 or n.input[2] != zero.name for n in dequantized):
         return None
-    value = int(onnx.numpy_helper.to_array(zero)) + 128
-    name = f"{zero.name}.uint8"
-    if name not in constants:
-        constants[name] = onnx.numpy_helper.from_array(np.array(value, np.uint8), name)
-        graph.initializer.append(constants[name])
+    name = _uint8_zero_point(graph, constants, zero)
     for n in dequantized:
         n.input[2] = name
     offsets[paths[codes]] = offsets.get(paths[codes], 0) + 128
