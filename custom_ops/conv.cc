@@ -86,6 +86,8 @@ void PackedWeights::pack(const ConvShape& s, const KLayout& layout, int64_t grou
   if (bytes > (int64_t(1) << 30)) fail("packed weights over 1 GiB (a native kernel limit)");
   data.assign(size_t(bytes), 0);  // depthwise: 64 bytes per tap pair and block of 32 lanes, the same size
   sums.assign(size_t(groups * lanes), 0);
+  const int64_t tap_groups = (s.kw + 3) / 4, lane_words = s.kh * tap_groups;
+  tap_words.assign(layout.depthwise ? size_t(lanes * lane_words) : 0, 0);
   for (int64_t g = 0; g < groups; ++g)
     for (int64_t lane = 0; lane < real_lanes; ++lane) {
       int8_t* block = data.data() + (g * lanes + lane / int64_t(kTileLanes) * int64_t(kTileLanes)) * k4 * 4;
@@ -98,6 +100,8 @@ void PackedWeights::pack(const ConvShape& s, const KLayout& layout, int64_t grou
             if (layout.depthwise) {
               const int64_t t = i * s.kw + j;
               block[t / 2 * 64 + int64_t(depthwise_byte(size_t(l), size_t(t % 2)))] = v;
+              int8_t* word = reinterpret_cast<int8_t*>(&tap_words[size_t(lane * lane_words + i * tap_groups + j / 4)]);
+              word[j % 4] = v;
             } else {
               const int64_t k = layout.index(s, i, j, c);
               block[k / 4 * int64_t(kLaneStep) + l * 4 + k % 4] = v;

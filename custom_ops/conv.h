@@ -63,6 +63,9 @@ struct PackedWeights {
   int64_t groups = 0, lanes = 0, real_lanes = 0, k4 = 0;  // lanes per group: padded, holding weights
   std::vector<int8_t> data;
   std::vector<int32_t> sums;
+  // depthwise only: each lane's weights as one 4-byte word per kernel row and group of 4 taps (kx = 4g ..
+  // 4g + 3, zeros past kw), what depthwise_planes.cc broadcasts; kh * ceil(kw / 4) words per lane
+  std::vector<int32_t> tap_words;
   Int16Plan plan;  // for the AVX2 paths, from the largest pair of weight magnitudes
   // value(g, lane, channel_in_group, i, j) for lanes 0..real_lanes-1 of each group (depthwise: g = 0,
   // channel 0)

@@ -58,13 +58,13 @@ __attribute__((target("avx2"))) void depthwise_avx2(const uint8_t* const* pixel,
         const __m256i w_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 64 * i));
         const __m256i w_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + 64 * i + 32));
         if (kSplit) {
-          s_lo = _mm256_add_epi16(s_lo, _mm256_maddubs_epi16(_mm256_and_si256(lo, nibble), w_lo));
-          s_hi = _mm256_add_epi16(s_hi, _mm256_maddubs_epi16(_mm256_and_si256(hi, nibble), w_hi));
-          t_lo = _mm256_add_epi16(t_lo, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(lo, 4), nibble), w_lo));
-          t_hi = _mm256_add_epi16(t_hi, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(hi, 4), nibble), w_hi));
+          s_lo = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(lo, nibble), w_lo), s_lo);
+          s_hi = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(hi, nibble), w_hi), s_hi);
+          t_lo = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(lo, 4), nibble), w_lo), t_lo);
+          t_hi = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(hi, 4), nibble), w_hi), t_hi);
         } else {
-          s_lo = _mm256_add_epi16(s_lo, _mm256_maddubs_epi16(lo, w_lo));
-          s_hi = _mm256_add_epi16(s_hi, _mm256_maddubs_epi16(hi, w_hi));
+          s_lo = _mm256_add_epi16(_mm256_maddubs_epi16(lo, w_lo), s_lo);
+          s_hi = _mm256_add_epi16(_mm256_maddubs_epi16(hi, w_hi), s_hi);
         }
       }
       // s_lo: lanes 0-7 | 16-23, s_hi: lanes 8-15 | 24-31

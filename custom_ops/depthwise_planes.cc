@@ -1,12 +1,15 @@
 // Depthwise convs on the AVX-512 VNNI path (with VBMI), vectorised over output pixels instead of
-// channels: each channel's codes are copied to a padded plane, and one zmm holds 16 output pixels x 4
-// taps of one kernel row -- vpermb picks every pixel's 4 window bytes out of one 64-byte load -- so a
-// vpdpbusd adds those 4 taps of 16 pixels against the channel's 4 weights, broadcast.  An accumulator
-// is 16 pixels of one channel, stored straight to its NCHW row (pixel_rows.h): none of the depthwise
-// tile's [pixel][lane] transposes.  Rows of up to 8 output pixels are packed 16 / wo to a vector.
-// Same integer sums, same float epilogue as the depthwise tile.
+// channels: one zmm holds 16 output pixels x 4 taps of one kernel row, picked by vpermb straight out
+// of one 64-byte load of the channel's NCHW plane (the padding merged in as code 0), so a vpdpbusd
+// adds those 4 taps of 16 pixels against the channel's 4 weights, broadcast.  An accumulator is 16
+// pixels of one channel, stored straight to its NCHW row (pixel_rows.h): no copy of the input and none
+// of the depthwise tile's [pixel][lane] transposes.  Rows of up to 8 output pixels are packed 16 / wo
+// to a vector.  Same integer sums, same float epilogue as the depthwise tile.
 #include <algorithm>
+#include <array>
 #include <cstring>
+#include <map>
+#include <tuple>
 #include <vector>
 
 #include "conv.h"
@@ -20,102 +23,144 @@ namespace {
 
 constexpr int64_t kVec = 16;  // output pixels per zmm
 
-// Where the vectors of one plane start and what they cover (the same for every channel).
+// Every vector's windows ([vector][kernel row][tap group]) and outputs; the same for every channel.
+// Window k of vector i is the 64 bytes at plane + origin[i] + offset[k]; byte 4p + t of the vector is
+// its byte index[4p + t] (pixel p's tap t) where keep[] has it, else padding (code 0).  load[] masks
+// the bytes outside the plane (never read).
 struct PlaneVectors {
-  int64_t wp = 0, plane_bytes = 0, kw_groups = 0;
-  alignas(64) uint8_t index[64] = {};  // byte 4p + t: pixel p's tap t, from the vector's window origin
-  std::vector<int64_t> origin;         // byte of each vector's window origin in the padded plane
-  std::vector<int64_t> first, count;   // its first output pixel (NCHW) and how many it holds
+  int64_t per_vector = 0;  // windows per vector: kernel rows x tap groups
+  alignas(64) uint8_t index[64] = {};
+  std::vector<int64_t> origin, offset;
+  std::vector<uint64_t> keep, load;   // per window
+  std::vector<uint8_t> clean;         // per vector: every window's taps and loads inside the plane (no masks)
+  std::vector<int64_t> first, count;  // each vector's first output pixel (NCHW) and how many it holds
 };
 
-// false when one 64-byte load cannot hold a vector's windows (large strides or dilations)
+// false when one 64-byte load cannot hold a vector's windows (large strides or dilations): the tile runs
 bool plan_vectors(const ConvShape& s, const ConvAttrs& a, PlaneVectors& v) {
-  const int64_t sh = a.strides[0], sw = a.strides[1], dh = a.dilations[0];
-  int64_t dw = a.dilations[1];
-  v.wp = s.wp;
-  v.kw_groups = (s.kw + 3) / 4;
+  const int64_t sh = a.strides[0], sw = a.strides[1], dh = a.dilations[0], dw = a.dilations[1];
+  const int64_t pt = a.pads[0], pl = a.pads[1], plane = s.h * s.w, groups = (s.kw + 3) / 4;
   const int64_t cols = std::min(s.wo, kVec);
   // a step that cannot fit a 64-byte window, tested before any product (a stride or dilation that
   // never applies -- one output column, a 1-wide kernel -- may be any size)
   if ((cols > 1 && sw > 63) || (s.kw > 1 && dw > 21)) return false;
-  if (s.kw == 1) dw = 0;
+  const int64_t tap = s.kw > 1 ? dw : 0;
   int64_t rows = s.wo <= kVec / 2 ? std::min(kVec / s.wo, s.ho) : 1;
-  const auto extent = [&](int64_t r) { return (r - 1) * sh * v.wp + (cols - 1) * sw + 3 * dw; };
+  const auto extent = [&](int64_t r) { return (r - 1) * sh * s.w + (cols - 1) * sw + 3 * tap; };
   while (rows > 1 && extent(rows) > 63) --rows;
   if (extent(rows) > 63) return false;
   for (int64_t p = 0; p < rows * cols && p < kVec; ++p)
-    for (int64_t t = 0; t < 4; ++t)
-      v.index[4 * p + t] = uint8_t(p / cols * sh * v.wp + p % cols * sw + t * dw);
+    for (int64_t t = 0; t < 4; ++t) v.index[4 * p + t] = uint8_t(p / cols * sh * s.w + p % cols * sw + t * tap);
+  v.per_vector = s.kh * groups;
+  for (int64_t ky = 0; ky < s.kh; ++ky)
+    for (int64_t g = 0; g < groups; ++g) v.offset.push_back(ky * dh * s.w + 4 * g * tap);
   for (int64_t oy = 0; oy < s.ho; oy += rows)
     for (int64_t ox = 0; ox < s.wo; ox += cols) {
-      v.origin.push_back(oy * sh * v.wp + ox * sw);
+      const int64_t pixels = rows > 1 ? std::min(rows, s.ho - oy) * s.wo : std::min(cols, s.wo - ox);
+      v.origin.push_back((oy * sh - pt) * s.w + ox * sw - pl);
       v.first.push_back(oy * s.wo + ox);
-      v.count.push_back(rows > 1 ? std::min(rows, s.ho - oy) * s.wo : std::min(cols, s.wo - ox));
+      v.count.push_back(pixels);
+      bool clean = true;
+      for (int64_t ky = 0; ky < s.kh; ++ky)
+        for (int64_t g = 0; g < groups; ++g) {
+          const int64_t base = v.origin.back() + v.offset[size_t(ky * groups + g)];
+          uint64_t keep = 0, load = 0;
+          for (int64_t b = 0; b < 64; ++b) {
+            const int64_t p = b / 4, kx = 4 * g + b % 4;
+            const int64_t iy = (oy + p / cols) * sh - pt + ky * dh, ix = (ox + p % cols) * sw - pl + kx * dw;
+            const bool real = p < pixels && kx < s.kw;  // the others have zero weights or are never stored
+            const bool inside = iy >= 0 && iy < s.h && ix >= 0 && ix < s.w;
+            if (real && inside) keep |= uint64_t(1) << b;
+            if (base + b >= 0 && base + b < plane) load |= uint64_t(1) << b;
+            clean = clean && (inside || !real);
+          }
+          clean = clean && load == ~uint64_t(0);
+          v.keep.push_back(keep);
+          v.load.push_back(load);
+        }
+      v.clean.push_back(clean);
     }
-  // the last load of the last vector reads 64 bytes from its last kernel row's last tap group
-  const int64_t last = v.origin.back() + (s.kh - 1) * dh * v.wp + 4 * (v.kw_groups - 1) * dw + 64;
-  v.plane_bytes = std::max(s.hp * v.wp, last);
+  // clean vectors first, so that plane_run's groups of 4 are all clean or all masked (any order of
+  // vectors gives the same outputs)
+  std::vector<size_t> order(v.first.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_partition(order.begin(), order.end(), [&](size_t i) { return v.clean[i] != 0; });
+  PlaneVectors sorted = v;
+  for (size_t i = 0; i < order.size(); ++i) {
+    const size_t from = order[i], per = size_t(v.per_vector);
+    sorted.origin[i] = v.origin[from], sorted.first[i] = v.first[from], sorted.count[i] = v.count[from];
+    sorted.clean[i] = v.clean[from];
+    std::copy_n(v.keep.begin() + long(from * per), per, sorted.keep.begin() + long(i * per));
+    std::copy_n(v.load.begin() + long(from * per), per, sorted.load.begin() + long(i * per));
+  }
+  v = std::move(sorted);
   return true;
 }
 
-// The weights of one packed lane as one 4-byte word per kernel row and group of 4 taps (kx = 4g ..
-// 4g + 3, zeros past kw), read back from the depthwise tile's layout (PackedWeights::pack).
-void lane_words(const PackedWeights& w, const ConvShape& s, int64_t lane, int64_t kw_groups, int32_t* words) {
-  const int64_t block = lane / int64_t(kTileLanes), l = lane % int64_t(kTileLanes);
-  const int8_t* packed = w.data.data() + block * int64_t(kTileLanes) * w.k4 * 4;
-  for (int64_t ky = 0; ky < s.kh; ++ky)
-    for (int64_t g = 0; g < kw_groups; ++g) {
-      int8_t bytes[4] = {};
-      for (int64_t t = 0; t < 4 && 4 * g + t < s.kw; ++t) {
-        const int64_t tap = ky * s.kw + 4 * g + t;
-        bytes[t] = packed[tap / 2 * 64 + int64_t(depthwise_byte(size_t(l), size_t(tap % 2)))];
-      }
-      std::memcpy(&words[ky * kw_groups + g], bytes, 4);
-    }
-}
-
-// One input row into the padded plane, int8 codes + 128 (``flip`` 128: the sign bit flipped).  Locals
-// and restrict: byte stores may alias anything, which would reload every captured value per byte.
-void copy_row(const uint8_t* __restrict in, uint8_t* __restrict out, int64_t count, uint8_t flip) {
-  if (flip == 0) {
-    std::memcpy(out, in, size_t(count));
-    return;
+// The plan of a shape, made once per thread and reused (planning a 112 x 112 plane is thousands of
+// windows); the calling thread's, read-only while its tasks run.
+const PlaneVectors* cached_plan(const ConvShape& s, const ConvAttrs& a) {
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, std::vector<int64_t>, std::vector<int64_t>,
+                         std::vector<int64_t>>;
+  thread_local std::map<Key, PlaneVectors> plans;
+  Key key{s.h, s.w, s.kh, s.kw, a.strides, a.dilations, a.pads};
+  auto found = plans.find(key);
+  if (found == plans.end()) {
+    PlaneVectors v;
+    if (!plan_vectors(s, a, v)) v.first.clear();  // remembered as "cannot"
+    if (plans.size() >= 64) plans.clear();  // a bound for endless shapes; nothing else holds a pointer now
+    found = plans.emplace(std::move(key), std::move(v)).first;
   }
-  for (int64_t i = 0; i < count; ++i) out[i] = uint8_t(in[i] ^ flip);
+  return found->second.first.empty() ? nullptr : &found->second;
 }
 
-// All vectors of one channel plane: kVecs vectors at a time (independent accumulators hide vpdpbusd's
-// latency), the even lane's words and (kPairs, POST) the odd lane's.
-template <bool kPairs, int kVecs>
+// Vectors i .. i + kVecs - 1 of one channel plane (independent accumulators hide vpdpbusd's latency),
+// the even lane's words and (kPairs, POST) the odd lane's; ``offset``: every byte's activation offset
+// (xor'ed into the codes, the padding's value).  kMasked: with the windows' masks, else (clean vectors)
+// plain loads and permutes.
+template <bool kPairs, int kVecs, bool kMasked>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi"))) void plane_step(
-    const uint8_t* plane, const PlaneVectors& v, const ConvShape& s, const ConvAttrs& a, const int32_t* even,
-    const int32_t* odd, const TileOutput& out, int l, size_t i) {
+    const uint8_t* plane, const PlaneVectors& v, const int32_t* even, const int32_t* odd, __m512i offset,
+    const TileOutput& out, int l, size_t i) {
   const __m512i index = _mm512_load_si512(v.index);
   __m512i acc_e[kVecs], acc_o[kVecs];
   for (int j = 0; j < kVecs; ++j) acc_e[j] = acc_o[j] = _mm512_setzero_si512();
-  // (a dilation only ever multiplied out where the kernel has a second row / tap group)
-  const int64_t row = s.kh > 1 ? a.dilations[0] * v.wp : 0, group = v.kw_groups > 1 ? 4 * a.dilations[1] : 0;
-  for (int64_t ky = 0; ky < s.kh; ++ky)
-    for (int64_t g = 0; g < v.kw_groups; ++g) {
-      const int64_t at = ky * row + g * group, word = ky * v.kw_groups + g;
-      const __m512i we = _mm512_set1_epi32(even[word]);
-      const __m512i wo = kPairs ? _mm512_set1_epi32(odd[word]) : we;
-      for (int j = 0; j < kVecs; ++j) {
-        const __m512i x = _mm512_permutexvar_epi8(index, _mm512_loadu_si512(plane + v.origin[i + j] + at));
-        acc_e[j] = _mm512_dpbusd_epi32(acc_e[j], x, we);
-        if (kPairs) acc_o[j] = _mm512_dpbusd_epi32(acc_o[j], x, wo);
+  for (int64_t k = 0; k < v.per_vector; ++k) {
+    const __m512i we = _mm512_set1_epi32(even[k]);
+    const __m512i wo = kPairs ? _mm512_set1_epi32(odd[k]) : we;
+    for (int j = 0; j < kVecs; ++j) {
+      const size_t window = (i + size_t(j)) * size_t(v.per_vector) + size_t(k);
+      const uint8_t* at = plane + v.origin[i + size_t(j)] + v.offset[size_t(k)];  // may lie before the plane: masked
+      __m512i x;
+      if (kMasked) {
+        // the padding bytes zeroed, then every byte + the offset: the padding the offset, code 0
+        const __m512i bytes = _mm512_maskz_loadu_epi8(v.load[window], at);
+        x = _mm512_xor_si512(_mm512_maskz_permutexvar_epi8(v.keep[window], index, bytes), offset);
+      } else {
+        x = _mm512_permutexvar_epi8(index, _mm512_xor_si512(_mm512_loadu_si512(at), offset));
       }
+      acc_e[j] = _mm512_dpbusd_epi32(acc_e[j], x, we);
+      if (kPairs) acc_o[j] = _mm512_dpbusd_epi32(acc_o[j], x, wo);
     }
+  }
   for (int j = 0; j < kVecs; ++j)
-    store_lane16(acc_e[j], acc_o[j], kPairs, out, l, v.first[i + j], row_mask16(v.count[i + j]));
+    store_lane16(acc_e[j], acc_o[j], kPairs, out, l, v.first[i + size_t(j)], row_mask16(v.count[i + size_t(j)]));
 }
 
 template <bool kPairs>
-void plane_run(const uint8_t* plane, const PlaneVectors& v, const ConvShape& s, const ConvAttrs& a, const int32_t* even,
-               const int32_t* odd, const TileOutput& out, int l) {
+__attribute__((target("avx512f"))) void plane_run(const uint8_t* plane, const PlaneVectors& v, const int32_t* even,
+                                                  const int32_t* odd, uint8_t offset, const TileOutput& out, int l) {
+  const __m512i bytes = _mm512_set1_epi8(char(offset));
   size_t i = 0;
-  for (; i + 4 <= v.origin.size(); i += 4) plane_step<kPairs, 4>(plane, v, s, a, even, odd, out, l, i);
-  for (; i < v.origin.size(); ++i) plane_step<kPairs, 1>(plane, v, s, a, even, odd, out, l, i);
+  for (; i + 4 <= v.first.size(); i += 4) {
+    if (v.clean[i] && v.clean[i + 1] && v.clean[i + 2] && v.clean[i + 3])
+      plane_step<kPairs, 4, false>(plane, v, even, odd, bytes, out, l, i);
+    else
+      plane_step<kPairs, 4, true>(plane, v, even, odd, bytes, out, l, i);
+  }
+  for (; i < v.first.size(); ++i)
+    v.clean[i] ? plane_step<kPairs, 1, false>(plane, v, even, odd, bytes, out, l, i)
+               : plane_step<kPairs, 1, true>(plane, v, even, odd, bytes, out, l, i);
 }
 
 }  // namespace
@@ -123,23 +168,14 @@ void plane_run(const uint8_t* plane, const PlaneVectors& v, const ConvShape& s, 
 bool run_depthwise_planes(OrtKernelContext* context, Isa isa, const ConvShape& s, const ConvAttrs& a, const Tensor& x,
                           const PackedWeights& w, bool dup16, const ConvOutput& output) {
   if (isa != Isa::Avx512Vnni || !has_avx512vbmi() || !KLayout::of(s, a).depthwise) return false;
-  // small planes: the per-channel setup (plane copy, a few vectors) costs more than the tile's
-  // transposes (tools/conv_bench.py, Zen 4: at 7 x 7 the tile is faster for both ops, at 14 x 14 for
-  // IntConv only, from 28 x 28 on this kernel)
-  if (s.ho * s.wo < (dup16 ? 128 : 256)) return false;
-  PlaneVectors v;
-  if (!plan_vectors(s, a, v)) return false;
+  const PlaneVectors* plan = cached_plan(s, a);
+  if (plan == nullptr) return false;
+  const PlaneVectors& v = *plan;
   const uint8_t offset = code_offset(x);
   const uint8_t* src = static_cast<const uint8_t*>(x.data);
-  const int64_t pt = a.pads[0], pl = a.pads[1], in_plane = s.h * s.w, words = s.kh * v.kw_groups;
+  const int64_t in_plane = s.h * s.w, words = v.per_vector;
   const int64_t per_block = dup16 ? int64_t(kTileLanes) / 2 : int64_t(kTileLanes);
-  // every channel's weight words (and its odd lane's, POST), once per call
-  std::vector<int32_t> even(size_t(s.c * words)), odd(size_t(dup16 ? s.c * words : 0));
-  for (int64_t c = 0; c < s.c; ++c) {
-    const int64_t lane = c / per_block * int64_t(kTileLanes) + c % per_block;
-    lane_words(w, s, lane, v.kw_groups, even.data() + c * words);
-    if (dup16) lane_words(w, s, lane + int64_t(kTileLanes) / 2, v.kw_groups, odd.data() + c * words);
-  }
+  const int32_t* const tap_words = w.tap_words.data();  // kh * kw_groups words per lane, packed once
   // tasks of 8 channels (a block's output rows set up once per task)
   constexpr int64_t kChannels = 8;
   const int64_t chunks = (s.c + kChannels - 1) / kChannels;
@@ -148,19 +184,14 @@ bool run_depthwise_planes(OrtKernelContext* context, Isa isa, const ConvShape& s
     const int64_t block = c0 / per_block;
     TileOutput out;
     block_output(output, w, offset, n, 0, block, out);
-    // the padded plane, the padding the activation offset (code 0), int8 codes + 128 (as run_conv's
-    // NHWC copy); one buffer per thread, reused
-    thread_local std::vector<uint8_t> buffer;
     for (int64_t c = c0; c < std::min(s.c, c0 + kChannels); ++c) {
-      buffer.assign(size_t(v.plane_bytes), offset);
-      uint8_t* plane = buffer.data();
-      const uint8_t* in = src + (n * s.c + c) * in_plane;
-      for (int64_t h = 0; h < s.h; ++h) copy_row(in + h * s.w, plane + (h + pt) * v.wp + pl, s.w, offset);
+      const uint8_t* plane = src + (n * s.c + c) * in_plane;
       const int l = int(c % per_block);
+      const int32_t* even = tap_words + (block * int64_t(kTileLanes) + l) * words;
       if (dup16)
-        plane_run<true>(plane, v, s, a, even.data() + c * words, odd.data() + c * words, out, l);
+        plane_run<true>(plane, v, even, even + int64_t(kTileLanes) / 2 * words, offset, out, l);
       else
-        plane_run<false>(plane, v, s, a, even.data() + c * words, nullptr, out, l);
+        plane_run<false>(plane, v, even, nullptr, offset, out, l);
     }
   });
   return true;

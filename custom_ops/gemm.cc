@@ -235,10 +235,10 @@ __attribute__((target("avx2"))) void tile_avx2_split(const uint8_t* const* pixel
       const __m256i w0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh + q * kLaneStep));           \
       const __m256i w1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wh + q * kLaneStep + 32));      \
       const __m256i lo = _mm256_and_si256(a, nibble), hi = _mm256_and_si256(_mm256_srli_epi16(a, 4), nibble); \
-      s0 = _mm256_add_epi16(s0, _mm256_maddubs_epi16(lo, w0));                                               \
-      s1 = _mm256_add_epi16(s1, _mm256_maddubs_epi16(lo, w1));                                               \
-      t0 = _mm256_add_epi16(t0, _mm256_maddubs_epi16(hi, w0));                                               \
-      t1 = _mm256_add_epi16(t1, _mm256_maddubs_epi16(hi, w1));                                               \
+      s0 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, w0), s0);                                               \
+      s1 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, w1), s1);                                               \
+      t0 = _mm256_add_epi16(_mm256_maddubs_epi16(hi, w0), t0);                                               \
+      t1 = _mm256_add_epi16(_mm256_maddubs_epi16(hi, w1), t1);                                               \
     }                                                                                                        \
     A0 = _mm256_add_epi32(A0, _mm256_add_epi32(_mm256_madd_epi16(s0, ones), _mm256_madd_epi16(t0, sixteen))); \
     A1 = _mm256_add_epi32(A1, _mm256_add_epi32(_mm256_madd_epi16(s1, ones), _mm256_madd_epi16(t1, sixteen))); \
@@ -280,8 +280,8 @@ __attribute__((target("avx2"))) void tile_avx2_int16(const uint8_t* const* pixel
           __m256i a;
 #define QX_PIXEL(X, S0, S1)                                             \
   a = _mm256_set1_epi32(static_cast<int>(word_at(X + k)));              \
-  S0 = _mm256_add_epi16(S0, _mm256_maddubs_epi16(a, w0));               \
-  S1 = _mm256_add_epi16(S1, _mm256_maddubs_epi16(a, w1));
+  S0 = _mm256_add_epi16(_mm256_maddubs_epi16(a, w0), S0);               \
+  S1 = _mm256_add_epi16(_mm256_maddubs_epi16(a, w1), S1);
           QX_PIXEL(x0, s00, s01) QX_PIXEL(x1, s10, s11) QX_PIXEL(x2, s20, s21) QX_PIXEL(x3, s30, s31)
 #undef QX_PIXEL
         }

@@ -248,15 +248,17 @@ def test_pointwise_conv_native_is_exact(isa: str, cin: int, cout: int, side: int
 
 
 # (channels, height, width, kernel, stride, dilation, pads, signed): depthwise convs the AVX-512 VNNI path
-# (with VBMI) runs per channel plane, vectorised over output pixels (custom_ops/depthwise_planes.cc):
-# MobileNet's 3x3 at stride 1 and 2 (rows of 28 and 17: full and partial vectors), dilated, a 5x5 (two
-# tap groups per kernel row, the second mostly zero weights), asymmetric pads, rows of 6 pixels (packed
-# two to a vector) and 3 (five to a vector), channels over several lane blocks (POST: 16 a block); 9 x 9
-# planes are too small for it (the depthwise tile runs)
+# (with VBMI) runs per channel plane, vectorised over output pixels, reading the NCHW planes in place
+# (custom_ops/depthwise_planes.cc): MobileNet's 3x3 at stride 1 and 2 (rows of 28 and 17: full and
+# partial vectors), dilated, a 5x5 (two tap groups per kernel row, the second mostly zero weights),
+# asymmetric pads, rows of 6 pixels (packed two to a vector) and 3 (five to a vector), channels over
+# several lane blocks (POST: 16 a block), 9 x 9 and 3 x 3 planes (every window at a border, the last
+# ones at the end of the input); a dilation of 22 no 64-byte window holds (the depthwise tile runs)
 DEPTHWISE_CASES = [(40, 28, 28, 3, 1, 1, [1, 1, 1, 1], False), (19, 33, 33, 3, 2, 1, [1, 1, 1, 1], True),
                    (8, 30, 30, 3, 1, 2, [2, 2, 2, 2], False), (6, 24, 24, 5, 1, 1, [2, 1, 2, 3], True),
                    (5, 80, 6, 3, 1, 1, [1, 1, 1, 1], False), (3, 200, 5, 3, 2, 1, [1, 1, 1, 1], True),
-                   (33, 9, 9, 3, 1, 1, [1, 1, 1, 1], False)]  # fmt: skip
+                   (33, 9, 9, 3, 1, 1, [1, 1, 1, 1], False), (7, 3, 3, 3, 2, 1, [1, 1, 1, 1], True),
+                   (4, 50, 50, 3, 1, 22, [22, 22, 22, 22], False)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("c", "h", "w", "k", "stride", "dilation", "pads", "signed"), DEPTHWISE_CASES)
