@@ -127,38 +127,40 @@ inline void block_rows(const float* feats, int64_t c, int64_t height, const floa
   for (int64_t r = 0; r < kBlockRows; ++r) rows[r] = feats + (r < height ? r * c : 0);
 }
 
-// 6 rows x 16 hidden units in 12 ymm accumulators: each weight load serves 6 rows.  The same fused
-// multiply-add chain per (row, unit) as block_sums.
+// kRows (6, or 1 for a single row: batch 1's channel means) rows x 16 hidden units in 2 kRows ymm
+// accumulators: each weight load serves kRows rows.  The same fused multiply-add chain per (row, unit)
+// as block_sums.
+template <int kRows>
 __attribute__((target("avx2,fma"))) void block_sums_avx2(const float* feats, int64_t c, const float* w1, int64_t hidden,
                                                         int64_t height, int64_t k0, int64_t k1, Part& part) {
   const float* f[kBlockRows];
   block_rows(feats, c, height, f);
-  __m256 acc[kBlockRows][2];
+  __m256 acc[kRows][2];
   for (auto& row : acc) row[0] = row[1] = _mm256_setzero_ps();
   for (int64_t k = k0; k < k1; ++k) {
     const __m256 lo = _mm256_loadu_ps(w1 + k * hidden), hi = _mm256_loadu_ps(w1 + k * hidden + 8);
-    for (int64_t r = 0; r < kBlockRows; ++r) {
+    for (int64_t r = 0; r < kRows; ++r) {
       const __m256 v = _mm256_set1_ps(f[r][k]);
       acc[r][0] = _mm256_fmadd_ps(v, lo, acc[r][0]), acc[r][1] = _mm256_fmadd_ps(v, hi, acc[r][1]);
     }
   }
   // constant row indices (a loop to ``height`` would make GCC keep acc in memory)
-  for (int64_t r = 0; r < kBlockRows; ++r) {
+  for (int64_t r = 0; r < kRows; ++r) {
     _mm256_storeu_ps(part[r], acc[r][0]);
     _mm256_storeu_ps(part[r] + 8, acc[r][1]);
   }
 }
 
-// 6 rows x up to 64 hidden units (kVecs zmm per row, the last masked to ``width``): each row of w1 is
-// read once, contiguously, per block of rows.  The same chain per (row, unit) as block_sums.
-template <int kVecs>
+// kRows (6, or 1) rows x up to 64 hidden units (kVecs zmm per row, the last masked to ``width``): each
+// row of w1 is read once, contiguously, per block of rows.  The same chain per (row, unit) as block_sums.
+template <int kVecs, int kRows>
 __attribute__((target("avx512f"))) void block_sums_avx512(const float* feats, int64_t c, const float* w1,
                                                           int64_t hidden, int64_t height, int64_t width, int64_t k0,
                                                           int64_t k1, Part& part) {
   const float* f[kBlockRows];
   block_rows(feats, c, height, f);
   const __mmask16 last = __mmask16((1u << (width - 16 * (kVecs - 1))) - 1u);
-  __m512 acc[kBlockRows][kVecs];
+  __m512 acc[kRows][kVecs];
   for (auto& row : acc)
     for (auto& v : row) v = _mm512_setzero_ps();
   for (int64_t k = k0; k < k1; ++k) {
@@ -166,13 +168,26 @@ __attribute__((target("avx512f"))) void block_sums_avx512(const float* feats, in
     __m512 wv[kVecs];
     for (int v = 0; v < kVecs; ++v)
       wv[v] = v + 1 < kVecs ? _mm512_loadu_ps(w + 16 * v) : _mm512_maskz_loadu_ps(last, w + 16 * v);
-    for (int64_t r = 0; r < kBlockRows; ++r) {
+    for (int64_t r = 0; r < kRows; ++r) {
       const __m512 x = _mm512_set1_ps(f[r][k]);
       for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_fmadd_ps(x, wv[v], acc[r][v]);
     }
   }
-  for (int64_t r = 0; r < kBlockRows; ++r)  // all rows, as in block_sums_avx2
+  for (int64_t r = 0; r < kRows; ++r)  // all kRows rows, as in block_sums_avx2
     for (int v = 0; v < kVecs; ++v) _mm512_storeu_ps(part[r] + 16 * v, acc[r][v]);
+}
+
+// block_sums_avx512 for ``width`` units (1 to 64)
+template <int kRows>
+__attribute__((target("avx512f"))) inline void avx512_sums(const float* feats, int64_t c, const float* w1,
+                                                           int64_t hidden, int64_t height, int64_t width, int64_t k0,
+                                                           int64_t k1, Part& part) {
+  switch ((width + 15) / 16) {
+    case 1: return block_sums_avx512<1, kRows>(feats, c, w1, hidden, height, width, k0, k1, part);
+    case 2: return block_sums_avx512<2, kRows>(feats, c, w1, hidden, height, width, k0, k1, part);
+    case 3: return block_sums_avx512<3, kRows>(feats, c, w1, hidden, height, width, k0, k1, part);
+    default: return block_sums_avx512<4, kRows>(feats, c, w1, hidden, height, width, k0, k1, part);
+  }
 }
 #endif
 
@@ -199,14 +214,15 @@ __attribute__((always_inline)) inline void hidden_run(const float* feats, int64_
         const float* f = feats + r0 * c;
 #if defined(__x86_64__) || defined(__i386__)
         if constexpr (kPath == HiddenPath::Avx512) {
-          switch ((width + 15) / 16) {
-            case 1: block_sums_avx512<1>(f, c, w1 + h0, hidden, height, width, k0, k1, part); break;
-            case 2: block_sums_avx512<2>(f, c, w1 + h0, hidden, height, width, k0, k1, part); break;
-            case 3: block_sums_avx512<3>(f, c, w1 + h0, hidden, height, width, k0, k1, part); break;
-            default: block_sums_avx512<4>(f, c, w1 + h0, hidden, height, width, k0, k1, part); break;
-          }
+          if (height == 1)
+            avx512_sums<1>(f, c, w1 + h0, hidden, height, width, k0, k1, part);
+          else
+            avx512_sums<kBlockRows>(f, c, w1 + h0, hidden, height, width, k0, k1, part);
         } else if (kPath == HiddenPath::Avx2 && width == 16) {
-          block_sums_avx2(f, c, w1 + h0, hidden, height, k0, k1, part);
+          if (height == 1)
+            block_sums_avx2<1>(f, c, w1 + h0, hidden, height, k0, k1, part);
+          else
+            block_sums_avx2<kBlockRows>(f, c, w1 + h0, hidden, height, k0, k1, part);
         } else
 #endif
           block_sums(f, c, w1 + h0, hidden, height, width, k0, k1, part);
