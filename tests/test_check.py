@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ two_heads = test_runtime.two_heads
 @pytest.fixture(scope="module")
 def calibrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tmp = tmp_path_factory.mktemp("check")
+    torch.manual_seed(0)  # the same weights whatever ran before (the tests compare exact per-tensor verdicts)
     model = qexport.quantize(zoo.create("resnet20"), bits=3)
     qexport.calibrate(model, [zoo.example_input(model, 32, seed=5)])
     pt = qexport.save(model, tmp / "m.pt")
@@ -68,7 +68,12 @@ def test_quick_check_runs_what_deploys(calibrated: tuple[Path, Path]) -> None:
     assert all(r.samples == 10 and len(r.tensors) == 49 for r in report.runs)
     thorough = check(pt, path, samples=10, batch=4, reference_samples=0)
     (same_level,) = [r for r in thorough.runs if r.name == "onnxruntime enable_all batch 4"]
-    assert [asdict(t) for t in report.runs[0].tensors] == [asdict(t) for t in same_level.tensors]
+    # the same tensors judged alike; not the same counts: the quick run's batch-1 pass may put a
+    # rounding tie of an onnxruntime int8 kernel one code off where the batch-4 pass does not (seen:
+    # 2 of 40960 codes of glue.add_6_in0 with seed 0)
+    quick, full = report.runs[0].tensors, same_level.tensors
+    assert [(t.path, t.bits, t.codes) for t in quick] == [(t.path, t.bits, t.codes) for t in full]
+    assert all(abs(a.identical - b.identical) <= 0.001 and a.max_step <= 1 for a, b in zip(quick, full, strict=True))
 
 
 def test_reused_teacher_forced_passes_change_nothing(
