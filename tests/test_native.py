@@ -205,9 +205,9 @@ POINTWISE_CASES = [(16, 40, 16, False), (13, 70, 30, True), (36, 20, 7, False), 
 
 
 def _check_conv_exact(op: str, x: np.ndarray, cout: int, kernel: tuple[int, int], rng: np.random.Generator,
-                      **conv: object) -> None:  # fmt: skip
-    """One conv op on ``x`` with random 4-bit or POST weights, bit for bit its numpy reference (with its
-    *Requant form's codes), at 1 and 2 threads."""
+                      weight_bits: int = 8, **conv: object) -> None:  # fmt: skip
+    """One conv op on ``x`` with random ``weight_bits`` integer weights (IntConv) or POST weights, bit for
+    bit its numpy reference (with its *Requant form's codes), at 1 and 2 threads."""
     n, cin = x.shape[:2]
     x_scale = (rng.random((n, 1, 1, 1)) + 0.5).astype(np.float32)
     w_scale, bias = (rng.random(cout) * 0.01).astype(np.float32), rng.standard_normal(cout).astype(np.float32)
@@ -218,7 +218,8 @@ def _check_conv_exact(op: str, x: np.ndarray, cout: int, kernel: tuple[int, int]
     if op.endswith("Requant"):
         attrs.update(qmin=0, qmax=15)
     if op.startswith("IntConv"):
-        w = rng.integers(-128, 128, size=w_shape).astype(np.int8)
+        half = 1 << (weight_bits - 1)
+        w = rng.integers(-half, half, size=w_shape).astype(np.int8)
         ref = int_conv.reference(x, x_scale, w, w_scale, bias, **{k: attrs[k] for k in CONV_ATTRS})
         w_proto = numpy_helper.from_array(w, "w")
     else:
@@ -241,10 +242,14 @@ def _codes(rng: np.random.Generator, shape: tuple[int, ...], signed: bool) -> np
 
 
 @pytest.mark.parametrize(("cin", "cout", "side", "signed"), POINTWISE_CASES)
-@pytest.mark.parametrize("op", ["IntConv", "PostConv", "IntConvRequant", "PostConvRequant"])
-def test_pointwise_conv_native_is_exact(isa: str, cin: int, cout: int, side: int, signed: bool, op: str) -> None:
+@pytest.mark.parametrize(("op", "weight_bits"), [("IntConv", 8), ("IntConv", 4), ("IntConvRequant", 8),
+                                                  ("IntConvRequant", 4), ("PostConv", 4), ("PostConvRequant", 4)])
+def test_pointwise_conv_native_is_exact(isa: str, cin: int, cout: int, side: int, signed: bool, op: str,
+                                        weight_bits: int) -> None:  # fmt: skip
+    """IntConv with 8-bit and with 4-bit weights (the AVX2 paths' int16 plans differ: nibble split or
+    not), POST weights (4-bit codes)."""
     rng = np.random.default_rng(cin * side + cout)
-    _check_conv_exact(op, _codes(rng, (2, cin, side, side), signed), cout, (1, 1), rng)
+    _check_conv_exact(op, _codes(rng, (2, cin, side, side), signed), cout, (1, 1), rng, weight_bits=weight_bits)
 
 
 # (channels, height, width, kernel, stride, dilation, pads, signed): depthwise convs the AVX-512 VNNI path
@@ -279,17 +284,21 @@ INT16_EDGES = [((-8, 7), (0, 255)), ((-8, -8), (255, 255)), ((-64, -64), (255, 2
                ((-128, -128), (255, 255)), ((127, 127), (255, 255)), ((-128, 127), (0, 255))]  # fmt: skip
 
 
-@pytest.mark.parametrize("depthwise", [False, True])
+@pytest.mark.parametrize("layout", ["3x3", "depthwise", "pointwise"])
 @pytest.mark.parametrize(("w_values", "x_values"), INT16_EDGES)
-def test_int_conv_native_int16_edges(isa: str, depthwise: bool, w_values: tuple[int, int],
+def test_int_conv_native_int16_edges(isa: str, layout: str, w_values: tuple[int, int],
                                      x_values: tuple[int, int]) -> None:  # fmt: skip
+    """The int16 edges on the channel tile (3x3), the depthwise kernels and (16 x 16 pixels) the
+    AVX-512 pointwise kernel."""
     rng = np.random.default_rng(abs(w_values[0]) + x_values[0])
+    depthwise = layout == "depthwise"
     cin, cout = (36, 36) if depthwise else (20, 40)
     group = cin if depthwise else 1
-    w = rng.choice(np.asarray(w_values), size=(cout, cin // group, 3, 3)).astype(np.int8)
-    x = rng.choice(np.asarray(x_values), size=(2, cin, 7, 7)).astype(np.uint8)
+    k, side = (1, 16) if layout == "pointwise" else (3, 7)
+    w = rng.choice(np.asarray(w_values), size=(cout, cin // group, k, k)).astype(np.int8)
+    x = rng.choice(np.asarray(x_values), size=(2, cin, side, side)).astype(np.uint8)
     w_scale, bias = np.full(cout, 0.5, np.float32), np.zeros(cout, np.float32)
-    attrs = {"strides": [1, 1], "pads": [1, 1, 1, 1], "dilations": [1, 1], "group": group, "relu": 0}
+    attrs = {"strides": [1, 1], "pads": [k // 2] * 4, "dilations": [1, 1], "group": group, "relu": 0}
     ref = int_conv.reference(x, np.float32(1.0), w, w_scale, bias, **attrs)
     model, feeds = _conv_model("IntConv", x, np.float32(1.0), numpy_helper.from_array(w, "w"), w_scale, bias,
                                list(ref.shape), **attrs)  # fmt: skip
