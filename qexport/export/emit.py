@@ -254,7 +254,8 @@ class Emitter:
         (int16 weights or activations) run as a float Conv of dequantized values instead."""
         if form is None or not isinstance(layer, QuantConv2d) or _wide(layer, form):
             return False
-        return not layer.is_integer() or not self.output_quantized(node) or self.feeds_signed_int_conv(node)
+        return (not layer.is_integer() or not self.output_quantized(node) or self.feeds_signed_int_conv(node)
+                or (layer.groups == 1 and layer.in_channels <= _STEM_CHANNELS))
 
     def feeds_signed_int_conv(self, node: fx.Node) -> bool:
         """Whether a conv's output quantizer is the signed input of a conv written as IntConv: its codes
@@ -428,6 +429,12 @@ def _wide(layer: nn.Module, form: tuple[torch.Tensor, torch.Tensor]) -> bool:
     symmetric = weight is not None and weight.code_range.qmin == -weight.code_range.qmax
     wide_weights = hi > 127 or lo < -128 or (symmetric and lo < -127)
     return wide_weights or (act is not None and act.code_range.bits > 8)
+
+
+# A conv over a few input channels (an image stem) is an IntConv even where onnxruntime would fuse it
+# into its QLinearConv: MLAS packs K = 3 x 3 x 3 poorly (tools/conv_bench.py, Zen 4, AVX-512 VNNI,
+# batch 1: 3 -> 32 at 224 stride 2, IntConv 259 us, QLinearConv 412).
+_STEM_CHANNELS = 4
 
 
 def _rank(n: fx.Node) -> int:
