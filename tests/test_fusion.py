@@ -75,7 +75,9 @@ def test_mobilenetv2_lsq_runs_every_conv_in_integer_kernels(tmp_path: Path) -> N
     """MobileNetV2 with LSQ: its last projection conv feeds the int8 codes of an IntConv (the 1x1 conv
     before the pool) from uint8 input codes, which QLinearConv cannot take (one type in and out); it
     is written as IntConv and fused into IntConvRequant, so no conv stays float (it was a float Conv
-    dequantizing its weights every run).  The benchmark counts the *Requant ops as integer convs."""
+    dequantizing its weights every run).  The five projection convs that feed two quantizers (the
+    next block's and the residual add's) are written once per quantizer, each a QLinearConv; the stem
+    (3 input channels) is an IntConv.  The benchmark counts the *Requant ops as integer convs."""
     model = zoo.create("mobilenetv2", num_classes=10)
     x = zoo.example_input(model, 8, size=32, seed=3)
     _settle_batchnorm(model, x)
@@ -86,11 +88,15 @@ def test_mobilenetv2_lsq_runs_every_conv_in_integer_kernels(tmp_path: Path) -> N
     convs = sum(isinstance(m, torch.nn.Conv2d) for m in q.modules())
     native_convs = [n for n in exported if n.domain == DOMAIN and n.op_type in ("IntConv", "IntConvRequant")]
     assert any(n.op_type == "IntConvRequant" and n.name.startswith("features.17.block.2") for n in native_convs)
+    assert any(n.name.startswith("features.0.0") for n in native_convs)
+    written = [n for n in exported if n.op_type in ("Conv", "IntConv", "IntConvRequant")]
+    copies = [n.name for n in written if n.op_type == "Conv" and n.name.endswith(".1")]
+    assert len(written) == convs + 5 and len(copies) == 5 and all(".block.2" in c for c in copies), copies
     k = bench.optimized_kernels(path, native=native.available())
-    assert k.integer_conv + k.float_conv == convs, k.ops
+    assert k.integer_conv + k.float_conv == len(written), k.ops
     if native.available():
         assert k.float_conv == 0, k.ops
-    assert k.ops.get("QLinearConv", 0) == convs - len(native_convs), k.ops
+    assert k.ops.get("QLinearConv", 0) == len(written) - len(native_convs), k.ops
 
 
 @pytest.mark.parametrize(("act", "adds", "exact"), [("asq", "auto", True), ("asq", "fused", False),

@@ -254,7 +254,7 @@ class Emitter:
         (int16 weights or activations) run as a float Conv of dequantized values instead."""
         if form is None or not isinstance(layer, QuantConv2d) or _wide(layer, form):
             return False
-        return (not layer.is_integer() or not self.output_quantized(node) or self.feeds_signed_int_conv(node)
+        return (not layer.is_integer() or not self.output_quantized(node, layer) or self.feeds_signed_int_conv(node)
                 or (layer.groups == 1 and layer.in_channels <= _STEM_CHANNELS))
 
     def feeds_signed_int_conv(self, node: fx.Node) -> bool:
@@ -272,12 +272,20 @@ class Emitter:
         form, post = self.weight_form(user)
         return not post and self.writes_int_conv(user, users[0], form)
 
-    def output_quantized(self, node: fx.Node) -> bool:
+    def output_quantized(self, node: fx.Node, layer: QuantConv2d) -> bool:
         """Whether a conv's output (after its folded BatchNorm and a ReLU) goes into exactly one uniform
-        quantizer: the QDQ pattern onnxruntime fuses into QLinearConv.  Otherwise it would stay a
-        float conv, and the conv is exported as IntConv instead."""
+        quantizer: the QDQ pattern onnxruntime fuses into QLinearConv.  Or, with no ReLU and unsigned
+        input codes, into several (MobileNetV2's projection convs: the next block's input quantizer and
+        the residual add's): lower.py's ``_conv_per_quantizer`` then gives each its own copy of the
+        conv, which onnxruntime fuses alike.  Otherwise it would stay a float conv, and the conv is
+        exported as IntConv instead."""
         users = self.users_after(node, through_relu=True)
-        return len(users) == 1 and self.uniform_quantizer_input(users[0])
+        if len(users) == 1:
+            return self.uniform_quantizer_input(users[0])
+        act = layer.act_quant
+        return (len(users) > 1 and self.relu_after(node) is None and act is not None
+                and not act.code_range.signed and act.code_range.bits <= 8
+                and all(self.uniform_quantizer_input(u) for u in users))  # fmt: skip
 
     def users_after(self, node: fx.Node, through_relu: bool = False) -> list[fx.Node]:
         """The users of a conv's output past its folded BatchNorm (and, ``through_relu``, a ReLU /

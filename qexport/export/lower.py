@@ -315,6 +315,97 @@ def _code_clip(quant: onnx.NodeProto, zero: onnx.TensorProto, readers: dict[str,
     return max(qmin, lo), min(qmax, hi), clips[0]
 
 
+def _conv_per_quantizer(graph: onnx.GraphProto, keep: set[str], codes: dict[str, str],
+                        offsets: dict[str, int]) -> None:  # fmt: skip
+    """A QDQ Conv (uint8 codes in) whose output only QuantizeLinear nodes read, several of them (the
+    emitter writes one where a conv feeds several quantizers: Emitter.output_quantized), gets one copy
+    per quantizer, so that onnxruntime fuses each DequantizeLinear -> Conv -> QuantizeLinear into its
+    QLinearConv (one reader each) and runs it channels-last with its neighbours, instead of a float
+    conv.  QLinearConv takes one code type in and out: int8 codes are written as uint8 + 128 (their
+    Clip's bounds, their DequantizeLinear readers' zero point and the checker's ``offsets`` with
+    them); where some quantizer's codes cannot be (another reader), nothing changes."""
+    paths = {name: path for path, name in codes.items()}
+    constants = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    readers = _readers(graph)
+    added: list[tuple[onnx.NodeProto, onnx.NodeProto]] = []  # (copy, the conv it follows)
+    for conv in graph.node:
+        if conv.op_type != "Conv" or conv.domain or conv.output[0] in keep:
+            continue
+        source = producers.get(conv.input[0])
+        if not _scalar_quantizer(source, "DequantizeLinear", constants):
+            continue
+        assert source is not None
+        if constants[source.input[2]].data_type != onnx.TensorProto.UINT8:
+            continue
+        quants = readers.get(conv.output[0], [])
+        if len(quants) < 2 or not all(_scalar_quantizer(q, "QuantizeLinear", constants) for q in quants):
+            continue
+        plans = [_uint8_plan(q, constants, readers, keep, paths) for q in quants]
+        if any(p is None for p in plans):
+            continue
+        for quant, plan in zip(quants, plans, strict=True):
+            assert plan is not None
+            _write_uint8(graph, constants, quant, *plan, paths, offsets)
+        for i, quant in enumerate(quants[1:], 1):
+            copy = onnx.NodeProto()
+            copy.CopyFrom(conv)
+            copy.name = f"{conv.name}.{i}"
+            copy.output[0] = f"{conv.output[0]}.{i}"
+            quant.input[0] = copy.output[0]
+            added.append((copy, conv))
+    for copy, conv in added:
+        at = list(graph.node).index(conv)
+        graph.node.insert(at + 1, copy)
+
+
+_Uint8Plan = tuple[onnx.NodeProto | None, list[onnx.NodeProto]]  # (the quantizer's Clip, its DequantizeLinear readers)
+
+
+def _uint8_plan(quant: onnx.NodeProto, constants: dict[str, onnx.TensorProto],
+                readers: dict[str, list[onnx.NodeProto]], keep: set[str], paths: dict[str, str]) -> _Uint8Plan | None:
+    """For ``_conv_per_quantizer``: (its Clip or None, the DequantizeLinear readers of its codes) where
+    QuantizeLinear ``quant``'s codes are uint8 already or can be written as uint8 + 128; else None."""
+    zero = constants[quant.input[2]]
+    clip = _code_clip(quant, zero, readers, constants, keep)[2]
+    out = clip.output[0] if clip is not None else quant.output[0]
+    if clip is None and any(r.op_type == "Clip" for r in readers.get(quant.output[0], [])):
+        return None  # a Clip _code_clip does not take apart
+    later = readers.get(out, [])
+    if zero.data_type == onnx.TensorProto.UINT8:
+        return clip, []
+    if out not in paths or not later:
+        return None
+    if any(r.op_type != "DequantizeLinear" or r.domain or len(r.input) != 3 or r.input[0] != out
+           or r.input[2] != zero.name for r in later):  # fmt: skip
+        return None
+    return clip, later
+
+
+def _write_uint8(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto], quant: onnx.NodeProto,
+                 clip: onnx.NodeProto | None, dequantized: list[onnx.NodeProto], paths: dict[str, str],
+                 offsets: dict[str, int]) -> None:  # fmt: skip
+    """int8 codes of ``quant`` (and its ``clip``) written as uint8 + 128, as ``_uint8_plan`` found them."""
+    zero = constants[quant.input[2]]
+    if zero.data_type == onnx.TensorProto.UINT8:
+        return
+    name = _uint8_zero_point(graph, constants, zero)
+    quant.input[2] = name
+    for n in dequantized:
+        n.input[2] = name
+    out = quant.output[0]
+    if clip is not None:
+        for i in (1, 2):
+            bound = int(onnx.numpy_helper.to_array(constants[clip.input[i]])) + 128
+            shifted = f"{clip.input[i]}.uint8"
+            if shifted not in constants:
+                constants[shifted] = onnx.numpy_helper.from_array(np.array(bound, np.uint8), shifted)
+                graph.initializer.append(constants[shifted])
+            clip.input[i] = shifted
+        out = clip.output[0]
+    offsets[paths[out]] = offsets.get(paths[out], 0) + 128
+
+
 def _requantized_convs(graph: onnx.GraphProto, keep: set[str], codes: dict[str, str], offsets: dict[str, int]) -> None:
     """IntConv / PostConv -> QuantizeLinear (scalar constant step and 8-bit zero point) [-> Clip of
     constant bounds] becomes one IntConvRequant / PostConvRequant node: the conv writes the codes (its
@@ -629,6 +720,7 @@ def to_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], opset: int = 21, p
     _name_axes(graph)
     keep = {o.name for o in graph.output} | set(e.b.codes.values()) | set(e.b.steps.values())
     _live(graph, keep)  # first: the readers the next pass counts are live ones
+    _conv_per_quantizer(graph, keep, e.b.codes, e.b.code_offsets)
     _requantized_convs(graph, keep, e.b.codes, e.b.code_offsets)
     _requantized_codes(graph, keep, e.b.codes, e.b.code_offsets)
     _requantized_sums(graph, keep, e.b.codes, e.b.code_offsets)
