@@ -22,6 +22,7 @@ namespace qx {
 namespace {
 
 constexpr int64_t kVec = 16;  // output pixels per zmm
+constexpr int64_t kMaxWindows = int64_t(1) << 18;
 
 // Every vector's windows ([vector][kernel row][tap group]) and outputs; the same for every channel.
 // Window k of vector i is the 64 bytes at plane + origin[i] + offset[k]; byte 4p + t of the vector is
@@ -52,6 +53,10 @@ bool plan_vectors(const ConvShape& s, const ConvAttrs& a, PlaneVectors& v) {
   for (int64_t p = 0; p < rows * cols && p < kVec; ++p)
     for (int64_t t = 0; t < 4; ++t) v.index[4 * p + t] = uint8_t(p / cols * sh * s.w + p % cols * sw + t * tap);
   v.per_vector = s.kh * groups;
+  // a plan's size bound (16 bytes of masks a window; 1024 x 1024 at 3x3 is 196608 windows): larger
+  // planes run the tile
+  const int64_t vectors = (s.ho + rows - 1) / rows * ((s.wo + cols - 1) / cols);
+  if (vectors > kMaxWindows / v.per_vector) return false;
   for (int64_t ky = 0; ky < s.kh; ++ky)
     for (int64_t g = 0; g < groups; ++g) v.offset.push_back(ky * dh * s.w + 4 * g * tap);
   for (int64_t oy = 0; oy < s.ho; oy += rows)
@@ -108,7 +113,7 @@ const PlaneVectors* cached_plan(const ConvShape& s, const ConvAttrs& a) {
   if (found == plans.end()) {
     PlaneVectors v;
     if (!plan_vectors(s, a, v)) v.first.clear();  // remembered as "cannot"
-    if (plans.size() >= 64) plans.clear();  // a bound for endless shapes; nothing else holds a pointer now
+    if (plans.size() >= 16) plans.clear();  // a bound for endless shapes; nothing else holds a pointer now
     found = plans.emplace(std::move(key), std::move(v)).first;
   }
   return found->second.first.empty() ? nullptr : &found->second;

@@ -275,6 +275,14 @@ def test_depthwise_conv_native_is_exact(isa: str, c: int, h: int, w: int, k: int
                       dilations=[dilation, dilation], pads=pads)
 
 
+def test_depthwise_plane_too_large_for_a_plan_runs_the_tile(isa: str) -> None:
+    """A depthwise plane whose plan would pass depthwise_planes.cc's bound (2^18 windows: here 1100 output
+    rows x 82 vectors x 3 kernel rows) runs the depthwise tile, exactly."""
+    rng = np.random.default_rng(1100)
+    _check_conv_exact("IntConv", _codes(rng, (1, 1, 1100, 1300), False), 1, (3, 3), rng, weight_bits=4,
+                      pads=[1, 1, 1, 1])  # fmt: skip
+
+
 CONV_ATTRS = ("strides", "pads", "dilations", "group", "relu")
 
 
