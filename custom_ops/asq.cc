@@ -352,8 +352,11 @@ AsqInputs AsqInputs::read(OrtKernelContext* context, size_t x_rank, int64_t chan
   return in;
 }
 
-void asq_hidden(Isa isa, const AsqInputs& in, const float* feats, int64_t rows, bool bias_first, int64_t u0,
-                int64_t u1, float* hid) {
+namespace {
+
+// hidden units [u0, u1) of ``rows`` rows into hid (row stride: hidden)
+void hidden_units(Isa isa, const AsqInputs& in, const float* feats, int64_t rows, bool bias_first, int64_t u0,
+                  int64_t u1, float* hid) {
   const float* w1 = in.w1.as<float>();
   const float* b1 = in.b1.as<float>();
 #if defined(__x86_64__) || defined(__i386__)
@@ -361,6 +364,24 @@ void asq_hidden(Isa isa, const AsqInputs& in, const float* feats, int64_t rows, 
   if (isa == Isa::Avx2) return hidden_avx2(feats, rows, w1, b1, bias_first, in.channels, in.hidden, u0, u1, hid);
 #endif
   hidden_run<HiddenPath::Scalar>(feats, rows, w1, b1, bias_first, in.channels, in.hidden, u0, u1, hid);
+}
+
+}  // namespace
+
+std::vector<float> asq_hidden(OrtKernelContext* context, Isa isa, const AsqInputs& in, const float* feats,
+                              int64_t rows, bool bias_first) {
+  // with C = 0 the rows have no features, as the body's MatMul over K = 0
+  const int64_t c = in.channels, hidden = in.hidden, row_block = 48, unit_block = 64;
+  const int64_t row_tasks = (rows + row_block - 1) / row_block;
+  const int64_t unit_tasks = std::max<int64_t>(1, (hidden + unit_block - 1) / unit_block);
+  const auto what = [] { return std::string("rows x hidden units of the adapter"); };
+  std::vector<float> hid(size_t(checked_mul(rows, hidden, what)));
+  parallel_for(context, size_t(row_tasks * unit_tasks), [&](size_t t) {
+    const int64_t r0 = int64_t(t) / unit_tasks * row_block, u0 = int64_t(t) % unit_tasks * unit_block;
+    hidden_units(isa, in, feats + r0 * c, std::min(rows - r0, row_block), bias_first, u0,
+                 std::min(hidden, u0 + unit_block), hid.data() + r0 * hidden);
+  });
+  return hid;
 }
 
 void asq_step(Isa isa, const AsqInputs& in, const float* hid, const float* feats, float* step, char* special) {
@@ -375,14 +396,6 @@ void asq_step(Isa isa, const AsqInputs& in, const float* hid, const float* feats
   const float beta = std::isnan(v) ? v : (v > 1e-8f ? v : 1e-8f);
   *step = in.step * beta;
   *special = !(std::isfinite(*step) && *step > 0.0f && all_finite(feats, in.channels));
-}
-
-void asq_steps(Isa isa, const AsqInputs& in, const float* feats, int64_t count, bool bias_first, float* step,
-               char* special) {
-  std::vector<float> hid(static_cast<size_t>(count * in.hidden), 0.0f);
-  asq_hidden(isa, in, feats, count, bias_first, 0, in.hidden, hid.data());
-  for (int64_t r = 0; r < count; ++r)
-    asq_step(isa, in, hid.data() + r * in.hidden, feats + r * in.channels, step + r, special + r);
 }
 
 void asq_quantize_run(Isa isa, const AsqInputs& in, const float* x, float step, bool special, int64_t qmin,

@@ -32,12 +32,11 @@ struct AsqInputs {
 // symbolic size it does not fuse and the bias comes last.  With one K block (C <= 256) both agree.
 // special[r]: the row's step is not a positive finite number or its features are not finite (quantize
 // it element by element as the body, NaN and all).
-void asq_steps(Isa isa, const AsqInputs& in, const float* feats, int64_t count, bool bias_first, float* step,
-               char* special);
-// The same in two parts, for a kernel that splits the work: the first layer's hidden units [u0, u1)
-// of ``rows`` rows into hid [rows, hidden] (before the ReLU), then one row's step from its hidden row.
-void asq_hidden(Isa isa, const AsqInputs& in, const float* feats, int64_t rows, bool bias_first, int64_t u0,
-                int64_t u1, float* hid);
+// In two parts: the first layer of ``rows`` rows into [rows, hidden] (before the ReLU), in parallel
+// tasks of 48 rows x 64 hidden units (each task reads its 64 columns of w1 once for all its rows), then
+// one row's step from its hidden row.
+std::vector<float> asq_hidden(OrtKernelContext* context, Isa isa, const AsqInputs& in, const float* feats,
+                              int64_t rows, bool bias_first);
 void asq_step(Isa isa, const AsqInputs& in, const float* hid, const float* feats, float* step, char* special);
 
 // codes / y of ``count`` values x with one step (y may be nullptr: the output is left out).

@@ -51,7 +51,9 @@ void AsqQuantizeKernel::compute(OrtKernelContext* context) {
   std::vector<float> feats(size_t(n * c), 0.0f);
   if (hw > 0) parallel_for(context, size_t(n * c), [&](size_t i) { feats[i] = mean(isa, xs + i * size_t(hw), size_t(hw)); });
   std::vector<char> special(size_t(n), 0);
-  asq_steps(isa, in, feats.data(), n, true, sample_step, special.data());  // [N, C] means
+  const std::vector<float> hid = asq_hidden(context, isa, in, feats.data(), n, true);  // [N, C] means: a Gemm
+  for (int64_t r = 0; r < n; ++r)
+    asq_step(isa, in, hid.data() + r * in.hidden, feats.data() + r * c, sample_step + r, &special[size_t(r)]);
   if (hw == 0 || c == 0) return;
   const size_t bytes = in.is_signed ? sizeof(int8_t) : sizeof(uint8_t);
   parallel_for(context, size_t(n * c), [&](size_t i) {

@@ -26,18 +26,8 @@ void AsqQuantizeRowsKernel::compute(OrtKernelContext* context) {
   if (rows == 0) return;
   const float* xs = x.as<float>();
   std::vector<char> special(size_t(rows), 0);
-  // the adapter's first layer in tasks of 48 rows x 64 hidden units (each task reads its 64 columns of
-  // w1 once for all its rows); with C = 0 it sees no features, as the body's MatMul over K = 0
-  const int64_t hidden = in.hidden, row_block = 48, unit_block = 64;
-  const int64_t row_tasks = (rows + row_block - 1) / row_block;
-  const int64_t unit_tasks = std::max<int64_t>(1, (hidden + unit_block - 1) / unit_block);
-  const auto what = [] { return std::string("rows x hidden units of the adapter"); };
-  std::vector<float> hid(size_t(checked_mul(rows, hidden, what)));
-  parallel_for(context, size_t(row_tasks * unit_tasks), [&](size_t t) {
-    const int64_t r0 = int64_t(t) / unit_tasks * row_block, u0 = int64_t(t) % unit_tasks * unit_block;
-    asq_hidden(isa, in, xs + r0 * c, std::min(rows - r0, row_block), x.shape.size() == 2, u0,
-               std::min(hidden, u0 + unit_block), hid.data() + r0 * hidden);
-  });
+  const int64_t hidden = in.hidden;
+  const std::vector<float> hid = asq_hidden(context, isa, in, xs, rows, x.shape.size() == 2);
   const size_t bytes = in.is_signed ? sizeof(int8_t) : sizeof(uint8_t);
   parallel_for(context, size_t(rows), [&](size_t r) {
     const size_t at = r * size_t(c);
