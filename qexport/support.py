@@ -42,7 +42,8 @@ def lowers(op: str) -> bool:
 
 UNITS = [  # (what, method, ONNX it becomes, runs as)
     ("nn.Conv2d", "LSQ / NIPQ weights, LSQ / NIPQ input", "QDQ -> Conv (BN folded, int32 bias)",
-     "QLinearConv when its output is quantized, else qexport.IntConv"),
+     "QLinearConv when its output is quantized (once per quantizer where several read it, no ReLU, unsigned "
+     "input codes), else qexport.IntConv; an image stem (<= 4 input channels) always qexport.IntConv"),
     ("nn.Conv2d", "LSQ / NIPQ weights, ASQ input", "qexport.AsqQuantize -> qexport.IntConv", "native kernel"),
     ("nn.Conv2d", "POST weights (sqrt-2 levels)", "qexport.PostConv (uint4 codes)", "native kernel"),
     ("nn.Conv2d whose output only a constant-step quantizer reads", "IntConv / PostConv as above",
