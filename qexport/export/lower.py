@@ -389,21 +389,13 @@ def _write_uint8(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto],
     zero = constants[quant.input[2]]
     if zero.data_type == onnx.TensorProto.UINT8:
         return
-    name = _uint8_zero_point(graph, constants, zero)
+    out = clip.output[0] if clip is not None else quant.output[0]
+    name = _as_uint8(graph, constants, out, zero, dequantized, dequantized, paths, offsets)
+    assert name is not None  # what _as_uint8 needs, _uint8_plan checked
     quant.input[2] = name
-    for n in dequantized:
-        n.input[2] = name
-    out = quant.output[0]
-    if clip is not None:
+    if clip is not None:  # its bounds are int8 constants of the codes' type: + 128, as the zero point
         for i in (1, 2):
-            bound = int(onnx.numpy_helper.to_array(constants[clip.input[i]])) + 128
-            shifted = f"{clip.input[i]}.uint8"
-            if shifted not in constants:
-                constants[shifted] = onnx.numpy_helper.from_array(np.array(bound, np.uint8), shifted)
-                graph.initializer.append(constants[shifted])
-            clip.input[i] = shifted
-        out = clip.output[0]
-    offsets[paths[out]] = offsets.get(paths[out], 0) + 128
+            clip.input[i] = _uint8_zero_point(graph, constants, constants[clip.input[i]])
 
 
 def _requantized_convs(graph: onnx.GraphProto, keep: set[str], codes: dict[str, str], offsets: dict[str, int]) -> None:
@@ -596,8 +588,8 @@ def _requantize_from_uint8(graph: onnx.GraphProto, constants: dict[str, onnx.Ten
 
 
 def _uint8_zero_point(graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto], zero: onnx.TensorProto) -> str:
-    """The name of the uint8 zero point (the int8 one + 128) for int8 ``zero``, made once (added to
-    ``constants`` and the graph)."""
+    """The name of the uint8 constant (the int8 one + 128) for int8 scalar ``zero`` (a zero point, or a
+    Clip bound of such codes), made once (added to ``constants`` and the graph)."""
     name = f"{zero.name}.uint8"
     if name not in constants:
         value = np.array(int(onnx.numpy_helper.to_array(zero)) + 128, np.uint8)
