@@ -1,7 +1,6 @@
 // qexport.AsqQuantizeRows native kernel (signature and semantics: qexport/ops/asq_quantize_rows.py): per
 // row of a [..., C] input, the adapter on the row itself gives the step, then x / step is rounded half to
 // even, clipped, and stored plus the zero point (0, or 128 for signed codes stored as uint8).
-#include <algorithm>
 #include <cstddef>
 #include <string>
 #include <vector>
