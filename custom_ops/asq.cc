@@ -191,6 +191,79 @@ __attribute__((target("avx512f"))) inline void avx512_sums(const float* feats, i
 }
 #endif
 
+// One feature row (batch 1's channel means): the first layer is a GEMV that reads all of w1 once,
+// from memory (MobileNetV2's 53 adapters hold 10.9 MB).  So it is read in order, whole rows of w1 at a
+// time, into one accumulator per unit (up to 256 units a pass on AVX-512, 128 on AVX2): about 3x faster
+// from memory than 64-unit column slices.  The same fused multiply-add chain per unit over k0 .. k1 - 1.
+#if defined(__x86_64__) || defined(__i386__)
+template <int kVecs>
+__attribute__((target("avx512f"))) void stream_avx512(const float* f, const float* w1, int64_t hidden, int64_t width,
+                                                      int64_t k0, int64_t k1, float* part) {
+  const __mmask16 last = __mmask16((1u << (width - 16 * (kVecs - 1))) - 1u);
+  __m512 acc[kVecs];
+  for (auto& v : acc) v = _mm512_setzero_ps();
+  for (int64_t k = k0; k < k1; ++k) {
+    const float* w = w1 + k * hidden;
+    const __m512 x = _mm512_set1_ps(f[k]);
+    for (int v = 0; v < kVecs; ++v)
+      acc[v] = _mm512_fmadd_ps(x, v + 1 < kVecs ? _mm512_loadu_ps(w + 16 * v) : _mm512_maskz_loadu_ps(last, w + 16 * v),
+                               acc[v]);
+  }
+  for (int v = 0; v + 1 < kVecs; ++v) _mm512_storeu_ps(part + 16 * v, acc[v]);
+  _mm512_mask_storeu_ps(part + 16 * (kVecs - 1), last, acc[kVecs - 1]);
+}
+
+template <int kVecs>
+__attribute__((target("avx2,fma"))) void stream_avx2(const float* f, const float* w1, int64_t hidden, int64_t width,
+                                                    int64_t k0, int64_t k1, float* part) {
+  // lane i of the last vector is loaded and stored for i < its width
+  const __m256i last = _mm256_cmpgt_epi32(_mm256_set1_epi32(int(width - 8 * (kVecs - 1))),
+                                          _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  __m256 acc[kVecs];
+  for (auto& v : acc) v = _mm256_setzero_ps();
+  for (int64_t k = k0; k < k1; ++k) {
+    const float* w = w1 + k * hidden;
+    const __m256 x = _mm256_set1_ps(f[k]);
+    for (int v = 0; v < kVecs; ++v)
+      acc[v] = _mm256_fmadd_ps(x, v + 1 < kVecs ? _mm256_loadu_ps(w + 8 * v) : _mm256_maskload_ps(w + 8 * v, last),
+                               acc[v]);
+  }
+  for (int v = 0; v + 1 < kVecs; ++v) _mm256_storeu_ps(part + 8 * v, acc[v]);
+  _mm256_maskstore_ps(part + 8 * (kVecs - 1), last, acc[kVecs - 1]);
+}
+
+#endif
+
+// Units [u0, u1) of one K block [k0, k1) of one feature row f into part (u1 - u0 floats).
+void stream_block(Isa isa, const float* f, const float* w1, int64_t hidden, int64_t u0, int64_t u1, int64_t k0,
+                  int64_t k1, float* part) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (isa == Isa::Avx512Vnni || isa == Isa::Avx2) {
+    const int64_t lanes = isa == Isa::Avx512Vnni ? 16 : 8, span = 16 * lanes;
+    for (int64_t h0 = u0; h0 < u1; h0 += span) {
+      const int64_t width = std::min(span, u1 - h0);
+      const float* w = w1 + h0;
+      float* p = part + (h0 - u0);
+      switch ((width + lanes - 1) / lanes) {
+#define QX_CASE(V)                                                                                              \
+  case V:                                                                                                       \
+    isa == Isa::Avx512Vnni ? stream_avx512<V>(f, w, hidden, width, k0, k1, p) : stream_avx2<V>(f, w, hidden, width, k0, k1, p); \
+    break;
+        QX_CASE(1) QX_CASE(2) QX_CASE(3) QX_CASE(4) QX_CASE(5) QX_CASE(6) QX_CASE(7) QX_CASE(8)
+        QX_CASE(9) QX_CASE(10) QX_CASE(11) QX_CASE(12) QX_CASE(13) QX_CASE(14) QX_CASE(15) QX_CASE(16)
+#undef QX_CASE
+      }
+    }
+    return;
+  }
+#endif
+  for (int64_t h = u0; h < u1; ++h) {
+    float acc = 0.0f;
+    for (int64_t k = k0; k < k1; ++k) acc = std::fma(f[k], w1[k * hidden + h], acc);
+    part[h - u0] = acc;
+  }
+}
+
 enum class HiddenPath { Scalar, Avx2, Avx512 };
 
 // a[r][h] of ``rows`` feature rows of c values, for hidden units [u0, u1).  Loop order: unit slice,
@@ -376,6 +449,24 @@ std::vector<float> asq_hidden(OrtKernelContext* context, Isa isa, const AsqInput
   const int64_t unit_tasks = std::max<int64_t>(1, (hidden + unit_block - 1) / unit_block);
   const auto what = [] { return std::string("rows x hidden units of the adapter"); };
   std::vector<float> hid(size_t(checked_mul(rows, hidden, what)));
+  if (rows == 1) {  // one task per K block and 256 units, summed in K order as hidden_run
+    const int64_t k_blocks = (c + kMatMulStrideK - 1) / kMatMulStrideK, span = 256;
+    const int64_t spans = (hidden + span - 1) / span;
+    std::vector<float> part(size_t(k_blocks * hidden));
+    const float* w1 = in.w1.as<float>();
+    parallel_for(context, size_t(k_blocks * spans), [&](size_t t) {
+      const int64_t kb = int64_t(t) / spans, u0 = int64_t(t) % spans * span;
+      stream_block(isa, feats, w1, hidden, u0, std::min(hidden, u0 + span), kb * kMatMulStrideK,
+                   std::min(c, (kb + 1) * kMatMulStrideK), part.data() + kb * hidden + u0);
+    });
+    const float* b1 = in.b1.as<float>();
+    for (int64_t h = 0; h < hidden; ++h) {
+      float a = bias_first ? b1[h] : 0.0f;
+      for (int64_t kb = 0; kb < k_blocks; ++kb) a = !bias_first && kb == 0 ? part[size_t(h)] : a + part[size_t(kb * hidden + h)];
+      hid[size_t(h)] = bias_first ? a : a + b1[h];
+    }
+    return hid;
+  }
   parallel_for(context, size_t(row_tasks * unit_tasks), [&](size_t t) {
     const int64_t r0 = int64_t(t) / unit_tasks * row_block, u0 = int64_t(t) % unit_tasks * unit_block;
     hidden_units(isa, in, feats + r0 * c, std::min(rows - r0, row_block), bias_first, u0,

@@ -345,11 +345,14 @@ def test_asq_quantize_native_matches_reference(isa: str, bits: int, signed: bool
 
 
 # (bits, signed, stored offset, input shape, leave y out): transformer tokens [N, T, C], 2-D [N, C]; the
-# last has several row tasks, hidden-unit tasks (hidden 256) and K blocks in the adapter
+# 7th has several row tasks, hidden-unit tasks (hidden 256) and K blocks in the adapter; the last two one
+# row (the streamed first layer): 3 K blocks and 150 units (a partial vector), bias first (a Gemm); 5 K
+# blocks and 275 units (two 256-unit spans), bias last
 ROWS_CASES = [(4, True, True, (2, 9, 256), True), (4, False, False, (2, 9, 64), False),
               (8, True, False, (5, 48), False), (2, True, True, (3, 7, 300), False),
               (4, True, True, (0, 4, 32), False), (4, True, True, (2, 3, 0), False),
-              (4, True, True, (1, 100, 1024), True)]  # fmt: skip
+              (4, True, True, (1, 100, 1024), True),
+              (4, True, True, (1, 600), False), (4, False, False, (1, 1, 1100), True)]  # fmt: skip
 
 
 @pytest.mark.parametrize(("bits", "signed", "offset", "shape", "no_y"), ROWS_CASES)
