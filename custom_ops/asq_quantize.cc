@@ -1,8 +1,14 @@
 // qexport.AsqQuantize native kernel (signature and semantics: qexport/ops/asq_quantize.py): per sample,
 // the adapter on the channel means gives the step, then x / step is rounded half to even and clipped.
+#include <algorithm>
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 
 #include "asq.h"
 #include "ops.h"
@@ -11,27 +17,51 @@ namespace qx {
 
 namespace {
 
-// Channel mean with 16 running partial sums (vectorisable without reassociating one sum).
-inline float mean_run(const float* x, size_t count) {
-  float part[16] = {};
-  size_t i = 0;
-  for (; i + 16 <= count; i += 16)
-    for (size_t j = 0; j < 16; ++j) part[j] += x[i + j];
-  for (; i < count; ++i) part[i % 16] += x[i];
-  for (size_t width = 8; width > 0; width /= 2)
-    for (size_t j = 0; j < width; ++j) part[j] += part[j + width];
-  return part[0] / float(count);
-}
-
-__attribute__((target("avx512f"))) float mean_avx512(const float* x, size_t n) { return mean_run(x, n); }
-__attribute__((target("avx2"))) float mean_avx2(const float* x, size_t n) { return mean_run(x, n); }
-
-float mean(Isa isa, const float* x, size_t n) {
+// A channel's mean exactly as onnxruntime's ReduceMean computes it (the function body's), which sums
+// each row with Eigen on 4-float SSE packets: the first a values one by one until the address is
+// 16-byte aligned (a = 0 to 3), then two packet sums r0 / r1 over 8 values a step, r0 + r1, one more
+// packet if 4 are left, the packet folded as (r[0] + r[2]) + (r[1] + r[3]), then the a head values
+// and the tail values added in order, and the sum divided by the count.  The result depends on the
+// row's address, which the kernel sees as the body does.  (A plain 16-lane sum, used before, differed
+// in the last bit for 22 of the sizes 1 to 79, 7 x 7 among them.)
 #if defined(__x86_64__) || defined(__i386__)
-  if (isa == Isa::Avx512Vnni) return mean_avx512(x, n);
-  if (isa == Isa::Avx2) return mean_avx2(x, n);
+using Pack = __m128;
+inline Pack load4(const float* x) { return _mm_loadu_ps(x); }
+inline Pack add4(Pack a, Pack b) { return _mm_add_ps(a, b); }
+inline float fold4(Pack r) {
+  const __m128 t = _mm_add_ps(r, _mm_movehl_ps(r, r));  // r0 + r2, r1 + r3
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+#else
+struct Pack {
+  float v[4];
+};
+inline Pack load4(const float* x) { return {{x[0], x[1], x[2], x[3]}}; }
+inline Pack add4(Pack a, Pack b) { return {{a.v[0] + b.v[0], a.v[1] + b.v[1], a.v[2] + b.v[2], a.v[3] + b.v[3]}}; }
+inline float fold4(Pack r) { return (r.v[0] + r.v[2]) + (r.v[1] + r.v[3]); }
 #endif
-  return mean_run(x, n);
+
+float mean(const float* x, size_t count) {
+  const size_t head = std::min<size_t>((4 - (reinterpret_cast<uintptr_t>(x) / sizeof(float)) % 4) % 4, count);
+  const size_t pairs = (count - head) / 8 * 8, packs = (count - head) / 4 * 4;
+  float sum;
+  if (packs == 0) {
+    sum = x[0];
+    for (size_t i = 1; i < count; ++i) sum += x[i];
+  } else {
+    const float* p = x + head;
+    Pack r0 = load4(p);
+    if (packs > 4) {
+      Pack r1 = load4(p + 4);
+      for (size_t i = 8; i < pairs; i += 8) r0 = add4(r0, load4(p + i)), r1 = add4(r1, load4(p + i + 4));
+      r0 = add4(r0, r1);
+      if (packs > pairs) r0 = add4(r0, load4(p + pairs));
+    }
+    sum = fold4(r0);
+    for (size_t i = 0; i < head; ++i) sum += x[i];
+    for (size_t i = head + packs; i < count; ++i) sum += x[i];
+  }
+  return sum / float(count);
 }
 
 }  // namespace
@@ -49,7 +79,7 @@ void AsqQuantizeKernel::compute(OrtKernelContext* context) {
   const float* xs = x.as<float>();
   // channel means; over no pixels onnxruntime's ReduceMean gives 0 (what the body sees)
   std::vector<float> feats(size_t(n * c), 0.0f);
-  if (hw > 0) parallel_for(context, size_t(n * c), [&](size_t i) { feats[i] = mean(isa, xs + i * size_t(hw), size_t(hw)); });
+  if (hw > 0) parallel_for(context, size_t(n * c), [&](size_t i) { feats[i] = mean(xs + i * size_t(hw), size_t(hw)); });
   std::vector<char> special(size_t(n), 0);
   const std::vector<float> hid = asq_hidden(context, isa, in, feats.data(), n, true);  // [N, C] means: a Gemm
   for (int64_t r = 0; r < n; ++r)

@@ -344,6 +344,35 @@ def test_asq_quantize_native_matches_reference(isa: str, bits: int, signed: bool
     np.testing.assert_allclose(y, y_ref, rtol=1e-6)
 
 
+
+@pytest.mark.parametrize("plane", [(1, 1), (1, 7), (2, 5), (3, 5), (4, 4), (5, 6), (6, 6), (7, 7), (1, 23), (14, 14)])
+def test_asq_quantize_native_matches_body(isa: str, plane: tuple[int, int]) -> None:
+    """Channel means, steps, codes and y bit for bit as the function body (onnxruntime's ReduceMean, whose
+    order depends on each row's alignment: 40 rows of each size start at every offset), batch 1 and 3.
+    A 16-lane sum of the means differed in the last bit at 7, 10, 30, 36 and 49 values, among others."""
+    torch.manual_seed(plane[0] * 31 + plane[1])
+    c = 40
+    q = AsqQuantizer(4, False, c, pool=True).eval()
+    with torch.no_grad():
+        q.adapter.fc2.weight.normal_(0, 0.3)
+    x = torch.randn(3, c, *plane) * 2 + 0.5
+    q.initialize_from(x)
+    r = q.code_range
+    params = [np.asarray(q.step.detach().numpy(), np.float32), *_asq_params(q)]
+    names = ["step", "zero_point", "w1", "b1", "w2", "b2"]
+    inits = [numpy_helper.from_array(np.asarray(v), n)
+             for n, v in zip(names, [params[0], np.uint8(0), *params[1:]], strict=True)]  # fmt: skip
+    node = helper.make_node("AsqQuantize", ["x", *names], ["y", "codes", "s"], domain=DOMAIN, qmin=r.qmin, qmax=r.qmax)
+    dyn = ["N", c, *plane]
+    model = _model(node, [helper.make_tensor_value_info("x", TensorProto.FLOAT, dyn)],
+                   [helper.make_tensor_value_info("y", TensorProto.FLOAT, dyn),
+                    helper.make_tensor_value_info("codes", TensorProto.UINT8, dyn),
+                    helper.make_tensor_value_info("s", TensorProto.FLOAT, ["N", 1, 1, 1])], inits)  # fmt: skip
+    for batch in (x[:1], x):
+        feeds = {"x": batch.numpy()}
+        for got, want in zip(_ort_run(model, feeds), _ort_run(model, feeds, kernels=False), strict=True):
+            np.testing.assert_array_equal(got, want)
+
 # (bits, signed, stored offset, input shape, leave y out): transformer tokens [N, T, C], 2-D [N, C]; the
 # 7th has several row tasks, hidden-unit tasks (hidden 256) and K blocks in the adapter; the last two one
 # row (the streamed first layer): 3 K blocks and 150 units (a partial vector), bias first (a Gemm); 5 K
