@@ -344,7 +344,6 @@ def test_asq_quantize_native_matches_reference(isa: str, bits: int, signed: bool
     np.testing.assert_allclose(y, y_ref, rtol=1e-6)
 
 
-
 @pytest.mark.parametrize("plane", [(1, 1), (1, 7), (2, 5), (3, 5), (4, 4), (5, 6), (6, 6), (7, 7), (1, 23), (14, 14)])
 def test_asq_quantize_native_matches_body(isa: str, plane: tuple[int, int]) -> None:
     """Channel means, steps, codes and y bit for bit as the function body (onnxruntime's ReduceMean, whose
@@ -372,6 +371,7 @@ def test_asq_quantize_native_matches_body(isa: str, plane: tuple[int, int]) -> N
         feeds = {"x": batch.numpy()}
         for got, want in zip(_ort_run(model, feeds), _ort_run(model, feeds, kernels=False), strict=True):
             np.testing.assert_array_equal(got, want)
+
 
 # (bits, signed, stored offset, input shape, leave y out): transformer tokens [N, T, C], 2-D [N, C]; the
 # 7th has several row tasks, hidden-unit tasks (hidden 256) and K blocks in the adapter; the last two one
