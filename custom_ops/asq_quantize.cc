@@ -41,27 +41,55 @@ inline Pack add4(Pack a, Pack b) { return {{a.v[0] + b.v[0], a.v[1] + b.v[1], a.
 inline float fold4(Pack r) { return (r.v[0] + r.v[2]) + (r.v[1] + r.v[3]); }
 #endif
 
-float mean(const float* x, size_t count) {
-  const size_t head = std::min<size_t>((4 - (reinterpret_cast<uintptr_t>(x) / sizeof(float)) % 4) % 4, count);
-  const size_t pairs = (count - head) / 8 * 8, packs = (count - head) / 4 * 4;
-  float sum;
-  if (packs == 0) {
-    sum = x[0];
-    for (size_t i = 1; i < count; ++i) sum += x[i];
-  } else {
-    const float* p = x + head;
-    Pack r0 = load4(p);
-    if (packs > 4) {
-      Pack r1 = load4(p + 4);
-      for (size_t i = 8; i < pairs; i += 8) r0 = add4(r0, load4(p + i)), r1 = add4(r1, load4(p + i + 4));
-      r0 = add4(r0, r1);
-      if (packs > pairs) r0 = add4(r0, load4(p + pairs));
-    }
-    sum = fold4(r0);
-    for (size_t i = 0; i < head; ++i) sum += x[i];
-    for (size_t i = head + packs; i < count; ++i) sum += x[i];
+// One row's sum in that order, in steps, so that two rows' chains can run interleaved (each chain
+// waits on its adds: two rows keep twice as many in flight).
+struct RowSum {
+  const float* x;
+  size_t count, head, pairs, packs;
+  Pack r0{}, r1{};
+  RowSum(const float* row, size_t n) : x(row), count(n) {
+    head = std::min<size_t>((4 - (reinterpret_cast<uintptr_t>(x) / sizeof(float)) % 4) % 4, count);
+    pairs = (count - head) / 8 * 8, packs = (count - head) / 4 * 4;
+    if (packs > 0) r0 = load4(x + head);
+    if (packs > 4) r1 = load4(x + head + 4);
   }
-  return sum / float(count);
+  // the packet pairs from value ``from`` (>= 8) to ``to`` of the aligned part
+  void run(size_t from, size_t to) {
+    const float* p = x + head;
+    for (size_t i = from; i < to; i += 8) r0 = add4(r0, load4(p + i)), r1 = add4(r1, load4(p + i + 4));
+  }
+  float mean() {
+    float sum;
+    if (packs == 0) {
+      sum = x[0];
+      for (size_t i = 1; i < count; ++i) sum += x[i];
+    } else {
+      if (packs > 4) {
+        r0 = add4(r0, r1);
+        if (packs > pairs) r0 = add4(r0, load4(x + head + pairs));
+      }
+      sum = fold4(r0);
+      for (size_t i = 0; i < head; ++i) sum += x[i];
+      for (size_t i = head + packs; i < count; ++i) sum += x[i];
+    }
+    return sum / float(count);
+  }
+};
+
+// the means of rows x and x + count (two == false: x only) into out
+void means(const float* x, size_t count, bool two, float* out) {
+  RowSum a(x, count);
+  if (!two) {
+    a.run(8, a.pairs);
+    out[0] = a.mean();
+    return;
+  }
+  RowSum b(x + count, count);
+  const size_t both = std::min(a.pairs, b.pairs);
+  for (size_t i = 8; i < both; i += 8) a.run(i, i + 8), b.run(i, i + 8);
+  a.run(std::max<size_t>(8, both), a.pairs);
+  b.run(std::max<size_t>(8, both), b.pairs);
+  out[0] = a.mean(), out[1] = b.mean();
 }
 
 }  // namespace
@@ -79,7 +107,12 @@ void AsqQuantizeKernel::compute(OrtKernelContext* context) {
   const float* xs = x.as<float>();
   // channel means; over no pixels onnxruntime's ReduceMean gives 0 (what the body sees)
   std::vector<float> feats(size_t(n * c), 0.0f);
-  if (hw > 0) parallel_for(context, size_t(n * c), [&](size_t i) { feats[i] = mean(xs + i * size_t(hw), size_t(hw)); });
+  if (hw > 0) {
+    const size_t rows = size_t(n * c);
+    parallel_for(context, (rows + 1) / 2, [&](size_t t) {
+      means(xs + 2 * t * size_t(hw), size_t(hw), 2 * t + 1 < rows, feats.data() + 2 * t);
+    });
+  }
   std::vector<char> special(size_t(n), 0);
   const std::vector<float> hid = asq_hidden(context, isa, in, feats.data(), n, true);  // [N, C] means: a Gemm
   for (int64_t r = 0; r < n; ++r)
