@@ -119,11 +119,14 @@ void AsqQuantizeKernel::compute(OrtKernelContext* context) {
     asq_step(isa, in, hid.data() + r * in.hidden, feats.data() + r * c, sample_step + r, &special[size_t(r)]);
   if (hw == 0 || c == 0) return;
   const size_t bytes = in.is_signed ? sizeof(int8_t) : sizeof(uint8_t);
-  parallel_for(context, size_t(n * c), [&](size_t i) {
-    const int64_t sample = int64_t(i) / c;
-    const size_t at = i * size_t(hw);
-    asq_quantize_run(isa, in, xs + at, sample_step[sample], special[size_t(sample)] != 0, qmin, qmax,
-                     y ? y + at : nullptr, static_cast<uint8_t*>(codes) + at * bytes, size_t(hw));
+  // one step per sample over its C x H x W contiguous values: tasks of 8192 of them, not one per
+  // channel (a 7 x 7 plane is 3 vectors and a masked tail)
+  const size_t values = size_t(c * hw), chunk = 8192, chunks = (values + chunk - 1) / chunk;
+  parallel_for(context, size_t(n) * chunks, [&](size_t t) {
+    const size_t sample = t / chunks, first = t % chunks * chunk;
+    const size_t at = sample * values + first;
+    asq_quantize_run(isa, in, xs + at, sample_step[sample], special[sample] != 0, qmin, qmax, y ? y + at : nullptr,
+                     static_cast<uint8_t*>(codes) + at * bytes, std::min(chunk, values - first));
   });
 }
 
