@@ -76,20 +76,21 @@ struct RowSum {
   }
 };
 
-// the means of rows x and x + count (two == false: x only) into out
-void means(const float* x, size_t count, bool two, float* out) {
-  RowSum a(x, count);
-  if (!two) {
-    a.run(8, a.pairs);
-    out[0] = a.mean();
-    return;
+// the means of ``rows`` (1 to 4) rows from x, count values apart, into out: their chains interleaved
+// while all rows have packet pairs left
+void means(const float* x, size_t count, size_t rows, float* out) {
+  RowSum r[4] = {{x, count}, {x + count * std::min<size_t>(1, rows - 1), count},
+                 {x + count * std::min<size_t>(2, rows - 1), count}, {x + count * std::min<size_t>(3, rows - 1), count}};
+  size_t both = r[0].pairs;
+  for (size_t j = 1; j < rows; ++j) both = std::min(both, r[j].pairs);
+  if (rows == 4)
+    for (size_t i = 8; i < both; i += 8) r[0].run(i, i + 8), r[1].run(i, i + 8), r[2].run(i, i + 8), r[3].run(i, i + 8);
+  else
+    both = 8;
+  for (size_t j = 0; j < rows; ++j) {
+    r[j].run(std::max<size_t>(8, both), r[j].pairs);
+    out[j] = r[j].mean();
   }
-  RowSum b(x + count, count);
-  const size_t both = std::min(a.pairs, b.pairs);
-  for (size_t i = 8; i < both; i += 8) a.run(i, i + 8), b.run(i, i + 8);
-  a.run(std::max<size_t>(8, both), a.pairs);
-  b.run(std::max<size_t>(8, both), b.pairs);
-  out[0] = a.mean(), out[1] = b.mean();
 }
 
 }  // namespace
@@ -109,8 +110,8 @@ void AsqQuantizeKernel::compute(OrtKernelContext* context) {
   std::vector<float> feats(size_t(n * c), 0.0f);
   if (hw > 0) {
     const size_t rows = size_t(n * c);
-    parallel_for(context, (rows + 1) / 2, [&](size_t t) {
-      means(xs + 2 * t * size_t(hw), size_t(hw), 2 * t + 1 < rows, feats.data() + 2 * t);
+    parallel_for(context, (rows + 3) / 4, [&](size_t t) {
+      means(xs + 4 * t * size_t(hw), size_t(hw), std::min<size_t>(4, rows - 4 * t), feats.data() + 4 * t);
     });
   }
   std::vector<char> special(size_t(n), 0);
