@@ -41,8 +41,8 @@ inline Pack add4(Pack a, Pack b) { return {{a.v[0] + b.v[0], a.v[1] + b.v[1], a.
 inline float fold4(Pack r) { return (r.v[0] + r.v[2]) + (r.v[1] + r.v[3]); }
 #endif
 
-// One row's sum in that order, in steps, so that two rows' chains can run interleaved (each chain
-// waits on its adds: two rows keep twice as many in flight).
+// One row's sum in that order, in steps, so that several rows' chains can run interleaved (each
+// chain waits on its adds: four rows keep eight in flight).
 struct RowSum {
   const float* x;
   size_t count, head, pairs, packs;
@@ -76,19 +76,18 @@ struct RowSum {
   }
 };
 
-// the means of ``rows`` (1 to 4) rows from x, count values apart, into out: their chains interleaved
-// while all rows have packet pairs left
+// the means of ``rows`` (1 to 4) rows from x, count values apart, into out; with 4 rows their chains
+// run interleaved while every row has packet pairs left (fewer rows: a sample's last channels)
 void means(const float* x, size_t count, size_t rows, float* out) {
-  RowSum r[4] = {{x, count}, {x + count * std::min<size_t>(1, rows - 1), count},
-                 {x + count * std::min<size_t>(2, rows - 1), count}, {x + count * std::min<size_t>(3, rows - 1), count}};
-  size_t both = r[0].pairs;
-  for (size_t j = 1; j < rows; ++j) both = std::min(both, r[j].pairs);
-  if (rows == 4)
-    for (size_t i = 8; i < both; i += 8) r[0].run(i, i + 8), r[1].run(i, i + 8), r[2].run(i, i + 8), r[3].run(i, i + 8);
-  else
-    both = 8;
+  const auto row = [&](size_t j) { return RowSum(x + count * std::min(j, rows - 1), count); };
+  RowSum r[4] = {row(0), row(1), row(2), row(3)};
+  size_t common = 8;
+  if (rows == 4) {
+    common = std::min(std::min(r[0].pairs, r[1].pairs), std::min(r[2].pairs, r[3].pairs));
+    for (size_t i = 8; i < common; i += 8) r[0].run(i, i + 8), r[1].run(i, i + 8), r[2].run(i, i + 8), r[3].run(i, i + 8);
+  }
   for (size_t j = 0; j < rows; ++j) {
-    r[j].run(std::max<size_t>(8, both), r[j].pairs);
+    r[j].run(std::max<size_t>(8, common), r[j].pairs);
     out[j] = r[j].mean();
   }
 }
