@@ -128,11 +128,14 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi"))) void 
     const uint8_t* plane, const PlaneVectors& v, const int32_t* even, const int32_t* odd, __m512i offset,
     const TileOutput& out, int l, size_t i) {
   const __m512i index = _mm512_load_si512(v.index);
+  // (the unrolled loops let GCC keep the accumulators in registers: it spilled them every window)
   __m512i acc_e[kVecs], acc_o[kVecs];
+#pragma GCC unroll 4
   for (int j = 0; j < kVecs; ++j) acc_e[j] = acc_o[j] = _mm512_setzero_si512();
   for (int64_t k = 0; k < v.per_vector; ++k) {
     const __m512i we = _mm512_set1_epi32(even[k]);
     const __m512i wo = kPairs ? _mm512_set1_epi32(odd[k]) : we;
+#pragma GCC unroll 4
     for (int j = 0; j < kVecs; ++j) {
       const size_t window = (i + size_t(j)) * size_t(v.per_vector) + size_t(k);
       const uint8_t* at = plane + v.origin[i + size_t(j)] + v.offset[size_t(k)];  // may lie before the plane: masked
@@ -148,6 +151,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi"))) void 
       if (kPairs) acc_o[j] = _mm512_dpbusd_epi32(acc_o[j], x, wo);
     }
   }
+#pragma GCC unroll 4
   for (int j = 0; j < kVecs; ++j)
     store_lane16(acc_e[j], acc_o[j], kPairs, out, l, v.first[i + size_t(j)], row_mask16(v.count[i + size_t(j)]));
 }
