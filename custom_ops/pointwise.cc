@@ -27,24 +27,29 @@ constexpr int64_t kVec = 16;  // pixels per zmm
 // all k4 quads; act: the activations of quad 0 at the first pixel, quad_bytes apart.
 template <int kRows, int kVecs>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void pointwise_sums(
-    const uint8_t* act, int64_t quad_bytes, const int8_t* w, const int* lanes, int64_t k4, __m512i (&acc)[kRows][kVecs]) {
+    const uint8_t* act, int64_t quad_bytes, const int8_t* w, const int* lanes, int64_t k4, __m512i (&out)[kRows][kVecs]) {
+  // one flat local array, its loops fully unrolled: GCC then keeps it in registers (with the caller's
+  // 2-D array it moved every accumulator to another register each quad)
+  constexpr int kAcc = kRows * kVecs;
+  __m512i acc[kAcc];
+#pragma GCC unroll 16
+  for (int i = 0; i < kAcc; ++i) acc[i] = _mm512_setzero_si512();
+  int32_t offset[kRows];
 #pragma GCC unroll 8
-  for (int r = 0; r < kRows; ++r)
-#pragma GCC unroll 4
-    for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_setzero_si512();
+  for (int r = 0; r < kRows; ++r) offset[r] = 4 * lanes[r];
   for (int64_t q = 0; q < k4; ++q, act += quad_bytes, w += kLaneStep) {
     __m512i a[kVecs];
 #pragma GCC unroll 4
     for (int v = 0; v < kVecs; ++v) a[v] = _mm512_loadu_si512(act + v * 64);
-#pragma GCC unroll 8
-    for (int r = 0; r < kRows; ++r) {
+#pragma GCC unroll 16
+    for (int i = 0; i < kAcc; ++i) {
       int32_t word;
-      std::memcpy(&word, w + 4 * lanes[r], 4);
-      const __m512i b = _mm512_set1_epi32(word);
-#pragma GCC unroll 4
-      for (int v = 0; v < kVecs; ++v) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], a[v], b);
+      std::memcpy(&word, w + offset[i / kVecs], 4);
+      acc[i] = _mm512_dpbusd_epi32(acc[i], a[i % kVecs], _mm512_set1_epi32(word));
     }
   }
+#pragma GCC unroll 16
+  for (int i = 0; i < kAcc; ++i) out[i / kVecs][i % kVecs] = acc[i];
 }
 
 // Pixels [p, p + 16 kVecs) of output lanes l0 .. l0 + 3, or (kPairs, POST) of output channels
