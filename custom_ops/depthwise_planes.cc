@@ -121,9 +121,9 @@ const PlaneVectors* cached_plan(const ConvShape& s, const ConvAttrs& a) {
 
 // Vectors i .. i + kVecs - 1 of one channel plane (independent accumulators hide vpdpbusd's latency),
 // the even lane's words and (kPairs, POST) the odd lane's; ``offset``: every byte's activation offset
-// (xor'ed into the codes, the padding's value).  kMasked: with the windows' masks, else (clean vectors)
-// plain loads and permutes.
-template <bool kPairs, int kVecs, bool kMasked>
+// (xor'ed into the codes, the padding's value; kXor false: it is 0, int8 codes only have one).
+// kMasked: with the windows' masks, else (clean vectors) plain loads and permutes.
+template <bool kPairs, int kVecs, bool kMasked, bool kXor>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi"))) void plane_step(
     const uint8_t* plane, const PlaneVectors& v, const int32_t* even, const int32_t* odd, __m512i offset,
     const TileOutput& out, int l, size_t i) {
@@ -143,9 +143,11 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi"))) void 
       if (kMasked) {
         // the padding bytes zeroed, then every byte + the offset: the padding the offset, code 0
         const __m512i bytes = _mm512_maskz_loadu_epi8(v.load[window], at);
-        x = _mm512_xor_si512(_mm512_maskz_permutexvar_epi8(v.keep[window], index, bytes), offset);
+        x = _mm512_maskz_permutexvar_epi8(v.keep[window], index, bytes);
+        if (kXor) x = _mm512_xor_si512(x, offset);
       } else {
-        x = _mm512_permutexvar_epi8(index, _mm512_xor_si512(_mm512_loadu_si512(at), offset));
+        const __m512i bytes = _mm512_loadu_si512(at);
+        x = _mm512_permutexvar_epi8(index, kXor ? _mm512_xor_si512(bytes, offset) : bytes);
       }
       acc_e[j] = _mm512_dpbusd_epi32(acc_e[j], x, we);
       if (kPairs) acc_o[j] = _mm512_dpbusd_epi32(acc_o[j], x, wo);
@@ -156,20 +158,20 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi"))) void 
     store_lane16(acc_e[j], acc_o[j], kPairs, out, l, v.first[i + size_t(j)], row_mask16(v.count[i + size_t(j)]));
 }
 
-template <bool kPairs>
+template <bool kPairs, bool kXor>
 __attribute__((target("avx512f"))) void plane_run(const uint8_t* plane, const PlaneVectors& v, const int32_t* even,
                                                   const int32_t* odd, uint8_t offset, const TileOutput& out, int l) {
   const __m512i bytes = _mm512_set1_epi8(char(offset));
   size_t i = 0;
   for (; i + 4 <= v.first.size(); i += 4) {
     if (v.clean[i] && v.clean[i + 1] && v.clean[i + 2] && v.clean[i + 3])
-      plane_step<kPairs, 4, false>(plane, v, even, odd, bytes, out, l, i);
+      plane_step<kPairs, 4, false, kXor>(plane, v, even, odd, bytes, out, l, i);
     else
-      plane_step<kPairs, 4, true>(plane, v, even, odd, bytes, out, l, i);
+      plane_step<kPairs, 4, true, kXor>(plane, v, even, odd, bytes, out, l, i);
   }
   for (; i < v.first.size(); ++i)
-    v.clean[i] ? plane_step<kPairs, 1, false>(plane, v, even, odd, bytes, out, l, i)
-               : plane_step<kPairs, 1, true>(plane, v, even, odd, bytes, out, l, i);
+    v.clean[i] ? plane_step<kPairs, 1, false, kXor>(plane, v, even, odd, bytes, out, l, i)
+               : plane_step<kPairs, 1, true, kXor>(plane, v, even, odd, bytes, out, l, i);
 }
 
 }  // namespace
@@ -198,9 +200,11 @@ bool run_depthwise_planes(OrtKernelContext* context, Isa isa, const ConvShape& s
       const int l = int(c % per_block);
       const int32_t* even = tap_words + (block * int64_t(kTileLanes) + l) * words;
       if (dup16)
-        plane_run<true>(plane, v, even, even + int64_t(kTileLanes) / 2 * words, offset, out, l);
+        offset ? plane_run<true, true>(plane, v, even, even + int64_t(kTileLanes) / 2 * words, offset, out, l)
+               : plane_run<true, false>(plane, v, even, even + int64_t(kTileLanes) / 2 * words, offset, out, l);
       else
-        plane_run<false>(plane, v, even, nullptr, offset, out, l);
+        offset ? plane_run<false, true>(plane, v, even, nullptr, offset, out, l)
+               : plane_run<false, false>(plane, v, even, nullptr, offset, out, l);
     }
   });
   return true;
