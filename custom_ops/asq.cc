@@ -251,15 +251,24 @@ void stream_block(Isa isa, const float* f, const float* w1, int64_t hidden, int6
       const int64_t width = std::min(span, u1 - h0);
       const float* w = w1 + h0;
       float* p = part + (h0 - u0);
-      switch ((width + lanes - 1) / lanes) {
-#define QX_CASE(V)                                                                                              \
-  case V:                                                                                                       \
-    isa == Isa::Avx512Vnni ? stream_avx512<V>(f, w, hidden, width, k0, k1, p) : stream_avx2<V>(f, w, hidden, width, k0, k1, p); \
+      const int64_t vecs = (width + lanes - 1) / lanes;
+#define QX_CASE(V, F)                   \
+  case V:                               \
+    F<V>(f, w, hidden, width, k0, k1, p); \
     break;
-        QX_CASE(1) QX_CASE(2) QX_CASE(3) QX_CASE(4) QX_CASE(5) QX_CASE(6) QX_CASE(7) QX_CASE(8)
-        QX_CASE(9) QX_CASE(10) QX_CASE(11) QX_CASE(12) QX_CASE(13) QX_CASE(14) QX_CASE(15) QX_CASE(16)
-#undef QX_CASE
+#define QX_CASES(F)                                                                                              \
+  QX_CASE(1, F) QX_CASE(2, F) QX_CASE(3, F) QX_CASE(4, F) QX_CASE(5, F) QX_CASE(6, F) QX_CASE(7, F) QX_CASE(8, F) \
+  QX_CASE(9, F) QX_CASE(10, F) QX_CASE(11, F) QX_CASE(12, F) QX_CASE(13, F) QX_CASE(14, F)
+      if (isa == Isa::Avx512Vnni) {
+        switch (vecs) {
+          QX_CASES(stream_avx512)
+          QX_CASE(15, stream_avx512) QX_CASE(16, stream_avx512)
+        }
+      } else {
+        switch (vecs) { QX_CASES(stream_avx2) }
       }
+#undef QX_CASES
+#undef QX_CASE
     }
     return;
   }
