@@ -109,7 +109,12 @@ void AsqQuantizeKernel::compute(OrtKernelContext* context) {
   std::vector<float> feats(size_t(n * c), 0.0f);
   if (hw > 0) {
     const size_t rows = size_t(n * c);
-    parallel_for(context, (rows + 3) / 4, [&](size_t t) {
+    // at batch 1 the adapter's weights come next, from memory: each task asks for its share of them
+    // now, so that they stream in while the means are summed
+    const size_t tasks = (rows + 3) / 4, lines = n == 1 ? size_t(in.w1.count) * sizeof(float) / 64 : 0;
+    const char* w1 = static_cast<const char*>(in.w1.data);
+    parallel_for(context, tasks, [&](size_t t) {
+      for (size_t i = t * lines / tasks; i < (t + 1) * lines / tasks; ++i) __builtin_prefetch(w1 + 64 * i, 0, 2);
       means(xs + 4 * t * size_t(hw), size_t(hw), std::min<size_t>(4, rows - 4 * t), feats.data() + 4 * t);
     });
   }
