@@ -109,15 +109,15 @@ constexpr int64_t kBlockRows = 6, kBlockUnits = 64;
 using Part = float[kBlockRows][kBlockUnits];
 
 // The sum of one K block [k0, k1) of rows r0 .. r0 + height - 1 and hidden units h0 .. h0 + width - 1
-// into part, each a chain of fused multiply-adds from 0 in k order.
+// into out (rows ``stride`` floats apart), each a chain of fused multiply-adds from 0 in k order.
 __attribute__((always_inline)) inline void block_sums(const float* feats, int64_t c, const float* w1, int64_t hidden,
                                                       int64_t height, int64_t width, int64_t k0, int64_t k1,
-                                                      Part& part) {
+                                                      float* out, int64_t stride) {
   for (int64_t r = 0; r < height; ++r)
     for (int64_t h = 0; h < width; ++h) {
       float acc = 0.0f;
       for (int64_t k = k0; k < k1; ++k) acc = std::fma(feats[r * c + k], w1[k * hidden + h], acc);
-      part[r][h] = acc;
+      out[r * stride + h] = acc;
     }
 }
 
@@ -273,11 +273,7 @@ void stream_block(Isa isa, const float* f, const float* w1, int64_t hidden, int6
     return;
   }
 #endif
-  for (int64_t h = u0; h < u1; ++h) {
-    float acc = 0.0f;
-    for (int64_t k = k0; k < k1; ++k) acc = std::fma(f[k], w1[k * hidden + h], acc);
-    part[h - u0] = acc;
-  }
+  block_sums(f, 0, w1 + u0, hidden, 1, u1 - u0, k0, k1, part, 0);
 }
 
 enum class HiddenPath { Scalar, Avx2, Avx512 };
@@ -314,7 +310,7 @@ __attribute__((always_inline)) inline void hidden_run(const float* feats, int64_
             block_sums_avx2<kBlockRows>(f, c, w1 + h0, hidden, height, k0, k1, part);
         } else
 #endif
-          block_sums(f, c, w1 + h0, hidden, height, width, k0, k1, part);
+          block_sums(f, c, w1 + h0, hidden, height, width, k0, k1, part[0], kBlockUnits);
         for (int64_t r = 0; r < height; ++r)
           for (int64_t h = 0; h < width; ++h) {
             float& v = a[(r0 + r) * hidden + h0 + h];
@@ -460,9 +456,7 @@ void hidden_units(Isa isa, const AsqInputs& in, const float* feats, int64_t rows
 std::vector<float> asq_hidden(OrtKernelContext* context, Isa isa, const AsqInputs& in, const float* feats,
                               int64_t rows, bool bias_first) {
   // with C = 0 the rows have no features, as the body's MatMul over K = 0
-  const int64_t c = in.channels, hidden = in.hidden, row_block = 48, unit_block = 64;
-  const int64_t row_tasks = (rows + row_block - 1) / row_block;
-  const int64_t unit_tasks = std::max<int64_t>(1, (hidden + unit_block - 1) / unit_block);
+  const int64_t c = in.channels, hidden = in.hidden;
   const auto what = [] { return std::string("rows x hidden units of the adapter"); };
   std::vector<float> hid(size_t(checked_mul(rows, hidden, what)));
   if (rows == 1) {  // one task per K block and 256 units, summed in K order as hidden_run
@@ -483,6 +477,8 @@ std::vector<float> asq_hidden(OrtKernelContext* context, Isa isa, const AsqInput
     }
     return hid;
   }
+  const int64_t row_block = 48, unit_block = 64, row_tasks = (rows + row_block - 1) / row_block;
+  const int64_t unit_tasks = std::max<int64_t>(1, (hidden + unit_block - 1) / unit_block);
   parallel_for(context, size_t(row_tasks * unit_tasks), [&](size_t t) {
     const int64_t r0 = int64_t(t) / unit_tasks * row_block, u0 = int64_t(t) % unit_tasks * unit_block;
     hidden_units(isa, in, feats + r0 * c, std::min(rows - r0, row_block), bias_first, u0,

@@ -190,6 +190,10 @@ bool run_depthwise_planes(OrtKernelContext* context, Isa isa, const ConvShape& s
   // tasks of 8 channels (a block's output rows set up once per task)
   constexpr int64_t kChannels = 8;
   const int64_t chunks = (s.c + kChannels - 1) / kChannels;
+  using Run = void (*)(const uint8_t*, const PlaneVectors&, const int32_t*, const int32_t*, uint8_t, const TileOutput&,
+                       int);
+  const Run run = dup16 ? (offset ? plane_run<true, true> : plane_run<true, false>)
+                        : (offset ? plane_run<false, true> : plane_run<false, false>);
   parallel_for(context, size_t(s.n * chunks), [&](size_t task) {
     const int64_t n = int64_t(task) / chunks, c0 = int64_t(task) % chunks * kChannels;
     const int64_t block = c0 / per_block;
@@ -199,12 +203,7 @@ bool run_depthwise_planes(OrtKernelContext* context, Isa isa, const ConvShape& s
       const uint8_t* plane = src + (n * s.c + c) * in_plane;
       const int l = int(c % per_block);
       const int32_t* even = tap_words + (block * int64_t(kTileLanes) + l) * words;
-      if (dup16)
-        offset ? plane_run<true, true>(plane, v, even, even + int64_t(kTileLanes) / 2 * words, offset, out, l)
-               : plane_run<true, false>(plane, v, even, even + int64_t(kTileLanes) / 2 * words, offset, out, l);
-      else
-        offset ? plane_run<false, true>(plane, v, even, nullptr, offset, out, l)
-               : plane_run<false, false>(plane, v, even, nullptr, offset, out, l);
+      run(plane, v, even, dup16 ? even + int64_t(kTileLanes) / 2 * words : nullptr, offset, out, l);
     }
   });
   return true;
