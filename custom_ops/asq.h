@@ -33,8 +33,9 @@ struct AsqInputs {
 // special[r]: the row's step is not a positive finite number or its features are not finite (quantize
 // it element by element as the body, NaN and all).
 // In two parts: the first layer of ``rows`` rows into [rows, hidden] (before the ReLU), in parallel
-// tasks of 48 rows x 64 hidden units (each task reads its 64 columns of w1 once for all its rows), then
-// one row's step from its hidden row.
+// tasks of 48 rows x 64 hidden units (each task reads its 64 columns of w1 once for all its rows; one
+// row: tasks of a K block x 256 units, streaming whole rows of w1), then one row's step from its hidden
+// row.
 std::vector<float> asq_hidden(OrtKernelContext* context, Isa isa, const AsqInputs& in, const float* feats,
                               int64_t rows, bool bias_first);
 void asq_step(Isa isa, const AsqInputs& in, const float* hid, const float* feats, float* step, char* special);
