@@ -195,6 +195,48 @@ def test_conv_requant_native_matches_body(isa: str, op: str, zero_point: np.ndar
         np.testing.assert_array_equal(y, ref)
 
 
+# The float values every output channel's requantizing epilogue meets in test_conv_requant_edges (y is
+# the channel's bias exactly: the input codes are all 0): NaN, infinities, values past any int32 after
+# division by y_scale, -0, a denormal, ties k + 0.5 around 0 and both ends of the code ranges, their
+# float neighbours
+def _edge_values(y_scale: float) -> np.ndarray:
+    ties = np.array([k + 0.5 for k in (-129, -5, -4, -1, 0, 2, 3, 14, 15, 127, 135, 255)], np.float32) * y_scale
+    near = np.concatenate([np.nextafter(ties, np.float32(np.inf)), np.nextafter(ties, np.float32(-np.inf))])
+    extremes = [np.nan, np.inf, -np.inf, 3e38, -3e38, 1e12, -1e12, -0.0, 1e-45, -1e-45, 0.0]
+    return np.concatenate([np.array(extremes, np.float32), ties, near]).astype(np.float32)
+
+
+@pytest.mark.parametrize(("op", "zero_point", "qmin", "qmax"), REQUANT_CASES)
+@pytest.mark.parametrize("layout", ["pointwise", "depthwise", "3x3"])
+@pytest.mark.parametrize("relu", [0, 1, 6])
+def test_conv_requant_edges(isa: str, op: str, zero_point: np.ndarray, qmin: int, qmax: int, layout: str,
+                            relu: int) -> None:  # fmt: skip
+    """Every kernel's requantizing epilogue (the pixel kernels' and the channel tile's, whose lower
+    clamp runs in int32 and which leave the ReLU out where the codes' floor is >= 0) on the values where
+    a clamp or rounding could go wrong, against the function body (QuantizeLinear then Clip)."""
+    y_scale = np.float32(0.25)
+    bias = _edge_values(float(y_scale))
+    cout = len(bias)
+    cin, group, k, side = {"pointwise": (4, 1, 1, 16), "depthwise": (cout, cout, 3, 12), "3x3": (4, 1, 3, 9)}[layout]
+    x = np.zeros((1, cin, side, side), np.uint8)
+    attrs = {"strides": [1, 1], "pads": [k // 2] * 4, "dilations": [1, 1], "group": group, "relu": relu,
+             "qmin": qmin, "qmax": qmax}  # fmt: skip
+    w_shape = (cout, cin // group, k, k)
+    rng = np.random.default_rng(cout)
+    if op == "IntConvRequant":
+        w_proto = numpy_helper.from_array(rng.integers(-8, 8, size=w_shape).astype(np.int8), "w")
+    else:
+        w_proto = post_weights.uint4_initializer("w", post_weights.pack(rng.integers(-7, 8, w_shape), 4))
+        attrs["bits"] = 4
+    model, feeds = _conv_model(op, x, np.float32(0.5), w_proto, np.full(cout, 0.5, np.float32), bias,
+                               [1, cout, side, side], (y_scale, zero_point), **attrs)  # fmt: skip
+    (body,) = _ort_run(model, feeds, kernels=False)
+    assert len(np.unique(body)) >= 4  # the edges reach several codes, both bounds (below ReLU6's 6) among them
+    assert (body == qmin).any() and ((body == qmax).any() or (relu == 6 and (qmax - int(zero_point)) * y_scale > 6))
+    (y,) = _ort_run(model, feeds)
+    np.testing.assert_array_equal(y, body)
+
+
 # (in channels, out channels, side, signed): 1x1 convs the AVX-512 VNNI path runs vectorised over pixels
 # (custom_ops/pointwise.cc): 16 x 16 = one task of 4 full steps of 64 pixels; 30 x 30 four tasks, the
 # last one's last step partial (pixels 900-959 computed, not stored); 7 x 7 too few pixels for it (the
