@@ -62,10 +62,12 @@ __attribute__((target("avx2"))) void depthwise_avx2(const uint8_t* const* pixel,
           s_hi = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(hi, nibble), w_hi), s_hi);
           t_lo = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(lo, 4), nibble), w_lo), t_lo);
           t_hi = _mm256_add_epi16(_mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(hi, 4), nibble), w_hi), t_hi);
+          keep_in_register(t_lo), keep_in_register(t_hi);
         } else {
           s_lo = _mm256_add_epi16(_mm256_maddubs_epi16(lo, w_lo), s_lo);
           s_hi = _mm256_add_epi16(_mm256_maddubs_epi16(hi, w_hi), s_hi);
         }
+        keep_in_register(s_lo), keep_in_register(s_hi);
       }
       // s_lo: lanes 0-7 | 16-23, s_hi: lanes 8-15 | 24-31
       acc0 = _mm256_add_epi32(acc0, _mm256_cvtepi16_epi32(_mm256_castsi256_si128(s_lo)));

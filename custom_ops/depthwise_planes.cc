@@ -150,7 +150,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi"))) void 
         x = _mm512_permutexvar_epi8(index, kXor ? _mm512_xor_si512(bytes, offset) : bytes);
       }
       acc_e[j] = _mm512_dpbusd_epi32(acc_e[j], x, we);
-      if (kPairs) acc_o[j] = _mm512_dpbusd_epi32(acc_o[j], x, wo);
+      keep_in_register(acc_e[j]);
+      if (kPairs) acc_o[j] = _mm512_dpbusd_epi32(acc_o[j], x, wo), keep_in_register(acc_o[j]);
     }
   }
 #pragma GCC unroll 4

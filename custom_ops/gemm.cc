@@ -31,12 +31,6 @@ inline uint32_t word_at(const uint8_t* p) {
   return v;
 }
 
-#if defined(__x86_64__) || defined(__i386__)
-// Pins a loop-carried accumulator to its register at this point.  Without it GCC computes a loop
-// step's products into fresh registers and copies every accumulator back with a vmovdqa each step
-// (tile_avx2_int16: 8 copies to 16 multiply-adds, a quarter of the loop's instructions).
-__attribute__((always_inline)) inline void keep_in_register(__m256i& v) { __asm__("" : "+x"(v)); }
-#endif
 
 void store_scalar(const int32_t* c, const TileOutput& out, size_t p0, size_t count) {
   const size_t lanes = out.post_pairs ? kTileLanes / 2 : kTileLanes;
@@ -175,7 +169,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void tile_vnni(
 #define QX_PIXEL(P, lo, hi)                                   \
     a = _mm512_set1_epi32(static_cast<int>(word_at(P + k))); \
     lo = _mm512_dpbusd_epi32(lo, a, w0);                      \
-    if (kHigh) hi = _mm512_dpbusd_epi32(hi, a, w1);
+    keep_in_register(lo);                                     \
+    if (kHigh) hi = _mm512_dpbusd_epi32(hi, a, w1), keep_in_register(hi);
     QX_PIXEL(x0, c00, c01) QX_PIXEL(x1, c10, c11) QX_PIXEL(x2, c20, c21) QX_PIXEL(x3, c30, c31)
     QX_PIXEL(x4, c40, c41) QX_PIXEL(x5, c50, c51) QX_PIXEL(x6, c60, c61) QX_PIXEL(x7, c70, c71)
 #undef QX_PIXEL
