@@ -3,7 +3,8 @@
 // operations in its order (DequantizeLinear's (code - zero point) * step, one float add, QuantizeLinear
 // as MLAS does it: divide, clamp to the code range less the zero point -- NaN to its low end --, round
 // half to even).  16 values a step on AVX-512, 8 on AVX2.  Broadcasting as numpy: equal shapes run as
-// one flat range; otherwise row by row over the last axis.
+// one flat range; otherwise row by row over the last axis.  The optional output y, the codes
+// dequantized (after a ReLU with relu=1), is written from each task's codes while they are in cache.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -117,6 +118,44 @@ void add_strided(Isa isa, const AddSpec& s, const uint8_t* a, size_t sa, const u
   add_run(s, a, sa, b, sb, y, n);
 }
 
+// y[i] = DequantizeLinear(max(codes[i], floor)): (code - zero point) * step, one rounding, as
+// onnxruntime's; floor: the zero point for a ReLU (exactly Relu of the dequantized value, which is
+// never -0 or NaN), else the lowest code.  Plain loops: GCC vectorises them for each target.
+template <bool kSigned>
+inline void dequantize_run(const uint8_t* codes, int32_t floor, int32_t zero, float step, float* y, size_t n) {
+  for (size_t i = 0; i < n; ++i) {
+    const int32_t c = kSigned ? int32_t(int8_t(codes[i])) : int32_t(codes[i]);
+    y[i] = float((c > floor ? c : floor) - zero) * step;
+  }
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+template <bool kSigned>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void dequantize_avx512(const uint8_t* codes, int32_t floor,
+                                                                            int32_t zero, float step, float* y,
+                                                                            size_t n) {
+  dequantize_run<kSigned>(codes, floor, zero, step, y, n);
+}
+template <bool kSigned>
+__attribute__((target("avx2"))) void dequantize_avx2(const uint8_t* codes, int32_t floor, int32_t zero, float step,
+                                                     float* y, size_t n) {
+  dequantize_run<kSigned>(codes, floor, zero, step, y, n);
+}
+#endif
+
+void dequantize(Isa isa, bool is_signed, const uint8_t* codes, int32_t floor, int32_t zero, float step, float* y,
+                size_t n) {
+#if defined(__x86_64__) || defined(__i386__)
+  if (isa == Isa::Avx512Vnni)
+    return is_signed ? dequantize_avx512<true>(codes, floor, zero, step, y, n)
+                     : dequantize_avx512<false>(codes, floor, zero, step, y, n);
+  if (isa == Isa::Avx2)
+    return is_signed ? dequantize_avx2<true>(codes, floor, zero, step, y, n)
+                     : dequantize_avx2<false>(codes, floor, zero, step, y, n);
+#endif
+  is_signed ? dequantize_run<true>(codes, floor, zero, step, y, n) : dequantize_run<false>(codes, floor, zero, step, y, n);
+}
+
 // a zero point [] of ``codes``' type
 int32_t zero_point_of(const Tensor& t, ONNXTensorElementDataType codes, const char* what, const char* codes_name) {
   expect_shape(t, {}, what);
@@ -127,7 +166,12 @@ int32_t zero_point_of(const Tensor& t, ONNXTensorElementDataType codes, const ch
 
 }  // namespace
 
-AddRequantKernel::AddRequantKernel(const OrtKernelInfo* info) : node(node_name(info)) { requant.read(info); }
+AddRequantKernel::AddRequantKernel(const OrtKernelInfo* info) : node(node_name(info)) {
+  requant.read(info);
+  const int64_t r = attr_int(info, "relu", 0);
+  if (r != 0 && r != 1) fail("attribute relu=" + std::to_string(r) + " must be 0 or 1");
+  relu = r == 1;
+}
 
 void AddRequantKernel::compute(OrtKernelContext* context) {
   size_t count = 0;
@@ -147,7 +191,8 @@ void AddRequantKernel::compute(OrtKernelContext* context) {
   s.b_scale = scalar_step(input(context, 4, "input b_scale"), "input b_scale");
   s.b_zero = zero_point_of(input(context, 5, "input b_zero_point"), b.type, "input b_zero_point", "b_codes");
   s.y_scale = scalar_step(input(context, 6, "input y_scale"), "input y_scale");
-  s.y_zero = requant.output_codes(input(context, 7, "input y_zero_point")).zero_point;
+  const RequantAttrs::Codes y_codes = requant.output_codes(input(context, 7, "input y_zero_point"));
+  s.y_zero = y_codes.zero_point;
   s.lo = float(requant.qmin - s.y_zero);
   s.hi = float(requant.qmax - s.y_zero);
 
@@ -162,10 +207,19 @@ void AddRequantKernel::compute(OrtKernelContext* context) {
     shape[i] = da[i] == 1 ? db[i] : da[i];
   }
   uint8_t* y = static_cast<uint8_t*>(output(context, 0, shape));
+  size_t outputs = 0;
+  check(api->KernelContext_GetOutputCount(context, &outputs));
+  float* yf = outputs > 1 ? static_cast<float*>(output(context, 1, shape)) : nullptr;  // nullptr: not asked for
   int64_t total = 1;
   for (int64_t d : shape) total *= d;  // <= 2^31 - 1: output() checked it
   if (total == 0) return;
   const Isa isa = active_isa();
+  const bool y_signed = y_codes.is_signed;
+  const int32_t floor = relu ? s.y_zero : requant.qmin;
+  // the dequantized output of the codes just written to y[at, at + n)
+  const auto dequantized = [&](size_t at, size_t n) {
+    if (yf != nullptr) dequantize(isa, y_signed, y + at, floor, s.y_zero, s.y_scale, yf + at, n);
+  };
   const uint8_t* ap = a.as<uint8_t>();
   const uint8_t* bp = b.as<uint8_t>();
   if (da == db) {
@@ -173,6 +227,7 @@ void AddRequantKernel::compute(OrtKernelContext* context) {
     parallel_for(context, (n + kChunk - 1) / kChunk, [&](size_t task) {
       const size_t at = task * kChunk;
       add_flat(isa, s, ap + at, bp + at, y + at, std::min(kChunk, n - at));
+      dequantized(at, std::min(kChunk, n - at));
     });
     return;
   }
@@ -199,6 +254,7 @@ void AddRequantKernel::compute(OrtKernelContext* context) {
       add_flat(isa, s, ap + offset_a, bp + offset_b, out, size_t(row));
     else
       add_strided(isa, s, ap + offset_a, step_a, bp + offset_b, step_b, out, size_t(row));
+    dequantized(r * size_t(row), size_t(row));
   });
 }
 

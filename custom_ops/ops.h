@@ -79,13 +79,15 @@ struct IntConvRequantKernel : IntConvKernel {
   explicit IntConvRequantKernel(const OrtKernelInfo* info) : IntConvKernel(info, true) {}
 };
 
-// The exact residual add with its output quantizer (add_requant.cc): attributes qmin / qmax.
+// The exact residual add with its output quantizer (add_requant.cc): attributes qmin / qmax, and relu
+// (0 or 1, 0 when absent) for the optional dequantized output.
 struct AddRequantKernel {
   static constexpr const char* kName = "AddRequant";
   explicit AddRequantKernel(const OrtKernelInfo* info);
   void compute(OrtKernelContext* context);
   std::string node;
   RequantAttrs requant;
+  bool relu = false;
 };
 
 // Requantize's output code for each input byte.

@@ -56,8 +56,11 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
                                                 {kFloat, kAny, kFloat}, 1u);
   static Op<qx::RequantizeKernel> requantize_u8("Requantize", {kAny, kAny, kAny, kAny, kU8}, {kU8});
   static Op<qx::RequantizeKernel> requantize_s8("Requantize", {kAny, kAny, kAny, kAny, kS8}, {kS8});
-  static Op<qx::AddRequantKernel> add_requant_u8("AddRequant", {kAny, kAny, kAny, kAny, kAny, kAny, kAny, kU8}, {kU8});
-  static Op<qx::AddRequantKernel> add_requant_s8("AddRequant", {kAny, kAny, kAny, kAny, kAny, kAny, kAny, kS8}, {kS8});
+  // (output 1, the dequantized sum, optional)
+  static Op<qx::AddRequantKernel> add_requant_u8("AddRequant", {kAny, kAny, kAny, kAny, kAny, kAny, kAny, kU8},
+                                                 {kU8, kFloat}, 2u);
+  static Op<qx::AddRequantKernel> add_requant_s8("AddRequant", {kAny, kAny, kAny, kAny, kAny, kAny, kAny, kS8},
+                                                 {kS8, kFloat}, 2u);
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* s = api->CreateCustomOpDomain("qexport", &domain)) return s;
   for (OrtCustomOp* op : {static_cast<OrtCustomOp*>(&post_conv), static_cast<OrtCustomOp*>(&int_conv),

@@ -117,6 +117,16 @@ def test_residual_adds_fused_or_exact(tmp_path: Path, act: str, adds: str, exact
     exported = onnx.load(path).graph.node
     assert sum(n.op_type == "AddRequant" and n.domain == DOMAIN for n in exported) == (adds_in_model if exact else 0)
     assert not any(n.op_type == "Sum" for n in exported)
+    # ASQ: each sum's DequantizeLinear -> Relu, the next block's quantizer's float input, is the add's
+    # second output (all but the last block's, which the average pool reads); NIPQ's sums feed
+    # onnxruntime's QDQ convs, which keep their DequantizeLinear
+    folded = [n for n in exported if n.op_type == "AddRequant" and len(n.output) > 1 and n.output[1]]
+    assert len(folded) == (adds_in_model - 1 if exact and act == "asq" else 0)
+    sums = {n.output[0] for n in exported if n.op_type == "AddRequant"}
+    dqs = {n.output[0] for n in exported if n.op_type == "DequantizeLinear" and n.input[0] in sums}
+    relus = {n.output[0] for n in exported if n.op_type == "Relu" and n.input[0] in dqs}
+    asq_inputs = {n.input[0] for n in exported if n.op_type == "AsqQuantize"}
+    assert not (dqs | relus) & asq_inputs  # no ASQ quantizer reads a sum through a separate DequantizeLinear
     k = bench.optimized_kernels(path, native=native.available())
     assert k.ops.get("QLinearAdd", 0) == (0 if exact else adds_in_model), k.ops
     if native.available():

@@ -565,9 +565,10 @@ def test_malformed_requantize_gets_an_error(change: str, message: str) -> None:
 
 
 def _add_requant_model(a_shape: list[int], b_shape: list[int], a_type: int, b_type: int, steps: tuple[float, ...],
-                       zeros: tuple[int, int], y_zero_point: np.ndarray, qmin: int,
-                       qmax: int) -> onnx.ModelProto:  # fmt: skip
-    """A one-node AddRequant; ``steps`` = (a_scale, b_scale, y_scale), ``zeros`` = (a, b zero points)."""
+                       zeros: tuple[int, int], y_zero_point: np.ndarray, qmin: int, qmax: int,
+                       relu: int | None = None) -> onnx.ModelProto:  # fmt: skip
+    """A one-node AddRequant; ``steps`` = (a_scale, b_scale, y_scale), ``zeros`` = (a, b zero points); with
+    ``relu`` (0 or 1) its dequantized output yf too, else only the codes (the second output left out)."""
     dtype = {TensorProto.INT8: np.int8, TensorProto.UINT8: np.uint8}
     values = {"as": np.float32(steps[0]), "bs": np.float32(steps[1]), "ys": np.float32(steps[2]),
               "az": dtype[a_type](zeros[0]), "bz": dtype[b_type](zeros[1]), "yz": y_zero_point}
@@ -575,11 +576,15 @@ def _add_requant_model(a_shape: list[int], b_shape: list[int], a_type: int, b_ty
     y_type = TensorProto.INT8 if y_zero_point.dtype == np.int8 else TensorProto.UINT8
     symbolic = any(isinstance(d, str) for d in a_shape + b_shape)
     out_shape = a_shape if symbolic else list(np.broadcast_shapes(tuple(a_shape), tuple(b_shape)))
-    node = helper.make_node("AddRequant", ["a", "as", "az", "b", "bs", "bz", "ys", "yz"], ["y"], domain=DOMAIN,
-                            qmin=qmin, qmax=qmax)  # fmt: skip
+    extra = {} if relu is None else {"relu": relu}
+    names = ["a", "as", "az", "b", "bs", "bz", "ys", "yz"]
+    node = helper.make_node("AddRequant", names, ["y", "" if relu is None else "yf"], domain=DOMAIN, qmin=qmin,
+                            qmax=qmax, **extra)  # fmt: skip
+    outputs = [helper.make_tensor_value_info("y", y_type, out_shape)]
+    if relu is not None:
+        outputs.append(helper.make_tensor_value_info("yf", TensorProto.FLOAT, out_shape))
     return _model(node, [helper.make_tensor_value_info("a", a_type, a_shape),
-                         helper.make_tensor_value_info("b", b_type, b_shape)],
-                  [helper.make_tensor_value_info("y", y_type, out_shape)], inits)  # fmt: skip
+                         helper.make_tensor_value_info("b", b_type, b_shape)], outputs, inits)  # fmt: skip
 
 
 @pytest.mark.parametrize(("a_shape", "b_shape"),
@@ -592,21 +597,29 @@ def _add_requant_model(a_shape: list[int], b_shape: list[int], a_type: int, b_ty
 def test_add_requant_native_matches_body(isa: str, a_shape: list[int], b_shape: list[int], signed: tuple[bool, bool],
                                          y_zero_point: np.ndarray, qmin: int, qmax: int) -> None:  # fmt: skip
     """Equal shapes (vector body and tail, several parallel chunks) and broadcasting; steps whose sums
-    fall on rounding ties and past the code range; sums that overflow to inf and inf - inf (NaN)."""
+    fall on rounding ties and past the code range; sums that overflow to inf and inf - inf (NaN).  The
+    codes alone, and with the dequantized output (ReLU or none, which the codes written decide)."""
     rng = np.random.default_rng(len(a_shape) * 100 + len(b_shape))
     types = [TensorProto.INT8 if sg else TensorProto.UINT8 for sg in signed]
     dtypes = [np.int8 if sg else np.uint8 for sg in signed]
     a = rng.integers(0, 256, a_shape, dtype=np.uint8).view(dtypes[0]) if a_shape else np.array(100, dtypes[0])
     b = rng.integers(0, 256, b_shape, dtype=np.uint8).view(dtypes[1])
-    for steps, zeros in [((0.25, 0.5, 0.5), (3, 1)), ((0.031, 0.017, 0.05), (0, 0)), ((3e38, 3e38, 1.0), (0, 0))]:
-        model = _add_requant_model(a_shape, b_shape, types[0], types[1], steps, zeros, y_zero_point, qmin, qmax)
+    cases = [((0.25, 0.5, 0.5), (3, 1), None), ((0.031, 0.017, 0.05), (0, 0), 1), ((3e38, 3e38, 1.0), (0, 0), 0),
+             ((0.25, 0.5, 0.5), (3, 1), 1)]  # fmt: skip
+    for steps, zeros, relu in cases:
+        model = _add_requant_model(a_shape, b_shape, types[0], types[1], steps, zeros, y_zero_point, qmin, qmax, relu)
         want = add_requant.reference(a, np.float32(steps[0]), dtypes[0](zeros[0]), b, np.float32(steps[1]),
                                      dtypes[1](zeros[1]), np.float32(steps[2]), y_zero_point, qmin, qmax)  # fmt: skip
-        native_out = _ort_run(model, {"a": a, "b": b})[0]
-        body_out = _ort_run(model, {"a": a, "b": b}, kernels=False)[0]
-        assert native_out.dtype == y_zero_point.dtype and native_out.shape == want.shape
-        np.testing.assert_array_equal(body_out, want)
-        np.testing.assert_array_equal(native_out, want)
+        native_out = _ort_run(model, {"a": a, "b": b})
+        body_out = _ort_run(model, {"a": a, "b": b}, kernels=False)
+        assert native_out[0].dtype == y_zero_point.dtype and native_out[0].shape == want.shape
+        np.testing.assert_array_equal(body_out[0], want)
+        np.testing.assert_array_equal(native_out[0], want)
+        if relu is not None:
+            dequantized = add_requant.dequantized(want, np.float32(steps[2]), y_zero_point, relu)
+            assert native_out[1].dtype == np.float32
+            np.testing.assert_array_equal(body_out[1], dequantized)
+            np.testing.assert_array_equal(native_out[1], dequantized)
 
 
 @pytest.mark.parametrize(
@@ -617,6 +630,7 @@ def test_add_requant_native_matches_body(isa: str, a_shape: list[int], b_shape: 
         ("qmax", "outside y_zero_point's type range"),
         ("broadcast", "do not broadcast"),
         ("float_b", "input b_codes must be int8 or uint8"),
+        ("relu", "attribute relu=2 must be 0 or 1"),
     ],
 )
 def test_malformed_add_requant_gets_an_error(change: str, message: str) -> None:
@@ -636,6 +650,8 @@ def test_malformed_add_requant_gets_an_error(change: str, message: str) -> None:
     elif change == "float_b":
         model.graph.input[1].type.tensor_type.elem_type = TensorProto.FLOAT
         feeds["b"] = feeds["b"].astype(np.float32)
+    elif change == "relu":
+        model = _edit(model, relu=2)
     with pytest.raises(Exception, match=message):
         _ort_run(model, feeds)
 

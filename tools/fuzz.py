@@ -86,7 +86,7 @@ INPUTS = {
 OUTPUTS = {
     "PostConv": ["y"], "IntConv": ["y"], "PostConvRequant": ["y_codes"], "IntConvRequant": ["y_codes"],
     "AsqQuantize": ["y", "codes", "sample_step"], "AsqQuantizeRows": ["y", "codes", "row_step"],
-    "Requantize": ["y_codes"], "AddRequant": ["y_codes"], "PostMatMul": ["y"], "PostWeights": ["w_even", "w_odd"],
+    "Requantize": ["y_codes"], "AddRequant": ["y_codes", "y"], "PostMatMul": ["y"], "PostWeights": ["w_even", "w_odd"],
     "StepQuantize": ["y", "codes"], "AsqAdapter": ["beta"],
 }  # fmt: skip
 LIMIT = "a native kernel limit"
@@ -315,6 +315,8 @@ def base_case(op: str, rng: np.random.Generator) -> Case:
                   codes(rng, b_shape, b_signed), np.asarray(sb, np.float32), zero_point(rng, b_signed),
                   np.asarray(sy, np.float32), zero_point(rng, y_signed)]  # fmt: skip
         attrs = {"qmin": Attr(qmin, "int"), "qmax": Attr(qmax, "int")}
+        if rng.integers(2):  # relu (0 when absent) for the dequantized output y
+            attrs["relu"] = Attr(r(0, 1), "int")
         constant = [bool(rng.random() < 0.2) if i in (0, 3) else bool(rng.integers(4)) for i in range(8)]
     elif op == "PostMatMul":
         bits, k_, m = r(2, 4), r(1, 8), r(1, 6)
@@ -1009,7 +1011,8 @@ def _requantize_violation(case: Case) -> str | None:
 
 
 def _add_requant_violation(case: Case) -> str | None:
-    """AddRequant (add_requant.cc): qmin, qmax required ints, qmin <= qmax (RequantAttrs::read); 8 inputs;
+    """AddRequant (add_requant.cc): qmin, qmax required ints, qmin <= qmax (RequantAttrs::read); relu 0
+    or 1 when present (the dequantized output's ReLU); 8 inputs;
     a_codes, b_codes int8 / uint8 of shapes that broadcast (numpy's rules); a_scale, b_scale, y_scale
     positive finite float32 scalars; a_zero_point, b_zero_point scalars of their codes' types;
     y_zero_point an int8 / uint8 scalar, qmin and qmax inside its type's range."""
@@ -1018,6 +1021,9 @@ def _add_requant_violation(case: Case) -> str | None:
     why = _requant_violation(case)  # qmin / qmax, y_scale, y_zero_point
     if why:
         return why
+    relu, why = _int_attr(case, "relu", False, 0)
+    if why or relu not in (0, 1):
+        return why or f"relu={relu}"
     for name, at in (("a", 0), ("b", 3)):
         c, scale, zp = case.inputs[at : at + 3]
         assert c is not None and scale is not None and zp is not None

@@ -541,10 +541,52 @@ def _requantized_sums(graph: onnx.GraphProto, keep: set[str], codes: dict[str, s
         out, absorbed = (clip.output[0], [*dqs, quant, clip]) if clip else (quant.output[0], [*dqs, quant])
         zero_point, qmin, qmax = _written_codes(graph, constants, readers, out, quant, qmin, qmax, paths, offsets)
         inputs = [*dqs[0].input, *dqs[1].input, quant.input[1], zero_point]  # type: ignore[union-attr]
-        fused = onnx.helper.make_node("AddRequant", inputs, [out], name=total.name, domain=DOMAIN, qmin=qmin, qmax=qmax)
+        # (the dequantized output left out: _dequantized_sums may give it a reader; onnx's checker wants
+        # the slot listed, empty, where a function has more outputs than the node uses)
+        fused = onnx.helper.make_node("AddRequant", inputs, [out, ""], name=total.name, domain=DOMAIN, qmin=qmin,
+                                      qmax=qmax)  # fmt: skip
         dropped.update((n.op_type, n.output[0]) for n in absorbed)  # type: ignore[union-attr]
         total.CopyFrom(fused)
     kept = [n for n in graph.node if (n.op_type, n.output[0]) not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+
+
+def _dequantized_sums(graph: onnx.GraphProto, keep: set[str]) -> None:
+    """A DequantizeLinear of an AddRequant's codes, with the add's own step and zero point [-> Relu],
+    becomes the AddRequant's output ``y`` (``relu=1`` with the Relu): the float sum a ResNet block's
+    next ASQ quantizer reads, written in the add's own pass instead of one or two more passes over a
+    float tensor.  Relu(DequantizeLinear(c)) is DequantizeLinear(max(c, zero point)) exactly, which is
+    what the kernel writes.  Only where qexport ops read the float sum (an ASQ quantizer); one such
+    reader per add (the node has one such output); any others stay, and so does every value in
+    ``keep``."""
+    readers = _readers(graph)
+    dropped: set[str] = set()  # outputs of the absorbed nodes
+    for add in graph.node:
+        if add.op_type != "AddRequant" or add.domain != DOMAIN or (len(add.output) > 1 and add.output[1]):
+            continue
+        for dq in readers.get(add.output[0], []):
+            if (dq.op_type != "DequantizeLinear" or dq.domain or list(dq.input) != [add.output[0], *add.input[6:8]]
+                    or dq.attribute or dq.output[0] in keep):  # fmt: skip
+                continue
+            users = readers.get(dq.output[0], [])
+            relu = users[0] if len(users) == 1 and users[0].op_type == "Relu" and not users[0].domain else None
+            if relu is not None and relu.output[0] in keep:
+                relu = None
+            # only for qexport readers (an ASQ quantizer): a standard reader may be a QDQ pattern that
+            # onnxruntime fuses with the DequantizeLinear (DequantizeLinear -> Conv into QLinearConv)
+            final = readers.get((relu or dq).output[0], [])
+            if not final or not all(n.domain == DOMAIN for n in final):
+                continue
+            del add.output[1:]
+            add.output.append(relu.output[0] if relu is not None else dq.output[0])
+            add.attribute.append(onnx.helper.make_attribute("relu", int(relu is not None)))
+            dropped.add(dq.output[0])
+            if relu is not None:
+                dropped.add(relu.output[0])
+            break
+    absorbed = ("DequantizeLinear", "Relu")
+    kept = [n for n in graph.node if not (n.output and n.output[0] in dropped and n.op_type in absorbed)]
     del graph.node[:]
     graph.node.extend(kept)
 
@@ -716,6 +758,7 @@ def to_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], opset: int = 21, p
     _requantized_convs(graph, keep, e.b.codes, e.b.code_offsets)
     _requantized_codes(graph, keep, e.b.codes, e.b.code_offsets)
     _requantized_sums(graph, keep, e.b.codes, e.b.code_offsets)
+    _dequantized_sums(graph, keep)
     _live(graph, keep)
     used = {n.op_type for n in graph.node if n.domain == DOMAIN}
     opsets = {o.domain: o.version for o in proto.opset_import if o.domain != LOWER_DOMAIN}

@@ -210,18 +210,33 @@ def _unfused_add_requant(graph: ir.Graph, node: ir.Node) -> None:
     dqs = [ir.node("DequantizeLinear", [a, a_scale, a_zero]), ir.node("DequantizeLinear", [b, b_scale, b_zero])]
     nodes = [*dqs, ir.node("Sum", [dqs[0].outputs[0], dqs[1].outputs[0]])]
     nodes.append(ir.node("QuantizeLinear", [nodes[-1].outputs[0], y_scale, y_zero]))
-    _clipped(graph, node, nodes, zero)
+    nodes = _with_clip(graph, node, nodes, zero)
+    values = {node.outputs[0]: nodes[-1].outputs[0]}
+    y = node.outputs[1] if len(node.outputs) > 1 else None
+    if y is not None and (y.uses() or y.is_graph_output()):  # the dequantized sum [after its ReLU] (lower.py)
+        nodes.append(ir.node("DequantizeLinear", [nodes[-1].outputs[0], y_scale, y_zero]))
+        if "relu" in node.attributes and node.attributes["relu"].as_int() == 1:
+            nodes.append(ir.node("Relu", [nodes[-1].outputs[0]]))
+        values[y] = nodes[-1].outputs[0]
+    graph.insert_before(node, nodes)
+    _replace(graph, [node], values)
 
 
-def _clipped(graph: ir.Graph, node: ir.Node, nodes: list[ir.Node], zero: np.ndarray) -> None:
+def _with_clip(graph: ir.Graph, node: ir.Node, nodes: list[ir.Node], zero: np.ndarray) -> list[ir.Node]:
     """``nodes`` (ending in a QuantizeLinear) and a Clip to ``node``'s qmin / qmax where they are narrower
-    than the codes' type, in place of ``node``."""
+    than the codes' type."""
     info = np.iinfo(zero.dtype)
     qmin, qmax = node.attributes["qmin"].as_int(), node.attributes["qmax"].as_int()
     if (qmin, qmax) != (info.min, info.max):
         bounds = [_initializer(graph, f"{node.outputs[0].name}.{name}", np.asarray(value, zero.dtype))
                   for name, value in (("qmin", qmin), ("qmax", qmax))]  # fmt: skip
         nodes.append(ir.node("Clip", [nodes[-1].outputs[0], *bounds]))
+    return nodes
+
+
+def _clipped(graph: ir.Graph, node: ir.Node, nodes: list[ir.Node], zero: np.ndarray) -> None:
+    """``nodes`` and the Clip of ``_with_clip`` in place of ``node``."""
+    nodes = _with_clip(graph, node, nodes, zero)
     graph.insert_before(node, nodes)
     _replace(graph, [node], {node.outputs[0]: nodes[-1].outputs[0]})
 
