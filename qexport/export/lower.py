@@ -510,8 +510,9 @@ def _requantized_codes(graph: onnx.GraphProto, keep: set[str], codes: dict[str, 
 def _requantized_sums(graph: onnx.GraphProto, keep: set[str], codes: dict[str, str], offsets: dict[str, int]) -> None:
     """DequantizeLinear, DequantizeLinear -> Sum -> QuantizeLinear [-> Clip], all of constant scalar
     steps and 8-bit zero points (an exact residual add, ``_exact_adds``), becomes one AddRequant node:
-    codes in, the sum's codes out, the same float operations in one pass.  Only where each
-    DequantizeLinear's output and the sum have that one reader and none is kept.  int8 output codes
+    codes in, the sum's codes out, the same float operations in one pass.  Only where the sum has that
+    one reader and is not kept; a DequantizeLinear that something else reads too (MobileNetV2: the
+    previous sum, read by the next block's ASQ quantizer as well) stays for it.  int8 output codes
     that only DequantizeLinear nodes read are written as uint8 + 128, as in ``_requantized_convs``."""
     paths = {name: path for path, name in codes.items()}
     constants = {t.name: t for t in graph.initializer}
@@ -529,8 +530,6 @@ def _requantized_sums(graph: onnx.GraphProto, keep: set[str], codes: dict[str, s
         dqs = [producers.get(i) for i in total.input]
         if not all(_scalar_quantizer(dq, "DequantizeLinear", constants) for dq in dqs):
             continue
-        if not all(only_reader(dq.output[0], total) for dq in dqs):  # type: ignore[union-attr]
-            continue
         users = readers.get(total.output[0], [])
         quant = users[0] if len(users) == 1 else None
         if not _scalar_quantizer(quant, "QuantizeLinear", constants) or total.output[0] in keep:
@@ -538,13 +537,16 @@ def _requantized_sums(graph: onnx.GraphProto, keep: set[str], codes: dict[str, s
         assert quant is not None
         zero = constants[quant.input[2]]
         qmin, qmax, clip = _code_clip(quant, zero, readers, constants, keep)
-        out, absorbed = (clip.output[0], [*dqs, quant, clip]) if clip else (quant.output[0], [*dqs, quant])
+        sole = [dq for dq in dqs if only_reader(dq.output[0], total)]  # type: ignore[union-attr]
+        out, absorbed = (clip.output[0], [*sole, quant, clip]) if clip else (quant.output[0], [*sole, quant])
         zero_point, qmin, qmax = _written_codes(graph, constants, readers, out, quant, qmin, qmax, paths, offsets)
         inputs = [*dqs[0].input, *dqs[1].input, quant.input[1], zero_point]  # type: ignore[union-attr]
         # (the dequantized output left out: _dequantized_sums may give it a reader; onnx's checker wants
         # the slot listed, empty, where a function has more outputs than the node uses)
+        # relu written though 0 is its default: onnx's reference evaluator does not apply function
+        # attribute defaults
         fused = onnx.helper.make_node("AddRequant", inputs, [out, ""], name=total.name, domain=DOMAIN, qmin=qmin,
-                                      qmax=qmax)  # fmt: skip
+                                      qmax=qmax, relu=0)  # fmt: skip
         dropped.update((n.op_type, n.output[0]) for n in absorbed)  # type: ignore[union-attr]
         total.CopyFrom(fused)
     kept = [n for n in graph.node if (n.op_type, n.output[0]) not in dropped]
@@ -580,7 +582,9 @@ def _dequantized_sums(graph: onnx.GraphProto, keep: set[str]) -> None:
                 continue
             del add.output[1:]
             add.output.append(relu.output[0] if relu is not None else dq.output[0])
-            add.attribute.append(onnx.helper.make_attribute("relu", int(relu is not None)))
+            for a in add.attribute:
+                if a.name == "relu":
+                    a.i = int(relu is not None)
             dropped.add(dq.output[0])
             if relu is not None:
                 dropped.add(relu.output[0])
