@@ -214,11 +214,10 @@ void AddRequantKernel::compute(OrtKernelContext* context) {
   for (int64_t d : shape) total *= d;  // <= 2^31 - 1: output() checked it
   if (total == 0) return;
   const Isa isa = active_isa();
-  const bool y_signed = y_codes.is_signed;
   const int32_t floor = relu ? s.y_zero : requant.qmin;
   // the dequantized output of the codes just written to y[at, at + n)
   const auto dequantized = [&](size_t at, size_t n) {
-    if (yf != nullptr) dequantize(isa, y_signed, y + at, floor, s.y_zero, s.y_scale, yf + at, n);
+    if (yf != nullptr) dequantize(isa, y_codes.is_signed, y + at, floor, s.y_zero, s.y_scale, yf + at, n);
   };
   const uint8_t* ap = a.as<uint8_t>();
   const uint8_t* bp = b.as<uint8_t>();

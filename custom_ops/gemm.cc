@@ -31,7 +31,6 @@ inline uint32_t word_at(const uint8_t* p) {
   return v;
 }
 
-
 void store_scalar(const int32_t* c, const TileOutput& out, size_t p0, size_t count) {
   const size_t lanes = out.post_pairs ? kTileLanes / 2 : kTileLanes;
   for (size_t l = 0; l < lanes; ++l) {

@@ -211,9 +211,9 @@ def _edge_values(y_scale: float) -> np.ndarray:
 @pytest.mark.parametrize("relu", [0, 1, 6])
 def test_conv_requant_edges(isa: str, op: str, zero_point: np.ndarray, qmin: int, qmax: int, layout: str,
                             relu: int) -> None:  # fmt: skip
-    """Every kernel's requantizing epilogue (the pixel kernels' and the channel tile's, whose lower
-    clamp runs in int32 and which leave the ReLU out where the codes' floor is >= 0) on the values where
-    a clamp or rounding could go wrong, against the function body (QuantizeLinear then Clip)."""
+    """Every kernel's requantizing epilogue (the pixel-vectorised pointwise and depthwise kernels', the
+    channel tile's) on the values where a clamp, a ReLU or the rounding could go wrong, against the
+    function body (QuantizeLinear then Clip)."""
     y_scale = np.float32(0.25)
     bias = _edge_values(float(y_scale))
     cout = len(bias)
@@ -598,7 +598,7 @@ def test_add_requant_native_matches_body(isa: str, a_shape: list[int], b_shape: 
                                          y_zero_point: np.ndarray, qmin: int, qmax: int) -> None:  # fmt: skip
     """Equal shapes (vector body and tail, several parallel chunks) and broadcasting; steps whose sums
     fall on rounding ties and past the code range; sums that overflow to inf and inf - inf (NaN).  The
-    codes alone, and with the dequantized output (ReLU or none, which the codes written decide)."""
+    codes alone, and with the dequantized output, with and without its ReLU."""
     rng = np.random.default_rng(len(a_shape) * 100 + len(b_shape))
     types = [TensorProto.INT8 if sg else TensorProto.UINT8 for sg in signed]
     dtypes = [np.int8 if sg else np.uint8 for sg in signed]
