@@ -582,9 +582,9 @@ def _dequantized_sums(graph: onnx.GraphProto, keep: set[str]) -> None:
                 continue
             del add.output[1:]
             add.output.append(relu.output[0] if relu is not None else dq.output[0])
-            for a in add.attribute:
-                if a.name == "relu":
-                    a.i = int(relu is not None)
+            kept_attrs = [a for a in add.attribute if a.name != "relu"]
+            del add.attribute[:]
+            add.attribute.extend([*kept_attrs, onnx.helper.make_attribute("relu", int(relu is not None))])
             dropped.add(dq.output[0])
             if relu is not None:
                 dropped.add(relu.output[0])
