@@ -7,7 +7,7 @@
 #include <limits>
 
 #if defined(__x86_64__)
-#include <emmintrin.h>
+#include <immintrin.h>
 #endif
 
 namespace qx {
@@ -204,41 +204,123 @@ ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTe
   return in;
 }
 
-void nhwc_row(const uint8_t* __restrict in, int64_t plane, int64_t width, int64_t channels,
-              const int64_t* __restrict at, uint8_t add, uint8_t* __restrict row, int64_t stride) {
-  int64_t c = 0;
+namespace {
+
 #if defined(__x86_64__)
+// A 16 x 16 byte transpose in four unpack steps: v[j] holds channel j of 16 pixels (each 128-bit
+// half of a ymm its own 16), and on return pixel 2u's 16 channels are in out[2u], pixel 2u + 1's in
+// out[2u + 1].  Generic over the register type: each step's unpack is passed in.
+#define QX_TRANSPOSE16(V, LO8, HI8, LO16, HI16, LO32, HI32, LO64, HI64)                          \
+  {                                                                                          \
+    V t[16];                                                                                 \
+    /* t[j], t[j + 8]: channels 2j, 2j + 1 of pixels 0-7, 8-15 */                            \
+    for (int j = 0; j < 8; ++j) t[j] = LO8(v[2 * j], v[2 * j + 1]), t[j + 8] = HI8(v[2 * j], v[2 * j + 1]); \
+    /* v[4m + s]: channels 4m .. 4m + 3 of pixels 4s .. 4s + 3 */                            \
+    for (int m = 0; m < 4; ++m)                                                              \
+      for (int h = 0; h < 2; ++h)                                                            \
+        v[4 * m + 2 * h] = LO16(t[2 * m + 8 * h], t[2 * m + 1 + 8 * h]),                     \
+                  v[4 * m + 2 * h + 1] = HI16(t[2 * m + 8 * h], t[2 * m + 1 + 8 * h]);       \
+    /* t[8o + u]: channels 8o .. 8o + 7 of pixels 2u, 2u + 1 */                              \
+    for (int o = 0; o < 2; ++o)                                                              \
+      for (int s = 0; s < 4; ++s)                                                            \
+        t[8 * o + 2 * s] = LO32(v[8 * o + s], v[8 * o + 4 + s]),                             \
+                  t[8 * o + 2 * s + 1] = HI32(v[8 * o + s], v[8 * o + 4 + s]);               \
+    for (int u = 0; u < 8; ++u) out[2 * u] = LO64(t[u], t[8 + u]), out[2 * u + 1] = HI64(t[u], t[8 + u]); \
+  }
+
+// 16 channels (rows ``plane`` apart) of pixels [x, count), 16 at a time: pixel i's 16 bytes (plus
+// ``add``) stored at dst + pixel_at[i].  Returns the pixels done.
+int64_t sixteen_rows(const uint8_t* __restrict in, int64_t plane, int64_t x, int64_t count, uint8_t add,
+                     uint8_t* __restrict dst, const int64_t* __restrict pixel_at) {
   const __m128i offset = _mm_set1_epi8(static_cast<char>(add));
-  for (; c + 4 <= channels && at[c + 3] == at[c] + 3 && at[c + 1] == at[c] + 1; c += 4) {
-    const uint8_t *r0 = in + c * plane, *r1 = r0 + plane, *r2 = r1 + plane, *r3 = r2 + plane;
-    uint8_t* out = row + at[c];
-    int64_t x = 0;
-    for (; x + 16 <= width; x += 16) {
-      const auto load = [&](const uint8_t* r) {
-        return _mm_add_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + x)), offset);
-      };
-      const __m128i a = load(r0), b = load(r1), cc = load(r2), d = load(r3);
-      const __m128i ab_lo = _mm_unpacklo_epi8(a, b), ab_hi = _mm_unpackhi_epi8(a, b);
-      const __m128i cd_lo = _mm_unpacklo_epi8(cc, d), cd_hi = _mm_unpackhi_epi8(cc, d);
-      alignas(16) uint32_t words[16];  // pixel x + i: its 4 channels
-      _mm_store_si128(reinterpret_cast<__m128i*>(words), _mm_unpacklo_epi16(ab_lo, cd_lo));
-      _mm_store_si128(reinterpret_cast<__m128i*>(words + 4), _mm_unpackhi_epi16(ab_lo, cd_lo));
-      _mm_store_si128(reinterpret_cast<__m128i*>(words + 8), _mm_unpacklo_epi16(ab_hi, cd_hi));
-      _mm_store_si128(reinterpret_cast<__m128i*>(words + 12), _mm_unpackhi_epi16(ab_hi, cd_hi));
-      for (int64_t i = 0; i < 16; ++i) std::memcpy(out + (x + i) * stride, words + i, 4);
-    }
-    for (; x < width; ++x) {
-      uint8_t* px = out + x * stride;
-      px[0] = uint8_t(r0[x] + add), px[1] = uint8_t(r1[x] + add), px[2] = uint8_t(r2[x] + add);
-      px[3] = uint8_t(r3[x] + add);
+  for (; x + 16 <= count; x += 16) {
+    __m128i v[16], out[16];
+    for (int j = 0; j < 16; ++j)
+      v[j] = _mm_add_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + j * plane + x)), offset);
+    QX_TRANSPOSE16(__m128i, _mm_unpacklo_epi8, _mm_unpackhi_epi8, _mm_unpacklo_epi16, _mm_unpackhi_epi16,
+                   _mm_unpacklo_epi32, _mm_unpackhi_epi32, _mm_unpacklo_epi64, _mm_unpackhi_epi64)
+    for (int i = 0; i < 16; ++i) _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + pixel_at[x + i]), out[i]);
+  }
+  return x;
+}
+
+// sixteen_rows 32 pixels at a time, from pixel 0
+__attribute__((target("avx2"))) int64_t sixteen_rows_avx2(const uint8_t* __restrict in, int64_t plane, int64_t count,
+                                                          uint8_t add, uint8_t* __restrict dst,
+                                                          const int64_t* __restrict pixel_at) {
+  const __m256i offset = _mm256_set1_epi8(static_cast<char>(add));
+  int64_t x = 0;
+  for (; x + 32 <= count; x += 32) {
+    __m256i v[16], out[16];
+    for (int j = 0; j < 16; ++j)
+      v[j] = _mm256_add_epi8(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + j * plane + x)), offset);
+    QX_TRANSPOSE16(__m256i, _mm256_unpacklo_epi8, _mm256_unpackhi_epi8, _mm256_unpacklo_epi16, _mm256_unpackhi_epi16,
+                   _mm256_unpacklo_epi32, _mm256_unpackhi_epi32, _mm256_unpacklo_epi64, _mm256_unpackhi_epi64)
+    for (int i = 0; i < 16; ++i) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + pixel_at[x + i]), _mm256_castsi256_si128(out[i]));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + pixel_at[x + 16 + i]), _mm256_extracti128_si256(out[i], 1));
     }
   }
+  return x;
+}
+#undef QX_TRANSPOSE16
+
+// Channels c .. c + 3 (rows ``plane`` apart) of pixels [x, count): 16 pixels at a time interleaved in
+// SSE2 registers into one 4-byte word a pixel, stored at out + pixel_at[i].  Returns the pixels done.
+int64_t quad_rows(const uint8_t* __restrict r0, int64_t plane, int64_t x, int64_t count, uint8_t add,
+                  uint8_t* __restrict out, const int64_t* __restrict pixel_at) {
+  const uint8_t *r1 = r0 + plane, *r2 = r1 + plane, *r3 = r2 + plane;
+  const __m128i offset = _mm_set1_epi8(static_cast<char>(add));
+  for (; x + 16 <= count; x += 16) {
+    const auto load = [&](const uint8_t* r) {
+      return _mm_add_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + x)), offset);
+    };
+    const __m128i a = load(r0), b = load(r1), cc = load(r2), d = load(r3);
+    const __m128i ab_lo = _mm_unpacklo_epi8(a, b), ab_hi = _mm_unpackhi_epi8(a, b);
+    const __m128i cd_lo = _mm_unpacklo_epi8(cc, d), cd_hi = _mm_unpackhi_epi8(cc, d);
+    alignas(16) uint32_t words[16];  // pixel x + i: its 4 channels
+    _mm_store_si128(reinterpret_cast<__m128i*>(words), _mm_unpacklo_epi16(ab_lo, cd_lo));
+    _mm_store_si128(reinterpret_cast<__m128i*>(words + 4), _mm_unpackhi_epi16(ab_lo, cd_lo));
+    _mm_store_si128(reinterpret_cast<__m128i*>(words + 8), _mm_unpacklo_epi16(ab_hi, cd_hi));
+    _mm_store_si128(reinterpret_cast<__m128i*>(words + 12), _mm_unpackhi_epi16(ab_hi, cd_hi));
+    for (int64_t i = 0; i < 16; ++i) std::memcpy(out + pixel_at[x + i], words + i, 4);
+  }
+  return x;
+}
 #endif
-  // the rest (channels of a group padded apart, or fewer than 4 left): pixel by pixel
-  for (int64_t x = 0; x < width; ++x) {
-    uint8_t* __restrict out = row + x * stride;
-    for (int64_t k = c; k < channels; ++k) out[at[k]] = uint8_t(in[k * plane + x] + add);
+
+// whether channels c .. c + count - 1 land side by side
+bool side_by_side(const int64_t* at, int64_t c, int64_t count) {
+  for (int64_t k = 1; k < count; ++k)
+    if (at[c + k] != at[c] + k) return false;
+  return true;
+}
+
+}  // namespace
+
+void nhwc_pixels(Isa isa, const uint8_t* __restrict in, int64_t plane, int64_t count, int64_t channels,
+                 const int64_t* __restrict at, uint8_t add, uint8_t* __restrict out,
+                 const int64_t* __restrict pixel_at) {
+  int64_t c = 0;
+  // (c, x): pixels [0, x) of channels [c, c + group) done by the vector steps; the rest byte by byte
+  const auto finish = [&](int64_t group, int64_t x) {
+    for (; x < count; ++x)
+      for (int64_t k = c; k < c + group; ++k) out[pixel_at[x] + at[k]] = uint8_t(in[k * plane + x] + add);
+  };
+#if defined(__x86_64__)
+  for (; c + 16 <= channels && side_by_side(at, c, 16); c += 16) {
+    const uint8_t* rows = in + c * plane;
+    int64_t x = isa != Isa::Scalar ? sixteen_rows_avx2(rows, plane, count, add, out + at[c], pixel_at) : 0;
+    x = sixteen_rows(rows, plane, x, count, add, out + at[c], pixel_at);
+    finish(16, x);
   }
+  for (; c + 4 <= channels && side_by_side(at, c, 4); c += 4)
+    finish(4, quad_rows(in + c * plane, plane, 0, count, add, out + at[c], pixel_at));
+#else
+  (void)isa;
+#endif
+  // the rest (channels of a group padded apart, or fewer than 4 left)
+  finish(channels - c, 0);
 }
 
 void block_output(const ConvOutput& output, const PackedWeights& w, uint8_t offset, int64_t n, int64_t g,
@@ -267,20 +349,43 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
   // other threads (concurrent Run() calls) have their own.
   thread_local std::vector<uint8_t> scratch;
   // + 64: a span layout's last quad, and a depthwise block's 32-byte loads, read past the end
-  scratch.assign(size_t(s.n * image_bytes + 64), offset);
+  const size_t scratch_bytes = size_t(s.n * image_bytes + 64);
+  if (pixel_bytes != s.c) {
+    scratch.assign(scratch_bytes, offset);  // channels of a group padded apart: every byte, gaps too
+  } else {
+    // only the bytes no input code lands on: the padding rows and columns, and the tail
+    scratch.resize(scratch_bytes);
+    const auto pad = [&](int64_t at, int64_t pixels) {
+      std::memset(scratch.data() + at, offset, size_t(pixels * pixel_bytes));
+    };
+    for (int64_t n = 0; n < s.n; ++n) {
+      const int64_t image = n * image_bytes;
+      pad(image, pt * wp);
+      pad(image + (pt + s.h) * wp * pixel_bytes, (hp - pt - s.h) * wp);
+      for (int64_t r = pt; r < pt + s.h && wp > s.w; ++r) {
+        pad(image + r * wp * pixel_bytes, pl);
+        pad(image + (r * wp + pl + s.w) * pixel_bytes, wp - pl - s.w);
+      }
+    }
+    std::memset(scratch.data() + s.n * image_bytes, offset, 64);
+  }
   uint8_t* const nhwc = scratch.data();
   std::vector<int64_t> channel_at(size_t(s.c));  // input channel -> byte within an NHWC pixel
   for (int64_t c = 0; c < s.c; ++c) channel_at[size_t(c)] = c / s.cg * cg4 + c % s.cg;
   const uint8_t* src = static_cast<const uint8_t*>(x.data);
-  parallel_for(context, size_t(s.n * s.h), [&](size_t nh) {
-    // locals and restrict: byte stores may alias anything, which otherwise reloads every captured value
-    const int64_t n = int64_t(nh) / s.h, h = int64_t(nh) % s.h, channels = s.c, width = s.w, plane = s.h * s.w;
-    const int64_t stride = pixel_bytes;
-    const uint8_t add = offset;
-    const int64_t* __restrict at = channel_at.data();
-    uint8_t* __restrict row = nhwc + n * image_bytes + ((h + pt) * wp + pl) * stride;
-    const uint8_t* __restrict in = src + n * channels * plane + h * width;
-    nhwc_row(in, plane, width, channels, at, add, row, stride);
+  // tasks of up to 256 pixels of a sample's plane; pixel_at: each one's byte in the padded NHWC image
+  constexpr int64_t kSpan = 256;
+  const int64_t plane = s.h * s.w, spans = (plane + kSpan - 1) / kSpan;
+  parallel_for(context, size_t(s.n * spans), [&](size_t task) {
+    const int64_t n = int64_t(task) / spans, first = int64_t(task) % spans * kSpan;
+    const int64_t count = std::min(kSpan, plane - first);
+    int64_t pixel_at[kSpan];
+    for (int64_t i = 0, h = first / s.w, x = first % s.w; i < count; ++i) {
+      pixel_at[i] = ((h + pt) * wp + pl + x) * pixel_bytes;
+      if (++x == s.w) x = 0, ++h;
+    }
+    nhwc_pixels(isa, src + n * s.c * plane + first, plane, count, s.c, channel_at.data(), offset,
+                nhwc + n * image_bytes, pixel_at);
   });
   // byte offset of each k quad (depthwise: each tap, an even count) from a pixel's window origin
   std::vector<int32_t> k_offset(size_t(layout.depthwise ? 2 * layout.k4 : layout.k4));

@@ -23,6 +23,31 @@ namespace {
 
 constexpr int64_t kVec = 16;  // pixels per zmm
 
+// Up to 4 channel planes (``plane`` apart) of ``count`` pixels into one 4-byte word a pixel, contiguous
+// (a missing channel's byte left as it is), plus ``add``: four channels interleaved 16 pixels at a time.
+void quad_words(const uint8_t* __restrict in, int64_t plane, int64_t count, int64_t channels, uint8_t add,
+                uint8_t* __restrict out) {
+  int64_t x = 0;
+  if (channels == 4) {
+    const __m128i offset = _mm_set1_epi8(static_cast<char>(add));
+    for (; x + 16 <= count; x += 16) {
+      const auto load = [&](int64_t c) {
+        return _mm_add_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + c * plane + x)), offset);
+      };
+      const __m128i a = load(0), b = load(1), c = load(2), d = load(3);
+      const __m128i ab_lo = _mm_unpacklo_epi8(a, b), ab_hi = _mm_unpackhi_epi8(a, b);
+      const __m128i cd_lo = _mm_unpacklo_epi8(c, d), cd_hi = _mm_unpackhi_epi8(c, d);
+      __m128i* words = reinterpret_cast<__m128i*>(out + 4 * x);
+      _mm_storeu_si128(words, _mm_unpacklo_epi16(ab_lo, cd_lo));
+      _mm_storeu_si128(words + 1, _mm_unpackhi_epi16(ab_lo, cd_lo));
+      _mm_storeu_si128(words + 2, _mm_unpacklo_epi16(ab_hi, cd_hi));
+      _mm_storeu_si128(words + 3, _mm_unpackhi_epi16(ab_hi, cd_hi));
+    }
+  }
+  for (; x < count; ++x)
+    for (int64_t c = 0; c < channels; ++c) out[4 * x + c] = uint8_t(in[c * plane + x] + add);
+}
+
 // acc[r][v] += the 4-channel dot products of pixels v * 16 .. + 15 with weight lane lanes[r], over
 // all k4 quads; act: the activations of quad 0 at the first pixel, quad_bytes apart.
 template <int kRows, int kVecs>
@@ -112,12 +137,10 @@ bool run_pointwise(OrtKernelContext* context, Isa isa, const ConvShape& s, const
   scratch.assign(size_t(s.n * sample_bytes), offset);
   uint8_t* const act = scratch.data();
   const uint8_t* src = static_cast<const uint8_t*>(x.data);
-  const int64_t at[4] = {0, 1, 2, 3};
   parallel_for(context, size_t(s.n * k4), [&](size_t task) {
     const int64_t n = int64_t(task) / k4, q = int64_t(task) % k4;
-    const int64_t channels = std::min<int64_t>(4, s.c - 4 * q);
-    nhwc_row(src + (n * s.c + 4 * q) * pixels, pixels, pixels, channels, at, offset,
-             act + n * sample_bytes + q * padded * 4, 4);
+    quad_words(src + (n * s.c + 4 * q) * pixels, pixels, pixels, std::min<int64_t>(4, s.c - 4 * q), offset,
+               act + n * sample_bytes + q * padded * 4);
   });
   const int64_t blocks = w.lanes / int64_t(kTileLanes), chunks = (padded + chunk - 1) / chunk;
   parallel_for(context, size_t(s.n * blocks * chunks), [&](size_t task) {

@@ -106,6 +106,8 @@ CONV_CASES = [
     (40, 2, 1, [1, 1, 1, 1], True, True, 40, 40, 9),  # depthwise over two blocks of 32 lanes (three for POST)
     (17, 1, 1, [3, 2, 3, 2], False, False, 17, 17, 23),  # depthwise 7x7: an odd number of taps
     (4, 1, 1, [1, 1, 1, 1], False, False, 4, 8, 9),  # grouped with 1 input channel per group, not depthwise
+    (1, 1, 1, [1, 2, 0, 1], False, True, 35, 20, 12),  # 16 + 16 + 3 channels: every NHWC copy path, odd pads
+    (2, 1, 1, [1, 1, 1, 1], True, False, 34, 8, 9),  # two groups of 17 channels, 20 bytes apart in a pixel
 ]
 
 
