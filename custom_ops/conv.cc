@@ -265,17 +265,18 @@ __attribute__((target("avx2"))) int64_t sixteen_rows_avx2(const uint8_t* __restr
 }
 #undef QX_TRANSPOSE16
 
-// Channels c .. c + 3 (rows ``plane`` apart) of pixels [x, count): 16 pixels at a time interleaved in
-// SSE2 registers into one 4-byte word a pixel, stored at out + pixel_at[i].  Returns the pixels done.
-int64_t quad_rows(const uint8_t* __restrict r0, int64_t plane, int64_t x, int64_t count, uint8_t add,
+// ``rows`` (1 to 4) channels (``plane`` apart) of pixels [x, count): 16 pixels at a time interleaved in
+// SSE2 registers into one 4-byte word a pixel, stored at out + pixel_at[i]; a word's bytes past
+// ``rows`` are gaps in the pixel and get ``add`` (the value every gap holds).  Returns the pixels done.
+int64_t quad_rows(const uint8_t* __restrict r0, int64_t plane, int64_t rows, int64_t x, int64_t count, uint8_t add,
                   uint8_t* __restrict out, const int64_t* __restrict pixel_at) {
-  const uint8_t *r1 = r0 + plane, *r2 = r1 + plane, *r3 = r2 + plane;
   const __m128i offset = _mm_set1_epi8(static_cast<char>(add));
   for (; x + 16 <= count; x += 16) {
-    const auto load = [&](const uint8_t* r) {
-      return _mm_add_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r + x)), offset);
+    const auto load = [&](int64_t r) {
+      return r < rows ? _mm_add_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r0 + r * plane + x)), offset)
+                      : offset;
     };
-    const __m128i a = load(r0), b = load(r1), cc = load(r2), d = load(r3);
+    const __m128i a = load(0), b = load(1), cc = load(2), d = load(3);
     const __m128i ab_lo = _mm_unpacklo_epi8(a, b), ab_hi = _mm_unpackhi_epi8(a, b);
     const __m128i cd_lo = _mm_unpacklo_epi8(cc, d), cd_hi = _mm_unpackhi_epi8(cc, d);
     alignas(16) uint32_t words[16];  // pixel x + i: its 4 channels
@@ -299,28 +300,36 @@ bool side_by_side(const int64_t* at, int64_t c, int64_t count) {
 }  // namespace
 
 void nhwc_pixels(Isa isa, const uint8_t* __restrict in, int64_t plane, int64_t count, int64_t channels,
-                 const int64_t* __restrict at, uint8_t add, uint8_t* __restrict out,
+                 const int64_t* __restrict at, int64_t pixel_bytes, uint8_t add, uint8_t* __restrict out,
                  const int64_t* __restrict pixel_at) {
-  int64_t c = 0;
-  // (c, x): pixels [0, x) of channels [c, c + group) done by the vector steps; the rest byte by byte
-  const auto finish = [&](int64_t group, int64_t x) {
+  // channels [c, c + group): pixels [x, count) byte by byte
+  const auto finish = [&](int64_t c, int64_t group, int64_t x) {
     for (; x < count; ++x)
       for (int64_t k = c; k < c + group; ++k) out[pixel_at[x] + at[k]] = uint8_t(in[k * plane + x] + add);
   };
+  for (int64_t c = 0; c < channels;) {
 #if defined(__x86_64__)
-  for (; c + 16 <= channels && side_by_side(at, c, 16); c += 16) {
-    const uint8_t* rows = in + c * plane;
-    int64_t x = isa != Isa::Scalar ? sixteen_rows_avx2(rows, plane, count, add, out + at[c], pixel_at) : 0;
-    x = sixteen_rows(rows, plane, x, count, add, out + at[c], pixel_at);
-    finish(16, x);
-  }
-  for (; c + 4 <= channels && side_by_side(at, c, 4); c += 4)
-    finish(4, quad_rows(in + c * plane, plane, 0, count, add, out + at[c], pixel_at));
+    if (c + 16 <= channels && side_by_side(at, c, 16)) {
+      const uint8_t* rows = in + c * plane;
+      int64_t x = isa != Isa::Scalar ? sixteen_rows_avx2(rows, plane, count, add, out + at[c], pixel_at) : 0;
+      finish(c, 16, sixteen_rows(rows, plane, x, count, add, out + at[c], pixel_at));
+      c += 16;
+      continue;
+    }
+    // up to 4 side by side, then gaps to a 4-byte word (channels of a group padded to 4, the stem's 3)
+    int64_t rows = 1;
+    while (rows < 4 && c + rows < channels && at[c + rows] == at[c] + rows) ++rows;
+    if (rows == 4 || (at[c] + 4 <= pixel_bytes && (c + rows == channels || at[c + rows] >= at[c] + 4))) {
+      finish(c, rows, quad_rows(in + c * plane, plane, rows, 0, count, add, out + at[c], pixel_at));
+      c += rows;
+      continue;
+    }
 #else
-  (void)isa;
+    (void)isa, (void)pixel_bytes;
 #endif
-  // the rest (channels of a group padded apart, or fewer than 4 left)
-  finish(channels - c, 0);
+    finish(c, 1, 0);
+    c += 1;
+  }
 }
 
 void block_output(const ConvOutput& output, const PackedWeights& w, uint8_t offset, int64_t n, int64_t g,
@@ -384,7 +393,7 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
       pixel_at[i] = ((h + pt) * wp + pl + x) * pixel_bytes;
       if (++x == s.w) x = 0, ++h;
     }
-    nhwc_pixels(isa, src + n * s.c * plane + first, plane, count, s.c, channel_at.data(), offset,
+    nhwc_pixels(isa, src + n * s.c * plane + first, plane, count, s.c, channel_at.data(), pixel_bytes, offset,
                 nhwc + n * image_bytes, pixel_at);
   });
   // byte offset of each k quad (depthwise: each tap, an even count) from a pixel's window origin

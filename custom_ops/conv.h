@@ -93,12 +93,13 @@ inline uint8_t code_offset(const Tensor& x) { return x.type == ONNX_TENSOR_ELEME
 void block_output(const ConvOutput& output, const PackedWeights& w, uint8_t offset, int64_t n, int64_t g,
                   int64_t block, TileOutput& out);
 
-// Channel planes (NCHW codes, ``plane`` apart) of ``count`` pixels into NHWC: channel c of pixel i
-// goes to out[pixel_at[i] + at[c]], plus ``add``.  Sixteen channels that land side by side are
-// transposed 32 pixels at a time in ymm registers (not on the scalar path) and 16 at a time in SSE2
-// (x86-64's baseline), four 16 pixels at a time in SSE2, the rest byte by byte.
+// Channel planes (NCHW codes, ``plane`` apart) of ``count`` pixels into NHWC pixels of pixel_bytes:
+// channel c of pixel i goes to out[pixel_at[i] + at[c]], plus ``add``, which the bytes no channel
+// lands on (channels of a group padded to 4) must already hold.  Sixteen channels that land side by
+// side are transposed 32 pixels at a time in ymm registers (not on the scalar path) and 16 at a time
+// in SSE2 (x86-64's baseline); up to four, with gaps to a 4-byte word, 16 pixels at a time in SSE2.
 void nhwc_pixels(Isa isa, const uint8_t* __restrict in, int64_t plane, int64_t count, int64_t channels,
-                 const int64_t* __restrict at, uint8_t add, uint8_t* __restrict out,
+                 const int64_t* __restrict at, int64_t pixel_bytes, uint8_t add, uint8_t* __restrict out,
                  const int64_t* __restrict pixel_at);
 
 // A pointwise conv (1x1, stride 1, no padding, one group) on the AVX-512 VNNI path, vectorised over
