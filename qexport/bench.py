@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -280,6 +281,15 @@ def random_feeds(batch: int, shape: list[int], vocab: int = 1000, seed: int = 0)
         "tensor(float)": rng.standard_normal(full, dtype=np.float32),
         "tensor(int64)": rng.integers(0, vocab, full, dtype=np.int64),
     }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what the platform module says: every benchmark table
+    names it."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def input_shape(path: str | os.PathLike[str]) -> tuple[list[int], str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import sys
 import time
@@ -392,7 +391,7 @@ def main() -> None:
         p.error(f"unknown models {unknown}: choose from {list(MODELS)}")
     args.cache.mkdir(parents=True, exist_ok=True)
     env = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": bench.cpu_name(),
         "cores": os.cpu_count(),
         "onnxruntime": ort.__version__,
         "native": str(native.library_path() or "not built"),
@@ -406,12 +405,6 @@ def main() -> None:
         except QexportError as exc:
             print(f"no OpenVINO rows: {exc}", flush=True)
             openvino = False
-    try:
-        env["cpu"] = next(
-            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
     results = []
     for name in args.models:
         variants = [v for v in args.variants if name != "transformer" or v in TRANSFORMER_VARIANTS]

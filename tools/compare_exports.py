@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -85,11 +84,7 @@ def main() -> None:
                          f"{t['fp32'] / t['before']:.2f}x", f"{t['fp32'] / t['after']:.2f}x",
                          f"{t['before'] / t['after']:.3f}"])  # fmt: skip
             print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = bench.cpu_name()
     isa = os.environ.get("QEXPORT_ISA", "best the CPU has")
     print(f"{cpu}, native kernels: {native.available()} (ISA path: {isa}), batch {args.batch}, "
           f"{args.threads} thread(s), before = {args.before}, after = this tree\n")  # fmt: skip

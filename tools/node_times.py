@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 from collections import defaultdict
 from pathlib import Path
@@ -21,14 +20,7 @@ import numpy as np
 import onnxruntime as ort
 
 from qexport import native
-from qexport.bench import input_shape, random_feeds, session_options, vocab_size
-
-
-def _cpu() -> str:
-    try:
-        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
+from qexport.bench import cpu_name, input_shape, random_feeds, session_options, vocab_size
 
 
 def _feed(path: Path, session: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]:
@@ -78,7 +70,7 @@ def main() -> None:
     by_op, by_node = profile(args.model, args.batch, args.threads, args.runs)
     total = sum(by_op.values())
     isa = os.environ.get("QEXPORT_ISA") or "the best this CPU has"
-    print(f"{args.model.name}: batch {args.batch}, {args.threads} thread(s), {_cpu()}, "
+    print(f"{args.model.name}: batch {args.batch}, {args.threads} thread(s), {cpu_name()}, "
           f"kernel path {isa}: {total:.0f} us of node time per run")  # fmt: skip
     print("| op type | us/run | share |\n|---|---|---|")
     for op, t in sorted(by_op.items(), key=lambda kv: -kv[1])[: args.top]:
