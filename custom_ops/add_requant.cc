@@ -168,9 +168,7 @@ int32_t zero_point_of(const Tensor& t, ONNXTensorElementDataType codes, const ch
 
 AddRequantKernel::AddRequantKernel(const OrtKernelInfo* info) : node(node_name(info)) {
   requant.read(info);
-  const int64_t r = attr_int(info, "relu", 0);
-  if (r != 0 && r != 1) fail("attribute relu=" + std::to_string(r) + " must be 0 or 1");
-  relu = r == 1;
+  relu = relu_attr(info, false, false) == 1;
 }
 
 void AddRequantKernel::compute(OrtKernelContext* context) {

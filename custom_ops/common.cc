@@ -187,6 +187,13 @@ std::vector<int64_t> attr_ints(const OrtKernelInfo* info, const char* name, std:
   return values;
 }
 
+int64_t relu_attr(const OrtKernelInfo* info, bool required, bool relu6) {
+  const int64_t relu = required ? attr_int(info, "relu") : attr_int(info, "relu", 0);
+  if (relu != 0 && relu != 1 && (!relu6 || relu != 6))
+    fail("attribute relu=" + std::to_string(relu) + (relu6 ? " must be 0, 1 or 6" : " must be 0 or 1"));
+  return relu;
+}
+
 std::string node_name(const OrtKernelInfo* info) {
   size_t size = 0;
   OrtStatus* status = api->KernelInfo_GetNodeName(info, nullptr, &size);

@@ -82,6 +82,9 @@ int32_t scalar_zero_point(const Tensor& t, const std::string& what);
 int64_t attr_int(const OrtKernelInfo* info, const char* name);
 int64_t attr_int(const OrtKernelInfo* info, const char* name, int64_t fallback);
 std::vector<int64_t> attr_ints(const OrtKernelInfo* info, const char* name, std::vector<int64_t> fallback);
+// The ``relu`` attribute: 0 (none), 1 (ReLU) or, with ``relu6``, 6 (ReLU6); 0 when absent and not
+// ``required`` (an op whose body reads it requires it); any other value an error.
+int64_t relu_attr(const OrtKernelInfo* info, bool required, bool relu6);
 std::string node_name(const OrtKernelInfo* info);
 
 // Run fn(0..total-1) on ORT's intra-op thread pool.

@@ -52,12 +52,6 @@ ConvShape ConvShape::of(const Tensor& x, const std::vector<int64_t>& ws, const C
   return s;
 }
 
-int64_t relu_attr(const OrtKernelInfo* info, bool required) {
-  const int64_t relu = required ? attr_int(info, "relu") : attr_int(info, "relu", 0);
-  if (relu != 0 && relu != 1 && relu != 6) fail("attribute relu=" + std::to_string(relu) + " must be 0, 1 or 6");
-  return relu;
-}
-
 int64_t packed_groups(const ConvShape& s, const ConvAttrs& a) { return KLayout::of(s, a).depthwise ? 1 : a.group; }
 
 KLayout KLayout::of(const ConvShape& s, const ConvAttrs& a) {

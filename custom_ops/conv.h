@@ -73,10 +73,6 @@ struct PackedWeights {
             const std::function<int8_t(int64_t g, int64_t lane, int64_t c, int64_t i, int64_t j)>& value);
 };
 
-// The ``relu`` attribute of IntConv (required: its body reads it) and PostConv (0 when absent): 0, 1
-// (ReLU) or 6 (ReLU6), else an error.
-int64_t relu_attr(const OrtKernelInfo* info, bool required);
-
 // Groups as the kernels see them: 1 for a depthwise conv (its channels are the lanes), else the attribute.
 int64_t packed_groups(const ConvShape& s, const ConvAttrs& a);
 

@@ -9,7 +9,7 @@ namespace qx {
 // group: optional on IntConv, required on IntConvRequant (its body reads the attribute)
 IntConvKernel::IntConvKernel(const OrtKernelInfo* info, bool requantized)
     : ConvKernel(info, requantized, requantized) {
-  relu = relu_attr(info, true);
+  relu = relu_attr(info, true, true);
 }
 
 void IntConvKernel::compute(OrtKernelContext* context) {

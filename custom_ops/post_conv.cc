@@ -33,7 +33,7 @@ int uint4_at(const uint8_t* packed, int64_t i) { return (packed[i / 2] >> (4 * (
 PostConvKernel::PostConvKernel(const OrtKernelInfo* info, bool requantized) : ConvKernel(info, true, requantized) {  // the body reads group
   bits = attr_int(info, "bits");
   if (bits < 2 || bits > 4) fail("attribute bits=" + std::to_string(bits) + " must be 2, 3 or 4");
-  relu = relu_attr(info, requantized);  // optional on PostConv (0), required on PostConvRequant (its body reads it)
+  relu = relu_attr(info, requantized, true);  // optional on PostConv (0), required on PostConvRequant (its body reads it)
 }
 
 void PostConvKernel::compute(OrtKernelContext* context) {

@@ -133,8 +133,7 @@ const char* const kInputs[] = {"input x_codes", "input x_scale", "input x_zero_p
 }  // namespace
 
 RequantizeKernel::RequantizeKernel(const OrtKernelInfo* info) : node(node_name(info)) {
-  relu = attr_int(info, "relu");  // required: the body reads it
-  if (relu != 0 && relu != 1) fail("attribute relu=" + std::to_string(relu) + " must be 0 or 1");
+  relu = relu_attr(info, true, false);
   requant.read(info);
   // constant quantizers (what the exporter writes): the table is made once, here
   Tensor q[4];
