@@ -292,6 +292,29 @@ def cpu_name() -> str:
         return platform.processor() or platform.machine()
 
 
+def kernel_path() -> str:
+    """The native kernels' instruction-set path: QEXPORT_ISA where set, else the best this CPU has (as
+    custom_ops/isa.cc picks it)."""
+    forced = os.environ.get("QEXPORT_ISA")
+    if forced:
+        return f"{forced} (forced by QEXPORT_ISA)"
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return "unknown"
+    if {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "fma"} <= flags:
+        return "avx512vnni"
+    return "avx2" if {"avx2", "fma"} <= flags else "scalar"
+
+
+def session_feeds(path: str | os.PathLike[str], session: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]:
+    """The input the benchmark feeds ``session`` of the model at ``path``: a sequence axis at the size the
+    model was exported with, token ids within the vocabulary."""
+    shape, _ = input_shape(path)
+    inp = session.get_inputs()[0]
+    return {inp.name: random_feeds(batch, shape, vocab_size(path))[inp.type]}
+
+
 def input_shape(path: str | os.PathLike[str]) -> tuple[list[int], str]:
     """The first input's shape: fixed sizes as the file says; a dynamic axis past the batch (a
     sequence) at the size the model was exported with (metadata ``example_shapes``), else 1."""

@@ -75,21 +75,6 @@ def _mix_bits(model: torch.nn.Module) -> None:
             q.finalize()
 
 
-def kernel_path() -> str:
-    """The native kernels' instruction-set path: QEXPORT_ISA where set, else the best this CPU has (as
-    custom_ops/isa.cc picks it)."""
-    forced = os.environ.get("QEXPORT_ISA")
-    if forced:
-        return f"{forced} (forced by QEXPORT_ISA)"
-    try:
-        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
-        return "unknown"
-    if {"avx512f", "avx512bw", "avx512vl", "avx512_vnni", "fma"} <= flags:
-        return "avx512vnni"
-    return "avx2" if {"avx2", "fma"} <= flags else "scalar"
-
-
 def build(name: str, cache: Path, variants: list[str], openvino: bool) -> tuple[dict[str, Path], dict[str, str]]:
     """Export FP32, ORT int8 and the qexport variants of zoo model ``name`` into ``cache``; with
     ``openvino``, also the rows that run in OpenVINO.  Returns (row -> file, row -> runtime of the
@@ -396,7 +381,7 @@ def main() -> None:
         "onnxruntime": ort.__version__,
         "native": str(native.library_path() or "not built"),
         "int8_peak_gops": peak_int8_gops(1),
-        "kernel_path": kernel_path(),
+        "kernel_path": bench.kernel_path(),
     }
     openvino = not args.no_openvino
     if openvino:

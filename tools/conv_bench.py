@@ -20,7 +20,7 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from qexport import native
-from qexport.bench import session_options
+from qexport.bench import cpu_name, kernel_path, session_options
 from qexport.ops import DOMAIN, VERSION, functions_for, post_weights
 
 SHAPES = [(16, 96, 112, 1, 1, 1), (24, 144, 56, 1, 1, 1), (144, 24, 56, 1, 1, 1), (64, 384, 14, 1, 1, 1),
@@ -91,10 +91,8 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=30)
     args = p.parse_args()
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shape] if args.shape else SHAPES
-    from bench import kernel_path  # tools/: the CPU's name and the kernel path, as the other tables say them
-    from node_times import _cpu
 
-    print(f"{_cpu()}, qexport kernel path {kernel_path()}; batch 1, 1 thread, microseconds, best of {args.runs}\n")
+    print(f"{cpu_name()}, qexport kernel path {kernel_path()}; batch 1, 1 thread, microseconds, best of {args.runs}\n")
     names = ["QLinearConv", "IntConv", "PostConv", "FP32 Conv"]
     print("| cin | cout | side | k | stride | group | " + " | ".join(names) + " |")
     print("|" + "---:|" * (6 + len(names)))

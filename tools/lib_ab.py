@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from qexport.bench import cpu_name, input_shape, random_feeds, session_options, vocab_size
+from qexport.bench import cpu_name, kernel_path, session_feeds, session_options
 
 
 def _times(model: Path, libraries: list[str], threads: int, batch: int, rounds: int, runs: int) -> list[list[float]]:
@@ -27,9 +27,7 @@ def _times(model: Path, libraries: list[str], threads: int, batch: int, rounds: 
         options = session_options(threads)
         options.register_custom_ops_library(lib)
         sessions.append(ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"]))
-    shape, _ = input_shape(model)
-    inp = sessions[0].get_inputs()[0]
-    feeds = {inp.name: random_feeds(batch, shape, vocab_size(model))[inp.type]}
+    feeds = session_feeds(model, sessions[0], batch)
     for session in sessions:  # warm: weights packed, arenas grown
         for _ in range(3):
             session.run(None, feeds)
@@ -52,8 +50,6 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--runs", type=int, default=5, help="runs per library per round")
     args = p.parse_args()
-    from bench import kernel_path  # tools/bench.py, beside this file
-
     print(f"{cpu_name()}, kernel path {kernel_path()}; batch {args.batch}, {args.threads} thread(s), "
           f"{args.rounds} rounds x {args.runs} runs; ms per run, median (min)\n")  # fmt: skip
     names = [Path(lib).name for lib in args.libraries]

@@ -16,19 +16,10 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 from qexport import native
-from qexport.bench import cpu_name, input_shape, random_feeds, session_options, vocab_size
-
-
-def _feed(path: Path, session: ort.InferenceSession, batch: int) -> dict[str, np.ndarray]:
-    """The input the benchmark feeds (qexport.bench): a sequence axis at the size the model was exported
-    with, token ids within the vocabulary."""
-    shape, _ = input_shape(path)
-    inp = session.get_inputs()[0]
-    return {inp.name: random_feeds(batch, shape, vocab_size(path))[inp.type]}
+from qexport.bench import cpu_name, session_feeds, session_options
 
 
 def profile(path: Path, batch: int, threads: int, runs: int) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
@@ -39,7 +30,7 @@ def profile(path: Path, batch: int, threads: int, runs: int) -> tuple[dict[str, 
         options.profile_file_prefix = os.path.join(tmp, "profile")
         native.register(options)
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        feeds = _feed(path, session, batch)
+        feeds = session_feeds(path, session, batch)
         for _ in range(5):
             session.run(None, feeds)
         trace = session.end_profiling()  # warm-up runs end up in the trace too; dropped below
