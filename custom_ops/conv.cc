@@ -259,26 +259,16 @@ __attribute__((target("avx2"))) int64_t sixteen_rows_avx2(const uint8_t* __restr
 }
 #undef QX_TRANSPOSE16
 
-// ``rows`` (1 to 4) channels (``plane`` apart) of pixels [x, count): 16 pixels at a time interleaved in
-// SSE2 registers into one 4-byte word a pixel, stored at out + pixel_at[i]; a word's bytes past
-// ``rows`` are gaps in the pixel and get ``add`` (the value every gap holds).  Returns the pixels done.
+// ``rows`` (1 to 4) channels (``plane`` apart) of pixels [x, count), 16 at a time (quad_words16), each
+// pixel's word stored at out + pixel_at[i]; its bytes past ``rows`` are gaps in the pixel and get
+// ``add`` (the value every gap holds).  Returns the pixels done.
 int64_t quad_rows(const uint8_t* __restrict r0, int64_t plane, int64_t rows, int64_t x, int64_t count, uint8_t add,
                   uint8_t* __restrict out, const int64_t* __restrict pixel_at) {
-  const __m128i offset = _mm_set1_epi8(static_cast<char>(add));
   for (; x + 16 <= count; x += 16) {
-    const auto load = [&](int64_t r) {
-      return r < rows ? _mm_add_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r0 + r * plane + x)), offset)
-                      : offset;
-    };
-    const __m128i a = load(0), b = load(1), cc = load(2), d = load(3);
-    const __m128i ab_lo = _mm_unpacklo_epi8(a, b), ab_hi = _mm_unpackhi_epi8(a, b);
-    const __m128i cd_lo = _mm_unpacklo_epi8(cc, d), cd_hi = _mm_unpackhi_epi8(cc, d);
-    alignas(16) uint32_t words[16];  // pixel x + i: its 4 channels
-    _mm_store_si128(reinterpret_cast<__m128i*>(words), _mm_unpacklo_epi16(ab_lo, cd_lo));
-    _mm_store_si128(reinterpret_cast<__m128i*>(words + 4), _mm_unpackhi_epi16(ab_lo, cd_lo));
-    _mm_store_si128(reinterpret_cast<__m128i*>(words + 8), _mm_unpacklo_epi16(ab_hi, cd_hi));
-    _mm_store_si128(reinterpret_cast<__m128i*>(words + 12), _mm_unpackhi_epi16(ab_hi, cd_hi));
-    for (int64_t i = 0; i < 16; ++i) std::memcpy(out + pixel_at[x + i], words + i, 4);
+    __m128i words[4];
+    quad_words16(r0, plane, rows, x, add, words);
+    const uint8_t* bytes = reinterpret_cast<const uint8_t*>(words);
+    for (int64_t i = 0; i < 16; ++i) std::memcpy(out + pixel_at[x + i], bytes + 4 * i, 4);
   }
   return x;
 }

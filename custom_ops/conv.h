@@ -16,6 +16,10 @@
 #include "common.h"
 #include "gemm.h"
 
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
+
 namespace qx {
 
 struct ConvAttrs {
@@ -88,6 +92,24 @@ inline uint8_t code_offset(const Tensor& x) { return x.type == ONNX_TENSOR_ELEME
 // and the corrections that take the activation ``offset`` back out of the sums.
 void block_output(const ConvOutput& output, const PackedWeights& w, uint8_t offset, int64_t n, int64_t g,
                   int64_t block, TileOutput& out);
+
+#if defined(__x86_64__)
+// ``rows`` (1 to 4) channels (``plane`` apart from r0) of pixels x .. x + 15, plus ``add``, interleaved
+// in SSE2 registers into 16 four-byte words, pixel x + i's in word i (words[i / 4], lane i % 4); a
+// word's bytes past ``rows`` are ``add``.
+inline void quad_words16(const uint8_t* r0, int64_t plane, int64_t rows, int64_t x, uint8_t add, __m128i (&words)[4]) {
+  const __m128i offset = _mm_set1_epi8(static_cast<char>(add));
+  const auto load = [&](int64_t r) {
+    return r < rows ? _mm_add_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(r0 + r * plane + x)), offset)
+                    : offset;
+  };
+  const __m128i a = load(0), b = load(1), c = load(2), d = load(3);
+  const __m128i ab_lo = _mm_unpacklo_epi8(a, b), ab_hi = _mm_unpackhi_epi8(a, b);
+  const __m128i cd_lo = _mm_unpacklo_epi8(c, d), cd_hi = _mm_unpackhi_epi8(c, d);
+  words[0] = _mm_unpacklo_epi16(ab_lo, cd_lo), words[1] = _mm_unpackhi_epi16(ab_lo, cd_lo);
+  words[2] = _mm_unpacklo_epi16(ab_hi, cd_hi), words[3] = _mm_unpackhi_epi16(ab_hi, cd_hi);
+}
+#endif
 
 // Channel planes (NCHW codes, ``plane`` apart) of ``count`` pixels into NHWC pixels of pixel_bytes:
 // channel c of pixel i goes to out[pixel_at[i] + at[c]], plus ``add``, which the bytes no channel

@@ -23,26 +23,16 @@ namespace {
 
 constexpr int64_t kVec = 16;  // pixels per zmm
 
-// Up to 4 channel planes (``plane`` apart) of ``count`` pixels into one 4-byte word a pixel, contiguous
-// (a missing channel's byte left as it is), plus ``add``: four channels interleaved 16 pixels at a time.
+// Up to 4 channel planes (``plane`` apart) of ``count`` pixels into one 4-byte word a pixel, contiguous,
+// plus ``add``: 16 pixels at a time (quad_words16; a missing channel's byte gets ``add``, which the
+// scratch holds there anyway), the tail byte by byte (a missing channel's byte left as it is).
 void quad_words(const uint8_t* __restrict in, int64_t plane, int64_t count, int64_t channels, uint8_t add,
                 uint8_t* __restrict out) {
   int64_t x = 0;
-  if (channels == 4) {
-    const __m128i offset = _mm_set1_epi8(static_cast<char>(add));
-    for (; x + 16 <= count; x += 16) {
-      const auto load = [&](int64_t c) {
-        return _mm_add_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + c * plane + x)), offset);
-      };
-      const __m128i a = load(0), b = load(1), c = load(2), d = load(3);
-      const __m128i ab_lo = _mm_unpacklo_epi8(a, b), ab_hi = _mm_unpackhi_epi8(a, b);
-      const __m128i cd_lo = _mm_unpacklo_epi8(c, d), cd_hi = _mm_unpackhi_epi8(c, d);
-      __m128i* words = reinterpret_cast<__m128i*>(out + 4 * x);
-      _mm_storeu_si128(words, _mm_unpacklo_epi16(ab_lo, cd_lo));
-      _mm_storeu_si128(words + 1, _mm_unpackhi_epi16(ab_lo, cd_lo));
-      _mm_storeu_si128(words + 2, _mm_unpacklo_epi16(ab_hi, cd_hi));
-      _mm_storeu_si128(words + 3, _mm_unpackhi_epi16(ab_hi, cd_hi));
-    }
+  for (; x + 16 <= count; x += 16) {
+    __m128i words[4];
+    quad_words16(in, plane, channels, x, add, words);
+    for (int64_t i = 0; i < 4; ++i) _mm_storeu_si128(reinterpret_cast<__m128i*>(out + 4 * x) + i, words[i]);
   }
   for (; x < count; ++x)
     for (int64_t c = 0; c < channels; ++c) out[4 * x + c] = uint8_t(in[c * plane + x] + add);
