@@ -291,9 +291,22 @@ void nhwc_pixels(Isa isa, const uint8_t* __restrict in, int64_t plane, int64_t c
     for (; x < count; ++x)
       for (int64_t k = c; k < c + group; ++k) out[pixel_at[x] + at[k]] = uint8_t(in[k * plane + x] + add);
   };
-  for (int64_t c = 0; c < channels;) {
+  int64_t limit = channels;
 #if defined(__x86_64__)
-    if (c + 16 <= channels && side_by_side(at, c, 16)) {
+  // a pixel with no gaps whose last 1-3 channels are no quad of their own (the span layout's 3-channel
+  // stem): their words go first, each spilling its 1-3 gap bytes (``add``) into the bytes after the
+  // pixel, which are padding (holding ``add``) or later pixels' (rewritten after: by this run's next
+  // words, in order, or by the runs below).  Pixels within 3 of the task's end go byte by byte: their
+  // spill could reach the next task's.
+  if (pixel_bytes == channels && channels % 4 != 0) {
+    limit = channels - channels % 4;
+    const int64_t words = std::max<int64_t>(count - 3, 0);
+    finish(limit, channels % 4, quad_rows(in + limit * plane, plane, channels % 4, 0, words, add, out + at[limit], pixel_at));
+  }
+#endif
+  for (int64_t c = 0; c < limit;) {
+#if defined(__x86_64__)
+    if (c + 16 <= limit && side_by_side(at, c, 16)) {
       const uint8_t* rows = in + c * plane;
       int64_t x = isa != Isa::Scalar ? sixteen_rows_avx2(rows, plane, count, add, out + at[c], pixel_at) : 0;
       finish(c, 16, sixteen_rows(rows, plane, x, count, add, out + at[c], pixel_at));
@@ -302,8 +315,8 @@ void nhwc_pixels(Isa isa, const uint8_t* __restrict in, int64_t plane, int64_t c
     }
     // up to 4 side by side, then gaps to a 4-byte word (channels of a group padded to 4, the stem's 3)
     int64_t rows = 1;
-    while (rows < 4 && c + rows < channels && at[c + rows] == at[c] + rows) ++rows;
-    if (rows == 4 || (at[c] + 4 <= pixel_bytes && (c + rows == channels || at[c + rows] >= at[c] + 4))) {
+    while (rows < 4 && c + rows < limit && at[c + rows] == at[c] + rows) ++rows;
+    if (rows == 4 || (at[c] + 4 <= pixel_bytes && (c + rows == limit || at[c + rows] >= at[c] + 4))) {
       finish(c, rows, quad_rows(in + c * plane, plane, rows, 0, count, add, out + at[c], pixel_at));
       c += rows;
       continue;
@@ -373,9 +386,12 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
     const int64_t n = int64_t(task) / spans, first = int64_t(task) % spans * kSpan;
     const int64_t count = std::min(kSpan, plane - first);
     int64_t pixel_at[kSpan];
-    for (int64_t i = 0, h = first / s.w, x = first % s.w; i < count; ++i) {
-      pixel_at[i] = ((h + pt) * wp + pl + x) * pixel_bytes;
-      if (++x == s.w) x = 0, ++h;
+    // row by row: a row's pixels are pixel_bytes apart, the next row's first (wp - w) pixels on
+    int64_t x = first % s.w, at = ((first / s.w + pt) * wp + pl + x) * pixel_bytes;
+    for (int64_t i = 0; i < count;) {
+      const int64_t run = std::min(count - i, s.w - x);
+      for (int64_t k = 0; k < run; ++k) pixel_at[i + k] = at + k * pixel_bytes;
+      i += run, at += (run + wp - s.w) * pixel_bytes, x = 0;
     }
     nhwc_pixels(isa, src + n * s.c * plane + first, plane, count, s.c, channel_at.data(), pixel_bytes, offset,
                 nhwc + n * image_bytes, pixel_at);

@@ -115,7 +115,8 @@ inline void quad_words16(const uint8_t* r0, int64_t plane, int64_t rows, int64_t
 // channel c of pixel i goes to out[pixel_at[i] + at[c]], plus ``add``, which the bytes no channel
 // lands on (channels of a group padded to 4) must already hold.  Sixteen channels that land side by
 // side are transposed 32 pixels at a time in ymm registers (not on the scalar path) and 16 at a time
-// in SSE2 (x86-64's baseline); up to four, with gaps to a 4-byte word, 16 pixels at a time in SSE2.
+// in SSE2 (x86-64's baseline); up to four, with gaps to a 4-byte word or a gapless pixel's last 1-3
+// (spilling into the bytes after it, written after), 16 pixels at a time in SSE2.
 void nhwc_pixels(Isa isa, const uint8_t* __restrict in, int64_t plane, int64_t count, int64_t channels,
                  const int64_t* __restrict at, int64_t pixel_bytes, uint8_t add, uint8_t* __restrict out,
                  const int64_t* __restrict pixel_at);

@@ -108,6 +108,8 @@ CONV_CASES = [
     (4, 1, 1, [1, 1, 1, 1], False, False, 4, 8, 9),  # grouped with 1 input channel per group, not depthwise
     (1, 1, 1, [1, 2, 0, 1], False, True, 35, 20, 12),  # 16 + 16 + 3 channels: every NHWC copy path, odd pads
     (2, 1, 1, [1, 1, 1, 1], True, False, 34, 8, 9),  # two groups of 17 channels, 20 bytes apart in a pixel
+    (1, 1, 1, [0, 0, 0, 0], True, False, 1, 5, 20),  # 1-byte pixels, no padding: words spill across rows and tasks
+    (1, 2, 1, [1, 0, 1, 0], False, True, 6, 7, 19),  # 4 + 2 channels: the 2's words spill into the next pixel
 ]
 
 
