@@ -162,6 +162,20 @@ void ConvInputs::set_output(TileOutput& out, int64_t relu) const {
   out.zero_point = y_zero_point;
   out.code_lo = float(requant->qmin - y_zero_point);
   out.code_hi = float(requant->qmax - y_zero_point);
+  // The ReLU folded into the code range, one max / min less per vector, where the codes stay the same
+  // (y_scale > 0, so y / y_scale keeps order and sign): with code_lo >= 0 the clamp maps every y < 0,
+  // -0 and NaN to code_lo as the ReLU's 0 (or NaN) then the clamp did; ReLU6's y > 6 becomes
+  // min(y / y_scale, 6 / y_scale), the same float, where 6 / y_scale >= code_lo (else the clamp's
+  // order would differ).
+  if (out.relu && out.code_lo >= 0.0f) {
+    const float six = 6.0f / y_scale;  // as the epilogue divides 6.0f
+    if (out.relu == 1) {
+      out.relu = 0;
+    } else if (six >= out.code_lo) {
+      out.relu = 0;
+      out.code_hi = std::min(out.code_hi, six);
+    }
+  }
 }
 
 ConvInputs conv_inputs(OrtKernelContext* context, const ConvAttrs& attrs, ONNXTensorElementDataType w_type,

@@ -131,7 +131,8 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi"))) void 
   // (the unrolled loops let GCC keep the accumulators in registers: it spilled them every window)
   __m512i acc_e[kVecs], acc_o[kVecs];
 #pragma GCC unroll 4
-  for (int j = 0; j < kVecs; ++j) acc_e[j] = acc_o[j] = _mm512_setzero_si512();
+  for (int j = 0; j < kVecs; ++j)
+    acc_e[j] = lane_start(out, l), acc_o[j] = kPairs ? lane_start(out, l + int(kTileLanes) / 2) : acc_e[j];
   for (int64_t k = 0; k < v.per_vector; ++k) {
     const __m512i we = _mm512_set1_epi32(even[k]);
     const __m512i wo = kPairs ? _mm512_set1_epi32(odd[k]) : we;

@@ -29,19 +29,20 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void store_row16(__m
 
 inline __mmask16 row_mask16(int64_t count) { return count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1); }
 
-// float(acc - correction), exact for the sums these kernels make
-__attribute__((target("avx512f"))) inline __m512 lane_sum(__m512i acc, int32_t correction) {
-  return _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_set1_epi32(correction)));
-}
-
 // 16 pixels' sums of lane l, or (pairs, POST) of lanes l (even) and l + 16 (odd) combined as gemm.cc
-// does, stored by store_row16
+// does, stored by store_row16.  The accumulators started at minus their lane's correction (what
+// gemm.cc's tiles subtract at the end: the same int32, one vpsubd less per vector).
 __attribute__((target("avx512f,avx512bw,avx512vl"))) inline void store_lane16(__m512i even, __m512i odd, bool pairs,
                                                                              const TileOutput& out, int l, int64_t p,
                                                                              __mmask16 mask) {
-  __m512 sum = lane_sum(even, out.correction[l]);
-  if (pairs) sum = _mm512_add_ps(sum, _mm512_mul_ps(lane_sum(odd, out.correction[l + 16]), _mm512_set1_ps(kSqrtHalf)));
+  __m512 sum = _mm512_cvtepi32_ps(even);
+  if (pairs) sum = _mm512_add_ps(sum, _mm512_mul_ps(_mm512_cvtepi32_ps(odd), _mm512_set1_ps(kSqrtHalf)));
   store_row16(sum, out, l, p, mask);
+}
+
+// the accumulator store_lane16 wants for lane l: minus its correction
+__attribute__((target("avx512f"))) inline __m512i lane_start(const TileOutput& out, int l) {
+  return _mm512_set1_epi32(-out.correction[l]);
 }
 
 }  // namespace qx

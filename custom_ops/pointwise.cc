@@ -38,17 +38,18 @@ void quad_words(const uint8_t* __restrict in, int64_t plane, int64_t count, int6
     for (int64_t c = 0; c < channels; ++c) out[4 * x + c] = uint8_t(in[c * plane + x] + add);
 }
 
-// acc[r][v] += the 4-channel dot products of pixels v * 16 .. + 15 with weight lane lanes[r], over
+// acc[r][v] = lane_start + the 4-channel dot products of pixels v * 16 .. + 15 with weight lane lanes[r], over
 // all k4 quads; act: the activations of quad 0 at the first pixel, quad_bytes apart.
 template <int kRows, int kVecs>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void pointwise_sums(
-    const uint8_t* act, int64_t quad_bytes, const int8_t* w, const int* lanes, int64_t k4, __m512i (&out)[kRows][kVecs]) {
+    const uint8_t* act, int64_t quad_bytes, const int8_t* w, const int* lanes, int64_t k4, const TileOutput& tile,
+    __m512i (&out)[kRows][kVecs]) {
   // one flat local array, its loops fully unrolled: GCC then keeps it in registers (with the caller's
   // 2-D array it moved every accumulator to another register each quad)
   constexpr int kAcc = kRows * kVecs;
   __m512i acc[kAcc];
 #pragma GCC unroll 16
-  for (int i = 0; i < kAcc; ++i) acc[i] = _mm512_setzero_si512();
+  for (int i = 0; i < kAcc; ++i) acc[i] = lane_start(tile, lanes[i / kVecs]);
   int32_t offset[kRows];
 #pragma GCC unroll 8
   for (int r = 0; r < kRows; ++r) offset[r] = 4 * lanes[r];
@@ -76,7 +77,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void pointwise_s
   constexpr int half = int(kTileLanes) / 2, rows = kPairs ? 8 : 4;
   const int lanes[8] = {l0, l0 + 1, l0 + 2, l0 + 3, half + l0, half + l0 + 1, half + l0 + 2, half + l0 + 3};
   __m512i acc[rows][kVecs];
-  pointwise_sums<rows, kVecs>(act + 4 * p, quad_bytes, w, lanes, k4, acc);
+  pointwise_sums<rows, kVecs>(act + 4 * p, quad_bytes, w, lanes, k4, out, acc);
   for (int r = 0; r < 4; ++r) {
     if (out.row[l0 + r] == nullptr) continue;
     for (int v = 0; v < kVecs && p + v * kVec < pixels; ++v)

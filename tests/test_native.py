@@ -241,6 +241,38 @@ def test_conv_requant_edges(isa: str, op: str, zero_point: np.ndarray, qmin: int
     np.testing.assert_array_equal(y, body)
 
 
+@pytest.mark.parametrize(("y_scale", "qmin", "qmax"), [(0.35, 0, 255), (0.35, 0, 15), (0.25, 30, 40), (0.25, 24, 40)])
+@pytest.mark.parametrize("layout", ["pointwise", "depthwise", "3x3"])
+@pytest.mark.parametrize(("op", "relu"), [("IntConvRequant", 1), ("IntConvRequant", 6), ("PostConvRequant", 6)])
+def test_conv_requant_relu_fold(isa: str, op: str, relu: int, layout: str, y_scale: float, qmin: int,
+                                qmax: int) -> None:  # fmt: skip
+    """Where the codes are unsigned from 0 up, the kernels fold the ReLU into the code range (ReLU6's 6 as
+    the float 6 / y_scale where that is not below qmin): the codes stay the function body's, 6 / y_scale
+    inside the range (17.14...), above it, below qmin (not folded) and on it."""
+    six = np.float32(6.0)
+    around = [six, np.nextafter(six, np.float32(9)), np.nextafter(six, np.float32(0)), 5.9, 6.2, 7e3]
+    bias = np.concatenate([_edge_values(y_scale), np.array(around, np.float32)]).astype(np.float32)
+    cout = len(bias)
+    cin, group, k, side = {"pointwise": (4, 1, 1, 16), "depthwise": (cout, cout, 3, 12), "3x3": (4, 1, 3, 9)}[layout]
+    x = np.zeros((1, cin, side, side), np.uint8)
+    attrs = {"strides": [1, 1], "pads": [k // 2] * 4, "dilations": [1, 1], "group": group, "relu": relu,
+             "qmin": qmin, "qmax": qmax}  # fmt: skip
+    w_shape = (cout, cin // group, k, k)
+    rng = np.random.default_rng(cout)
+    if op == "IntConvRequant":
+        w_proto = numpy_helper.from_array(rng.integers(-8, 8, size=w_shape).astype(np.int8), "w")
+    else:
+        w_proto = post_weights.uint4_initializer("w", post_weights.pack(rng.integers(-7, 8, w_shape), 4))
+        attrs["bits"] = 4
+    model, feeds = _conv_model(op, x, np.float32(0.5), w_proto, np.full(cout, 0.5, np.float32), bias,
+                               [1, cout, side, side], (np.float32(y_scale), np.uint8(0)), **attrs)  # fmt: skip
+    (body,) = _ort_run(model, feeds, kernels=False)
+    top = min(max(round(6 / y_scale), qmin), qmax) if relu == 6 else qmax  # the highest code reached
+    assert (body == qmin).any() and (body == top).any()
+    (y,) = _ort_run(model, feeds)
+    np.testing.assert_array_equal(y, body)
+
+
 # (in channels, out channels, side, signed): 1x1 convs the AVX-512 VNNI path runs vectorised over pixels
 # (custom_ops/pointwise.cc): 16 x 16 = one task of 4 full steps of 64 pixels; 30 x 30 four tasks, the
 # last one's last step partial (pixels 900-959 computed, not stored); 7 x 7 too few pixels for it (the
