@@ -122,29 +122,38 @@ const PlaneVectors* cached_plan(const ConvShape& s, const ConvAttrs& a) {
 // Vectors i .. i + kVecs - 1 of one channel plane (independent accumulators hide vpdpbusd's latency),
 // the even lane's words and (kPairs, POST) the odd lane's; ``offset``: every byte's activation offset
 // (xor'ed into the codes, the padding's value; kXor false: it is 0, int8 codes only have one).
-// kMasked: with the windows' masks, else (clean vectors) plain loads and permutes.
-template <bool kPairs, int kVecs, bool kMasked, bool kXor>
+// kMasked: with the windows' masks, else (clean vectors) plain loads and permutes.  kPer: windows per
+// vector when known at compile time (3: a 3x3 kernel), so that every window's masks sit at a constant
+// offset from the first vector's; 0: v.per_vector.
+template <bool kPairs, int kVecs, bool kMasked, bool kXor, int kPer>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi"))) void plane_step(
     const uint8_t* plane, const PlaneVectors& v, const int32_t* even, const int32_t* odd, __m512i offset,
     const TileOutput& out, int l, size_t i) {
   const __m512i index = _mm512_load_si512(v.index);
+  const int64_t per = kPer ? kPer : v.per_vector;
+  const uint64_t* keep = v.keep.data() + i * size_t(per);  // window k of vector i + j: [j * per + k]
+  const uint64_t* load = v.load.data() + i * size_t(per);
+  const int64_t* offsets = v.offset.data();
+  const uint8_t* base[kVecs];
   // (the unrolled loops let GCC keep the accumulators in registers: it spilled them every window)
   __m512i acc_e[kVecs], acc_o[kVecs];
 #pragma GCC unroll 4
-  for (int j = 0; j < kVecs; ++j)
+  for (int j = 0; j < kVecs; ++j) {
+    base[j] = plane + v.origin[i + size_t(j)];  // may lie before the plane: masked
     acc_e[j] = lane_start(out, l), acc_o[j] = kPairs ? lane_start(out, l + int(kTileLanes) / 2) : acc_e[j];
-  for (int64_t k = 0; k < v.per_vector; ++k) {
+  }
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < per; ++k) {
     const __m512i we = _mm512_set1_epi32(even[k]);
     const __m512i wo = kPairs ? _mm512_set1_epi32(odd[k]) : we;
 #pragma GCC unroll 4
     for (int j = 0; j < kVecs; ++j) {
-      const size_t window = (i + size_t(j)) * size_t(v.per_vector) + size_t(k);
-      const uint8_t* at = plane + v.origin[i + size_t(j)] + v.offset[size_t(k)];  // may lie before the plane: masked
+      const uint8_t* at = base[j] + offsets[k];
       __m512i x;
       if (kMasked) {
         // the padding bytes zeroed, then every byte + the offset: the padding the offset, code 0
-        const __m512i bytes = _mm512_maskz_loadu_epi8(v.load[window], at);
-        x = _mm512_maskz_permutexvar_epi8(v.keep[window], index, bytes);
+        const __m512i bytes = _mm512_maskz_loadu_epi8(load[j * per + k], at);
+        x = _mm512_maskz_permutexvar_epi8(keep[j * per + k], index, bytes);
         if (kXor) x = _mm512_xor_si512(x, offset);
       } else {
         const __m512i bytes = _mm512_loadu_si512(at);
@@ -160,20 +169,29 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi"))) void 
     store_lane16(acc_e[j], acc_o[j], kPairs, out, l, v.first[i + size_t(j)], row_mask16(v.count[i + size_t(j)]));
 }
 
-template <bool kPairs, bool kXor>
+template <bool kPairs, bool kXor, int kPer>
 __attribute__((target("avx512f"))) void plane_run(const uint8_t* plane, const PlaneVectors& v, const int32_t* even,
                                                   const int32_t* odd, uint8_t offset, const TileOutput& out, int l) {
   const __m512i bytes = _mm512_set1_epi8(char(offset));
   size_t i = 0;
   for (; i + 4 <= v.first.size(); i += 4) {
     if (v.clean[i] && v.clean[i + 1] && v.clean[i + 2] && v.clean[i + 3])
-      plane_step<kPairs, 4, false, kXor>(plane, v, even, odd, bytes, out, l, i);
+      plane_step<kPairs, 4, false, kXor, kPer>(plane, v, even, odd, bytes, out, l, i);
     else
-      plane_step<kPairs, 4, true, kXor>(plane, v, even, odd, bytes, out, l, i);
+      plane_step<kPairs, 4, true, kXor, kPer>(plane, v, even, odd, bytes, out, l, i);
   }
   for (; i < v.first.size(); ++i)
-    v.clean[i] ? plane_step<kPairs, 1, false, kXor>(plane, v, even, odd, bytes, out, l, i)
-               : plane_step<kPairs, 1, true, kXor>(plane, v, even, odd, bytes, out, l, i);
+    v.clean[i] ? plane_step<kPairs, 1, false, kXor, kPer>(plane, v, even, odd, bytes, out, l, i)
+               : plane_step<kPairs, 1, true, kXor, kPer>(plane, v, even, odd, bytes, out, l, i);
+}
+
+using PlaneRun = void (*)(const uint8_t*, const PlaneVectors&, const int32_t*, const int32_t*, uint8_t,
+                          const TileOutput&, int);
+
+template <int kPer>
+PlaneRun plane_run_for(bool pairs, bool xor_offset) {
+  return pairs ? (xor_offset ? plane_run<true, true, kPer> : plane_run<true, false, kPer>)
+               : (xor_offset ? plane_run<false, true, kPer> : plane_run<false, false, kPer>);
 }
 
 }  // namespace
@@ -192,10 +210,7 @@ bool run_depthwise_planes(OrtKernelContext* context, Isa isa, const ConvShape& s
   // tasks of 8 channels (a block's output rows set up once per task)
   constexpr int64_t kChannels = 8;
   const int64_t chunks = (s.c + kChannels - 1) / kChannels;
-  using Run = void (*)(const uint8_t*, const PlaneVectors&, const int32_t*, const int32_t*, uint8_t, const TileOutput&,
-                       int);
-  const Run run = dup16 ? (offset ? plane_run<true, true> : plane_run<true, false>)
-                        : (offset ? plane_run<false, true> : plane_run<false, false>);
+  const PlaneRun run = words == 3 ? plane_run_for<3>(dup16, offset != 0) : plane_run_for<0>(dup16, offset != 0);
   parallel_for(context, size_t(s.n * chunks), [&](size_t task) {
     const int64_t n = int64_t(task) / chunks, c0 = int64_t(task) % chunks * kChannels;
     const int64_t block = c0 / per_block;
