@@ -164,9 +164,10 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512vbmi"))) void 
       if (kPairs) acc_o[j] = _mm512_dpbusd_epi32(acc_o[j], x, wo), keep_in_register(acc_o[j]);
     }
   }
+  const Lane16 e = lane16(out, l);
 #pragma GCC unroll 4
   for (int j = 0; j < kVecs; ++j)
-    store_lane16(acc_e[j], acc_o[j], kPairs, out, l, v.first[i + size_t(j)], row_mask16(v.count[i + size_t(j)]));
+    store_lane16(acc_e[j], acc_o[j], kPairs, e, v.first[i + size_t(j)], row_mask16(v.count[i + size_t(j)]));
 }
 
 template <bool kPairs, bool kXor, int kPer>

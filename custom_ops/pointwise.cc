@@ -80,9 +80,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void pointwise_s
   pointwise_sums<rows, kVecs>(act + 4 * p, quad_bytes, w, lanes, k4, out, acc);
   for (int r = 0; r < 4; ++r) {
     if (out.row[l0 + r] == nullptr) continue;
+    const Lane16 e = lane16(out, l0 + r);
     for (int v = 0; v < kVecs && p + v * kVec < pixels; ++v)
-      store_lane16(acc[r][v], acc[kPairs ? r + 4 : r][v], kPairs, out, l0 + r, p + v * kVec,
-                   row_mask16(pixels - p - v * kVec));
+      store_lane16(acc[r][v], acc[kPairs ? r + 4 : r][v], kPairs, e, p + v * kVec, row_mask16(pixels - p - v * kVec));
   }
 }
 
