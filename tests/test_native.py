@@ -210,16 +210,10 @@ def _edge_values(y_scale: float) -> np.ndarray:
     return np.concatenate([np.array(extremes, np.float32), ties, near]).astype(np.float32)
 
 
-@pytest.mark.parametrize(("op", "zero_point", "qmin", "qmax"), REQUANT_CASES)
-@pytest.mark.parametrize("layout", ["pointwise", "depthwise", "3x3"])
-@pytest.mark.parametrize("relu", [0, 1, 6])
-def test_conv_requant_edges(isa: str, op: str, zero_point: np.ndarray, qmin: int, qmax: int, layout: str,
-                            relu: int) -> None:  # fmt: skip
-    """Every kernel's requantizing epilogue (the pixel-vectorised pointwise and depthwise kernels', the
-    channel tile's) on the values where a clamp, a ReLU or the rounding could go wrong, against the
-    function body (QuantizeLinear then Clip)."""
-    y_scale = np.float32(0.25)
-    bias = _edge_values(float(y_scale))
+def _bias_codes(op: str, layout: str, bias: np.ndarray, relu: int, qmin: int, qmax: int, y_scale: np.float32,
+                zero_point: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """A requantizing conv of ``layout`` over all-zero codes, so that each output channel's y is its
+    ``bias`` value exactly: (the function body's codes, the native kernels' codes)."""
     cout = len(bias)
     cin, group, k, side = {"pointwise": (4, 1, 1, 16), "depthwise": (cout, cout, 3, 12), "3x3": (4, 1, 3, 9)}[layout]
     x = np.zeros((1, cin, side, side), np.uint8)
@@ -235,9 +229,22 @@ def test_conv_requant_edges(isa: str, op: str, zero_point: np.ndarray, qmin: int
     model, feeds = _conv_model(op, x, np.float32(0.5), w_proto, np.full(cout, 0.5, np.float32), bias,
                                [1, cout, side, side], (y_scale, zero_point), **attrs)  # fmt: skip
     (body,) = _ort_run(model, feeds, kernels=False)
+    (y,) = _ort_run(model, feeds)
+    return body, y
+
+
+@pytest.mark.parametrize(("op", "zero_point", "qmin", "qmax"), REQUANT_CASES)
+@pytest.mark.parametrize("layout", ["pointwise", "depthwise", "3x3"])
+@pytest.mark.parametrize("relu", [0, 1, 6])
+def test_conv_requant_edges(isa: str, op: str, zero_point: np.ndarray, qmin: int, qmax: int, layout: str,
+                            relu: int) -> None:  # fmt: skip
+    """Every kernel's requantizing epilogue (the pixel-vectorised pointwise and depthwise kernels', the
+    channel tile's) on the values where a clamp, a ReLU or the rounding could go wrong, against the
+    function body (QuantizeLinear then Clip)."""
+    y_scale = np.float32(0.25)
+    body, y = _bias_codes(op, layout, _edge_values(float(y_scale)), relu, qmin, qmax, y_scale, zero_point)
     assert len(np.unique(body)) >= 4  # the edges reach several codes, both bounds (below ReLU6's 6) among them
     assert (body == qmin).any() and ((body == qmax).any() or (relu == 6 and (qmax - int(zero_point)) * y_scale > 6))
-    (y,) = _ort_run(model, feeds)
     np.testing.assert_array_equal(y, body)
 
 
@@ -252,24 +259,9 @@ def test_conv_requant_relu_fold(isa: str, op: str, relu: int, layout: str, y_sca
     six = np.float32(6.0)
     around = [six, np.nextafter(six, np.float32(9)), np.nextafter(six, np.float32(0)), 5.9, 6.2, 7e3]
     bias = np.concatenate([_edge_values(y_scale), np.array(around, np.float32)]).astype(np.float32)
-    cout = len(bias)
-    cin, group, k, side = {"pointwise": (4, 1, 1, 16), "depthwise": (cout, cout, 3, 12), "3x3": (4, 1, 3, 9)}[layout]
-    x = np.zeros((1, cin, side, side), np.uint8)
-    attrs = {"strides": [1, 1], "pads": [k // 2] * 4, "dilations": [1, 1], "group": group, "relu": relu,
-             "qmin": qmin, "qmax": qmax}  # fmt: skip
-    w_shape = (cout, cin // group, k, k)
-    rng = np.random.default_rng(cout)
-    if op == "IntConvRequant":
-        w_proto = numpy_helper.from_array(rng.integers(-8, 8, size=w_shape).astype(np.int8), "w")
-    else:
-        w_proto = post_weights.uint4_initializer("w", post_weights.pack(rng.integers(-7, 8, w_shape), 4))
-        attrs["bits"] = 4
-    model, feeds = _conv_model(op, x, np.float32(0.5), w_proto, np.full(cout, 0.5, np.float32), bias,
-                               [1, cout, side, side], (np.float32(y_scale), np.uint8(0)), **attrs)  # fmt: skip
-    (body,) = _ort_run(model, feeds, kernels=False)
+    body, y = _bias_codes(op, layout, bias, relu, qmin, qmax, np.float32(y_scale), np.uint8(0))
     top = min(max(round(6 / y_scale), qmin), qmax) if relu == 6 else qmax  # the highest code reached
     assert (body == qmin).any() and (body == top).any()
-    (y,) = _ort_run(model, feeds)
     np.testing.assert_array_equal(y, body)
 
 
