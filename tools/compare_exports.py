@@ -10,7 +10,6 @@ Prints a markdown table: median ms per batch, speed-up over FP32 before and afte
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -85,8 +84,7 @@ def main() -> None:
                          f"{t['before'] / t['after']:.3f}"])  # fmt: skip
             print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
     cpu = bench.cpu_name()
-    isa = os.environ.get("QEXPORT_ISA", "best the CPU has")
-    print(f"{cpu}, native kernels: {native.available()} (ISA path: {isa}), batch {args.batch}, "
+    print(f"{cpu}, native kernels: {native.available()} (kernel path {bench.kernel_path()}), batch {args.batch}, "
           f"{args.threads} thread(s), before = {args.before}, after = this tree\n")  # fmt: skip
     header = ["model", "variant", "fp32 ms", "before ms", "after ms", "before vs fp32", "after vs fp32",
               "speed after / before"]  # fmt: skip

@@ -19,7 +19,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from qexport import native
-from qexport.bench import cpu_name, session_feeds, session_options
+from qexport.bench import cpu_name, kernel_path, session_feeds, session_options
 
 
 def profile(path: Path, batch: int, threads: int, runs: int) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
@@ -60,9 +60,8 @@ def main() -> None:
     args = p.parse_args()
     by_op, by_node = profile(args.model, args.batch, args.threads, args.runs)
     total = sum(by_op.values())
-    isa = os.environ.get("QEXPORT_ISA") or "the best this CPU has"
     print(f"{args.model.name}: batch {args.batch}, {args.threads} thread(s), {cpu_name()}, "
-          f"kernel path {isa}: {total:.0f} us of node time per run")  # fmt: skip
+          f"kernel path {kernel_path()}: {total:.0f} us of node time per run")  # fmt: skip
     print("| op type | us/run | share |\n|---|---|---|")
     for op, t in sorted(by_op.items(), key=lambda kv: -kv[1])[: args.top]:
         print(f"| {op} | {t:.0f} | {100 * t / total:.1f}% |")
