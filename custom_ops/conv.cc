@@ -310,8 +310,8 @@ void nhwc_pixels(Isa isa, const uint8_t* __restrict in, int64_t plane, int64_t c
   // a pixel with no gaps whose last 1-3 channels are no quad of their own (the span layout's 3-channel
   // stem): their words go first, each spilling its 1-3 gap bytes (``add``) into the bytes after the
   // pixel, which are padding (holding ``add``) or later pixels' (rewritten after: by this run's next
-  // words, in order, or by the runs below).  Pixels within 3 of the task's end go byte by byte: their
-  // spill could reach the next task's.
+  // words, in order, or by the runs below).  The words stop 3 pixels short of the task's end, whose
+  // spill could reach the next task's pixels; the pixels left go byte by byte.
   if (pixel_bytes == channels && channels % 4 != 0) {
     limit = channels - channels % 4;
     const int64_t words = std::max<int64_t>(count - 3, 0);
