@@ -430,8 +430,13 @@ void run_conv(OrtKernelContext* context, Isa isa, const ConvShape& s, const Conv
       }
     }
   }
-  const int64_t pixels = s.ho * s.wo, tile = int64_t(kTilePixels), chunk = 8 * tile;
-  const int64_t chunks = (pixels + chunk - 1) / chunk, blocks = w.lanes / int64_t(kTileLanes);
+  const int64_t pixels = s.ho * s.wo, tile = int64_t(kTilePixels), blocks = w.lanes / int64_t(kTileLanes);
+  // tasks of 64 to 256 output pixels: larger ones while 64 tasks are left (a task sets up its block's
+  // 32 output rows first, a fifth of a small-K conv's time with 64 pixels)
+  int64_t chunk = 8 * tile;
+  const auto tasks_of = [&](int64_t c) { return s.n * groups * blocks * ((pixels + c - 1) / c); };
+  while (chunk < 32 * tile && tasks_of(2 * chunk) >= 64) chunk *= 2;
+  const int64_t chunks = (pixels + chunk - 1) / chunk;
   const size_t tasks = size_t(s.n * groups * blocks * chunks);
   parallel_for(context, tasks, [&](size_t task) {
     const int64_t t = int64_t(task);

@@ -110,6 +110,7 @@ CONV_CASES = [
     (2, 1, 1, [1, 1, 1, 1], True, False, 34, 8, 9),  # two groups of 17 channels, 20 bytes apart in a pixel
     (1, 1, 1, [0, 0, 0, 0], True, False, 1, 5, 20),  # 1-byte pixels, no padding: words spill across rows and tasks
     (1, 2, 1, [1, 0, 1, 0], False, True, 6, 7, 19),  # 4 + 2 channels: the 2's words spill into the next pixel
+    (1, 1, 1, [3, 3, 3, 3], False, False, 2, 40, 77),  # 77 x 77 outputs: tasks of 256 pixels, the last one short
 ]
 
 
