@@ -137,3 +137,55 @@ def test_residual_adds_fused_or_exact(tmp_path: Path, act: str, adds: str, exact
     assert qexport.check(q, path, samples=16, reference_samples=0).passed  # the parity contract holds either way
     with pytest.raises(qexport.QexportError, match="adds='sum' is not one of auto, exact, fused"):
         qexport.export(q, tmp_path / "bad.onnx", input_shape=[1, *x.shape[1:]], adds="sum")
+
+
+class _PooledCNN(torch.nn.Module):
+    """VGG-style: conv -> BN -> ReLU -> MaxPool -> the next conv, pools of 2x2, of 3x3 with padding (a
+    ResNet stem's) and 2x2 with ceil_mode (a partial last window)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+
+        def block(cin: int, cout: int) -> list[torch.nn.Module]:
+            return [torch.nn.Conv2d(cin, cout, 3, padding=1, bias=False), torch.nn.BatchNorm2d(cout), torch.nn.ReLU()]
+
+        self.features = torch.nn.Sequential(
+            *block(3, 16), *block(16, 16), torch.nn.MaxPool2d(2),
+            *block(16, 32), torch.nn.MaxPool2d(3, 2, 1),
+            *block(32, 32), torch.nn.MaxPool2d(2, ceil_mode=True), *block(32, 32), *block(32, 32),
+            torch.nn.MaxPool2d(2), *block(32, 32),
+        )  # fmt: skip
+        self.fc = torch.nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.nn.functional.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_max_pooled_convs_stay_integer(tmp_path: Path, bits: int) -> None:
+    """A conv whose output goes through a max pool into one uniform quantizer is written as a QDQ conv
+    and its quantizer moved before the pool (lower.py's ``_pooled_codes``: quantizing is non-decreasing,
+    so the code of a window's max is the max of its codes): onnxruntime fuses the conv into QLinearConv
+    and pools its channels-last codes (NhwcMaxPool).  Before, each such conv was an IntConv with a float
+    output, pooled in float and quantized again.  Parity holds with pads and a partial window."""
+    model = _PooledCNN()
+    x = torch.randn(16, 3, 42, 42)  # 42 -> 21 -> 11 -> 6 (ceil, a partial window) -> 3
+    _settle_batchnorm(model, x)
+    for bn in model.modules():  # momentum None (a cumulative average) cannot be captured: data-dependent
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.momentum = 0.1
+    q = qexport.quantize(model.eval(), weight="lsq", act="lsq", bits=bits, example_inputs=(x[:1],))
+    qexport.calibrate(q, [x])
+    path = qexport.export(q, tmp_path / "m.onnx", x[:1])
+    graph = onnx.load(path).graph
+    producers = {o: n for n in graph.node for o in n.output}
+    pools = [n for n in graph.node if n.op_type == "MaxPool"]
+    # the last pool's codes go into an IntConv (its output is pooled in float, not quantized): that
+    # pool stays float, after an IntConv (onnxruntime's channels-first 8-bit MaxPool is slow)
+    codes = "Clip" if bits < 8 else "QuantizeLinear"
+    assert [producers[p.input[0]].op_type for p in pools] == [codes, codes, codes, "IntConv"]
+    k = bench.optimized_kernels(path, native=native.available())
+    assert k.ops.get("NhwcMaxPool", 0) == 3 and k.ops.get("MaxPool", 0) == 1, k.ops
+    if native.available():  # the stem (3 input channels) and the last two are IntConvs
+        assert k.float_conv == 0 and k.ops.get("QLinearConv", 0) == 4, k.ops
+    assert qexport.check(q, path, samples=16, reference_samples=0).passed

@@ -273,19 +273,33 @@ class Emitter:
         return not post and self.writes_int_conv(user, users[0], form)
 
     def output_quantized(self, node: fx.Node, layer: QuantConv2d) -> bool:
-        """Whether a conv's output (after its folded BatchNorm and a ReLU) goes into exactly one uniform
-        quantizer: the QDQ pattern onnxruntime fuses into QLinearConv.  Or, with no ReLU and unsigned
-        input codes, into several (MobileNetV2's projection convs: the next block's input quantizer and
-        the residual add's): lower.py's ``_conv_per_quantizer`` then gives each its own copy of the
-        conv, which onnxruntime fuses alike.  Otherwise it would stay a float conv, and the conv is
-        exported as IntConv instead."""
+        """Whether a conv's output (after its folded BatchNorm and a ReLU, and through a max pool) goes
+        into exactly one uniform quantizer: the QDQ pattern onnxruntime fuses into QLinearConv.  Or,
+        with no ReLU and unsigned input codes, into several (MobileNetV2's projection convs: the next
+        block's input quantizer and the residual add's): lower.py's ``_conv_per_quantizer`` then gives
+        each its own copy of the conv, which onnxruntime fuses alike.  Otherwise it would stay a float
+        conv, and the conv is exported as IntConv instead."""
         users = self.users_after(node, through_relu=True)
+        if len(users) == 1 and max_pool(self.gm, users[0]):
+            # a max pool then one quantizer, the input of a QDQ conv: lower.py's ``_pooled_codes``
+            # quantizes before the pool
+            users = list(users[0].users)
+            return len(users) == 1 and self.uniform_quantizer_input(users[0]) and self.qdq_conv(users[0])
         if len(users) == 1:
             return self.uniform_quantizer_input(users[0])
         act = layer.act_quant
         return (len(users) > 1 and self.relu_after(node) is None and act is not None
                 and not act.code_range.signed and act.code_range.bits <= 8
                 and all(self.uniform_quantizer_input(u) for u in users))  # fmt: skip
+
+    def qdq_conv(self, node: fx.Node) -> bool:
+        """Whether ``node`` is a quantized conv written as DequantizeLinear -> Conv (no IntConv or
+        PostConv): onnxruntime runs it channels-last, and its input's max pool with it."""
+        if node.op != "call_module" or not isinstance(self.module(node), QuantConv2d):
+            return False
+        layer = self.module(node)
+        form, post = self.weight_form(layer)
+        return not post and not self.writes_int_conv(layer, node, form)
 
     def users_after(self, node: fx.Node, through_relu: bool = False) -> list[fx.Node]:
         """The users of a conv's output past its folded BatchNorm (and, ``through_relu``, a ReLU /
@@ -410,6 +424,20 @@ class Emitter:
 
 _RELU_FUNCTIONS = {torch.relu, F.relu, torch.ops.aten.relu.default, torch.ops.aten.relu_.default}
 _RELU6_FUNCTIONS = {F.relu6, torch.ops.aten.relu6.default}
+
+
+_MAX_POOL_FUNCTIONS = {F.max_pool2d, torch.ops.aten.max_pool2d.default}
+
+
+def max_pool(gm: fx.GraphModule, n: fx.Node) -> bool:
+    """Whether ``n`` is a 2-d max pool with one output (no indices), as the fx tracer or torch.export
+    leave it."""
+    if n.op == "call_module":
+        m = gm.get_submodule(str(n.target))
+        return isinstance(m, nn.MaxPool2d) and not m.return_indices
+    if n.op == "call_function" and n.target in _MAX_POOL_FUNCTIONS:
+        return not n.kwargs.get("return_indices", False) and not (len(n.args) > 6 and n.args[6])
+    return False
 
 
 def relu_kind(gm: fx.GraphModule, n: fx.Node) -> str | None:

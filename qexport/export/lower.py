@@ -295,6 +295,67 @@ def _transpose_codes(graph: onnx.GraphProto) -> None:
 _CODE_RANGE = {onnx.TensorProto.UINT8: (0, 255), onnx.TensorProto.INT8: (-128, 127)}
 
 
+def _pooled_codes(graph: onnx.GraphProto, keep: set[str]) -> None:
+    """MaxPool -> QuantizeLinear [-> Clip] (a constant scalar step and 8-bit zero point) becomes
+    QuantizeLinear [-> Clip] -> MaxPool of the codes.  Quantizing is non-decreasing (a division by a
+    positive step, rounding, clamping), so the code of a window's max is the max of its codes, and a
+    padded position is never part of a window's max in either.  Only after a QDQ conv [-> Relu] (a
+    VGG's conv -> ReLU -> MaxPool -> next conv's quantizer; the emitter writes the conv so where a pool
+    and one quantizer follow): onnxruntime then fuses the conv and its quantizer into QLinearConv and
+    moves the pool onto its channels-last codes (NhwcMaxPool, a fifth of the float pool's time), where
+    its channels-first 8-bit MaxPool is 8-18x slower than the float one.  Only where the pool has no
+    Indices output and its output is read by that quantizer alone and not kept, and the codes by
+    DequantizeLinear nodes alone.  (A NaN: the float
+    pool's max may skip it where the codes' max takes its code; the model's output is NaN-fed either way.)"""
+    constants = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    readers = _readers(graph)
+
+    def after_qdq_conv(value: str) -> bool:
+        node = producers.get(value)
+        if node is not None and node.op_type == "Relu" and not node.domain:
+            node = producers.get(node.input[0])
+        if node is None or node.op_type != "Conv" or node.domain:
+            return False
+        return _scalar_quantizer(producers.get(node.input[0]), "DequantizeLinear", constants)
+
+    moved: dict[str, str] = {}  # pool output -> the output of the node it now follows
+    for pool in graph.node:
+        if pool.op_type != "MaxPool" or pool.domain or len([o for o in pool.output if o]) != 1:
+            continue
+        if not after_qdq_conv(pool.input[0]):
+            continue
+        users = readers.get(pool.output[0], [])
+        if pool.output[0] in keep or len(users) != 1 or not _scalar_quantizer(users[0], "QuantizeLinear", constants):
+            continue
+        quant = users[0]
+        clip = _code_clip(quant, constants[quant.input[2]], readers, constants, keep)[2]
+        last = clip if clip is not None else quant
+        codes = last.output[0]
+        # read by QDQ convs only (channels-last in onnxruntime, the pool with them), not a native op
+        if not all(_scalar_quantizer(r, "DequantizeLinear", constants) for r in readers.get(codes, [None])):
+            continue
+        quant.input[0] = pool.input[0]
+        last.output[0] = f"{codes}.unpooled"
+        pool.input[0] = last.output[0]
+        del pool.output[:]
+        pool.output.append(codes)
+        moved[codes] = last.output[0]
+    if not moved:
+        return
+    # each moved pool right after the node whose codes it now reads
+    pools = {n.output[0]: n for n in graph.node if n.op_type == "MaxPool" and n.output[0] in moved}
+    after = {moved[out]: pool for out, pool in pools.items()}
+    order: list[onnx.NodeProto] = []
+    for n in graph.node:
+        if n.op_type == "MaxPool" and n.output and n.output[0] in pools:
+            continue
+        order.append(n)
+        order.extend(after[o] for o in n.output if o in after)
+    del graph.node[:]
+    graph.node.extend(order)
+
+
 def _code_clip(quant: onnx.NodeProto, zero: onnx.TensorProto, readers: dict[str, list[onnx.NodeProto]],
                constants: dict[str, onnx.TensorProto],
                keep: set[str]) -> tuple[int, int, onnx.NodeProto | None]:  # fmt: skip
@@ -758,6 +819,7 @@ def to_onnx(model: nn.Module, args: tuple[torch.Tensor, ...], opset: int = 21, p
     _name_axes(graph)
     keep = {o.name for o in graph.output} | set(e.b.codes.values()) | set(e.b.steps.values())
     _live(graph, keep)  # first: the readers the next pass counts are live ones
+    _pooled_codes(graph, keep)
     _conv_per_quantizer(graph, keep, e.b.codes, e.b.code_offsets)
     _requantized_convs(graph, keep, e.b.codes, e.b.code_offsets)
     _requantized_codes(graph, keep, e.b.codes, e.b.code_offsets)
