@@ -3,8 +3,9 @@ quantize_static model of the same network, timed interleaved in one process; whe
 installed (pip install qexport[openvino]), also that quantize_static file run in OpenVINO's CPU plugin
 (the "openvino int8" row) and each variant's --target openvino export run in OpenVINO, where it loads.
 
-    python tools/bench.py                      # all models, batch 1 and 16, 1 and 2 threads
+    python tools/bench.py                      # the zoo's models, batch 1 and 16, 1 and 2 threads
     python tools/bench.py resnet20 --batch 1 --threads 1 --budget 1
+    python tools/bench.py vgg effnet --out /tmp/extra   # tools/bench_models.py's CNNs (not in the default run)
 
 Writes docs/BENCHMARKS.md and docs/benchmarks.json (``--out``).  Models have random weights
 (speed does not depend on their values), quantizers calibrated on random inputs.  Each table row:
@@ -34,6 +35,7 @@ from qexport import bench, native, zoo
 from qexport.errors import QexportError
 from qexport.export.openvino import compile_model, import_openvino, write_openvino
 from qexport.quant.nipq import NipqQuantizer, theta_for_bits
+from tools import bench_models
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS: dict[str, dict[str, Any]] = {  # name -> zoo kwargs, image side
@@ -42,6 +44,7 @@ MODELS: dict[str, dict[str, Any]] = {  # name -> zoo kwargs, image side
     "mobilenetv2": {"kwargs": {"num_classes": 1000}, "side": 224},
     "transformer": {"kwargs": {"seq_len": 128}, "side": None},
 }
+EXTRA_MODELS = {"vgg": 32, "effnet": 224}  # tools/bench_models.py's, by name: image side; not in the default run
 VARIANTS: dict[str, dict[str, Any]] = {  # qexport variant -> quantize() arguments
     "lsq w8a8": {"weight": "lsq", "act": "lsq", "bits": 8},
     "lsq w4a4": {"weight": "lsq", "act": "lsq", "bits": 4},
@@ -79,11 +82,18 @@ def build(name: str, cache: Path, variants: list[str], openvino: bool) -> tuple[
     """Export FP32, ORT int8 and the qexport variants of zoo model ``name`` into ``cache``; with
     ``openvino``, also the rows that run in OpenVINO.  Returns (row -> file, row -> runtime of the
     rows that do not run in onnxruntime)."""
-    spec = MODELS[name]
-    torch.manual_seed(0)
-    model = zoo.create(name, **spec["kwargs"]).eval()
-    calib = zoo.example_input(model, 8, size=spec["side"], seed=1)
-    out: dict[str, Path] = {"fp32": qexport.export(model, cache / f"{name}_fp32.onnx")}
+    example: tuple[torch.Tensor, ...] | None = None
+    if name in EXTRA_MODELS:  # a user's model: captured with torch.export on an example input
+        model = bench_models.create(name)
+        side = EXTRA_MODELS[name]
+        calib = torch.randn(8, 3, side, side, generator=torch.Generator().manual_seed(1))
+        example = (calib[:1],)
+    else:
+        spec = MODELS[name]
+        torch.manual_seed(0)
+        model = zoo.create(name, **spec["kwargs"]).eval()
+        calib = zoo.example_input(model, 8, size=spec["side"], seed=1)
+    out: dict[str, Path] = {"fp32": qexport.export(model, cache / f"{name}_fp32.onnx", example)}
     out[ORT_INT8] = _ort_int8(out["fp32"], calib.numpy(), cache / f"{name}_ort_int8.onnx")
     runtimes: dict[str, str] = {}
     shape, _ = bench.input_shape(out["fp32"])
@@ -95,12 +105,12 @@ def build(name: str, cache: Path, variants: list[str], openvino: bool) -> tuple[
             print(f"{name}: no '{OV_INT8}' row ({exc})", flush=True)
     for v in variants:
         args = dict(VARIANTS[v])
-        q = qexport.quantize(model, **args)
+        q = qexport.quantize(model, **args, example_inputs=example)
         if args.get("learn_bits"):
             _mix_bits(q)
         qexport.calibrate(q, [calib])
         stem = f"{name}_{v.replace(' ', '_').replace('(', '').replace(')', '')}"
-        out[v] = qexport.export(q, cache / f"{stem}.onnx")
+        out[v] = qexport.export(q, cache / f"{stem}.onnx", example)
         if openvino:
             ov_path = write_openvino(out[v], cache / f"{stem}_openvino.onnx")
             try:
@@ -352,7 +362,8 @@ def markdown(results: list[dict[str, Any]], env: dict[str, Any], notes: str = ""
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("models", nargs="*", default=[], help=f"of {list(MODELS)} (default: all)")
+    p.add_argument("models", nargs="*", default=[],
+                   help=f"of {list(MODELS) + list(EXTRA_MODELS)} (default: {list(MODELS)}, the zoo's)")  # fmt: skip
     p.add_argument("--batch", type=int, nargs="+", default=[1, 16])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
@@ -371,9 +382,9 @@ def main() -> None:
         print(f"wrote {args.out / 'BENCHMARKS.md'}")
         return
     args.models = args.models or list(MODELS)
-    unknown = [m for m in args.models if m not in MODELS]
+    unknown = [m for m in args.models if m not in MODELS and m not in EXTRA_MODELS]
     if unknown:
-        p.error(f"unknown models {unknown}: choose from {list(MODELS)}")
+        p.error(f"unknown models {unknown}: choose from {list(MODELS) + list(EXTRA_MODELS)}")
     args.cache.mkdir(parents=True, exist_ok=True)
     env = {
         "cpu": bench.cpu_name(),
