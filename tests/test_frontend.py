@@ -167,3 +167,13 @@ def test_uncapturable_model_names_the_construct() -> None:
 
     with pytest.raises(QexportError, match=r"cannot capture DataDependent with torch\.export.*test_frontend\.py"):
         qexport.quantize(DataDependent(), bits=8, example_inputs=(torch.randn(2, 4),))
+
+
+def test_cumulative_batchnorm_is_named() -> None:
+    """BatchNorm with momentum=None (a cumulative average) cannot be captured in train mode: its update
+    factor comes from a tensor's value; the error names the module and the fix."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, momentum=None), torch.nn.ReLU())
+    with pytest.raises(QexportError, match=r"BatchNorm '1' has momentum=None .* give it a number"):
+        qexport.quantize(model, bits=8, example_inputs=(torch.randn(2, 3, 8, 8),))
+    model[1].momentum = 0.1
+    qexport.quantize(model, bits=8, example_inputs=(torch.randn(2, 3, 8, 8),))  # captured

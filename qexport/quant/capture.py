@@ -113,6 +113,14 @@ def export_program(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, An
         except Exception:
             return torch.export.export(flat, inputs, strict=False)
     except Exception as exc:
+        norms = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        cumulative = [name for name, m in norms if m.momentum is None and m.track_running_stats]
+        if cumulative:  # its factor 1 / num_batches_tracked is a data-dependent float in train mode
+            raise QexportError(
+                f"cannot capture {type(model).__name__} with torch.export: BatchNorm '{cumulative[0]}' has "
+                "momentum=None (a cumulative average of the batch statistics, which train mode computes from "
+                "a tensor's value); give it a number (PyTorch's default is 0.1) before quantize()"
+            ) from None
         raise QexportError(
             f"cannot capture {type(model).__name__} with torch.export{_user_line(exc)} ({type(exc).__name__}: "
             f"{first_line(exc)}); see https://pytorch.org/docs/stable/export.html for what it captures"
