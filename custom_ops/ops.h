@@ -1,5 +1,5 @@
 // The native kernels, one file each: post_conv.cc (PostConv, PostConvRequant), int_conv.cc (IntConv,
-// IntConvRequant), asq_quantize.cc, asq_quantize_rows.cc, requantize.cc, add_requant.cc.
+// IntConvRequant), asq_quantize.cc, asq_quantize_rows.cc, requantize.cc, add_requant.cc, rescale.cc.
 #pragma once
 
 #include <atomic>
@@ -107,6 +107,14 @@ struct RequantizeKernel {
   bool constant_table = false;
   ONNXTensorElementDataType x_type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // x_zero_point's (constant_table)
   RequantTable table;
+};
+
+// An integer matmul's sums to float with per-column and per-row scales and a bias (rescale.cc).
+struct RescaleKernel {
+  static constexpr const char* kName = "Rescale";
+  explicit RescaleKernel(const OrtKernelInfo* info);
+  void compute(OrtKernelContext* context);
+  std::string node;
 };
 
 // The two ASQ kernels' attributes: qmin / qmax, both required (the function bodies read them).

@@ -31,6 +31,7 @@ from qexport.ops import (
     post_conv_requant,
     post_weights,
     requantize,
+    rescale,
 )
 from qexport.quant.asq import AsqQuantizer
 from tests.test_ops import _asq_params, _model
@@ -758,3 +759,75 @@ def test_qexport_session_registers_the_library(tmp_path: Path) -> None:
     x = zoo.example_input(model, 2).numpy()
     plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     np.testing.assert_allclose(session.run(x), plain, rtol=1e-4, atol=1e-4)
+
+
+def _rescale_model(shape: list[int]) -> onnx.ModelProto:
+    """A one-node Rescale, every input a graph input (acc [*shape], w_scale and bias [N], row_step
+    [*shape[:-1], 1])."""
+    n = shape[-1]
+    inputs = [helper.make_tensor_value_info("acc", TensorProto.INT32, shape),
+              helper.make_tensor_value_info("ws", TensorProto.FLOAT, [n]),
+              helper.make_tensor_value_info("step", TensorProto.FLOAT, [*shape[:-1], 1]),
+              helper.make_tensor_value_info("b", TensorProto.FLOAT, [n])]  # fmt: skip
+    node = helper.make_node("Rescale", ["acc", "ws", "step", "b"], ["y"], domain=DOMAIN)
+    return _model(node, inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)], [])
+
+
+@pytest.mark.parametrize("shape", [[1, 1], [3, 17], [128, 256], [2, 5, 40], [4, 0], [0, 8], [1, 70000]])
+def test_rescale_native_matches_body(isa: str, shape: list[int]) -> None:
+    """float(acc) * w_scale * row_step + bias, each operation rounded as the body's Cast, Mul, Mul, Add:
+    sums past 2^24 (Cast rounds them), steps and scales that overflow to inf, NaN and -0 among them,
+    rows of every tail length and several parallel tasks."""
+    rng = np.random.default_rng(sum(shape))
+    n = shape[-1]
+    acc = rng.integers(-(2**31), 2**31, shape, dtype=np.int64).astype(np.int32)
+    acc[..., ::3] //= 4096  # sums of every size
+    ws = (rng.standard_normal(n) * 1e-3).astype(np.float32)
+    step = (rng.random([*shape[:-1], 1]) + 0.01).astype(np.float32)
+    b = rng.standard_normal(n).astype(np.float32)
+    if n >= 8:
+        ws[:4] = [np.float32(3e38), -0.0, np.nan, np.float32(1e-45)]
+        b[4:8] = [np.inf, -0.0, np.nan, -np.inf]
+    if step.size >= 2:
+        step.reshape(-1)[:2] = [np.float32(3e38), np.nan]
+    feeds = {"acc": acc, "ws": ws, "step": step, "b": b}
+    model = _rescale_model(shape)
+    want = rescale.reference(acc, ws, step, b)
+    body_out = _ort_run(model, feeds, kernels=False)[0]
+    native_out = _ort_run(model, feeds)[0]
+    np.testing.assert_array_equal(body_out.view(np.uint32), want.view(np.uint32))  # bit for bit, NaNs and -0 too
+    np.testing.assert_array_equal(native_out.view(np.uint32), want.view(np.uint32))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("acc_type", "Rescale input acc must be int32"),
+        ("ws_shape", "Rescale input w_scale must have shape \\[8\\], got \\[7\\]"),
+        ("bias_type", "Rescale input bias must be float32"),
+        ("step_shape", "Rescale input row_step .* must have shape \\[3, 1\\], got \\[1, 1\\]"),
+        ("scalar", "Rescale input acc must have shape \\[..., N\\]"),
+    ],
+)
+def test_malformed_rescale_gets_an_error(change: str, message: str) -> None:
+    """Inputs of the wrong type or shape reach the kernel (every input is typed ``any``) and get its
+    one-line error, before it reads any of them."""
+    feeds = {"acc": np.zeros((3, 8), np.int32), "ws": np.ones(8, np.float32), "step": np.ones((3, 1), np.float32),
+             "b": np.zeros(8, np.float32)}  # fmt: skip
+    model = _rescale_model([3, 8])
+    for value in model.graph.input:  # any shape: the kernel checks them
+        value.type.tensor_type.ClearField("shape")
+    if change == "acc_type":
+        feeds["acc"] = feeds["acc"].astype(np.int64)
+        model.graph.input[0].type.tensor_type.elem_type = TensorProto.INT64
+    elif change == "ws_shape":
+        feeds["ws"] = np.ones(7, np.float32)
+    elif change == "bias_type":
+        feeds["b"] = feeds["b"].astype(np.float64)
+        model.graph.input[3].type.tensor_type.elem_type = TensorProto.DOUBLE
+    elif change == "step_shape":
+        feeds["step"] = np.ones((1, 1), np.float32)
+    elif change == "scalar":
+        feeds["acc"] = np.array(5, np.int32)
+    with pytest.raises(Exception, match=message):
+        _ort_run(model, feeds)

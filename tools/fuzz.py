@@ -65,7 +65,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 CONV_OPS = ("PostConv", "IntConv", "PostConvRequant", "IntConvRequant")
-NATIVE_OPS = (*CONV_OPS, "AsqQuantize", "AsqQuantizeRows", "Requantize", "AddRequant")
+NATIVE_OPS = (*CONV_OPS, "AsqQuantize", "AsqQuantizeRows", "Requantize", "AddRequant", "Rescale")
 BODY_OPS = ("PostMatMul", "PostWeights", "StepQuantize", "AsqAdapter")
 OPS = NATIVE_OPS + BODY_OPS
 INPUTS = {
@@ -78,6 +78,7 @@ INPUTS = {
     "Requantize": ["x_codes", "x_scale", "x_zero_point", "y_scale", "y_zero_point"],
     "AddRequant": ["a_codes", "a_scale", "a_zero_point", "b_codes", "b_scale", "b_zero_point", "y_scale",
                    "y_zero_point"],
+    "Rescale": ["acc", "w_scale", "row_step", "bias"],
     "PostMatMul": ["x_codes", "x_scale", "w_codes", "w_scale", "bias", "x_zero_point"],
     "PostWeights": ["codes"],
     "StepQuantize": ["x", "step", "zero_point"],
@@ -86,7 +87,8 @@ INPUTS = {
 OUTPUTS = {
     "PostConv": ["y"], "IntConv": ["y"], "PostConvRequant": ["y_codes"], "IntConvRequant": ["y_codes"],
     "AsqQuantize": ["y", "codes", "sample_step"], "AsqQuantizeRows": ["y", "codes", "row_step"],
-    "Requantize": ["y_codes"], "AddRequant": ["y_codes", "y"], "PostMatMul": ["y"], "PostWeights": ["w_even", "w_odd"],
+    "Requantize": ["y_codes"], "AddRequant": ["y_codes", "y"], "Rescale": ["y"], "PostMatMul": ["y"],
+    "PostWeights": ["w_even", "w_odd"],
     "StepQuantize": ["y", "codes"], "AsqAdapter": ["beta"],
 }  # fmt: skip
 LIMIT = "a native kernel limit"
@@ -331,6 +333,15 @@ def base_case(op: str, rng: np.random.Generator) -> Case:
                   rng.standard_normal(m).astype(np.float32), zp]  # fmt: skip
         attrs = {"bits": Attr(bits, "int")}
         constant = [False, bool(rng.integers(2)), True, True, True, True]
+    elif op == "Rescale":  # int32 sums [..., N] to float: per-column scales, per-row steps, a bias
+        lead = tuple(r(0 if rng.random() < 0.05 else 1, 4) for _ in range(r(0, 2)))
+        n = _pick(rng, LONG) if rng.random() < 0.1 else r(0 if rng.random() < 0.05 else 1, 40)
+        acc = rng.integers(-(2**31), 2**31, (*lead, n), dtype=np.int64).astype(np.int32)
+        if rng.integers(2):
+            acc //= 1 << r(0, 20)
+        inputs = [acc, rng.standard_normal(n).astype(np.float32), steps(rng, (*lead, 1)),
+                  rng.standard_normal(n).astype(np.float32)]  # fmt: skip
+        constant = [False, bool(rng.integers(4)), False, bool(rng.integers(4))]
     elif op == "PostWeights":
         bits = r(2, 4)
         inputs = [post_codes(rng, (r(1, 4), r(1, 4)), bits).astype(np.int8)]
@@ -809,6 +820,32 @@ def m_add_requant(case: Case, rng: np.random.Generator) -> None:
     case.mutations.append(f"add_requant {which}")
 
 
+def m_rescale(case: Case, rng: np.random.Generator) -> None:
+    acc, ws, step, bias = case.inputs
+    assert acc is not None and ws is not None and step is not None and bias is not None
+    which = _pick(rng, ["special", "special", "huge_sums", "step_shape", "column_count", "acc_type", "length"])
+    n = acc.shape[-1] if acc.ndim else 0
+    if which == "special" and acc.size:  # inf, NaN, -0 and denormals in the scales, steps and bias
+        for v in (ws, step, bias):
+            flat = v.reshape(-1)
+            if flat.size:
+                flat[int(rng.integers(flat.size))] = _pick(rng, [np.inf, -np.inf, np.nan, -0.0, 3e38, 1e-45])
+    elif which == "huge_sums":  # past 2^24: the Cast rounds them
+        case.inputs[0] = np.full(acc.shape, _pick(rng, [2**31 - 1, -(2**31), 2**24 + 1, -(2**24) - 3]), np.int32)
+    elif which == "step_shape":
+        case.inputs[2] = np.ones(_pick(rng, [(1,), (*acc.shape[:-1],), (*acc.shape[:-1], 2), ()]), np.float32)
+    elif which == "column_count":
+        j = int(_pick(rng, [1, 3]))
+        case.inputs[j] = np.ones(max(n + int(_pick(rng, [-1, 1])), 0), np.float32)
+    elif which == "acc_type":
+        case.inputs[0] = acc.astype(_pick(rng, [np.int64, np.float32, np.int16, np.uint32]))
+    elif which == "length":  # vector bodies and tails, several parallel tasks
+        m = _pick(rng, LONG)
+        rows = acc.shape[:-1] if acc.ndim else ()
+        case.inputs = [rng.integers(-(2**20), 2**20, (*rows, m)).astype(np.int32), np.ones(m, np.float32),
+                       np.ones((*rows, 1), np.float32), np.zeros(m, np.float32)]  # fmt: skip
+
+
 GENERIC = [m_attr_drop, m_attr_type, m_attr_value, m_attr_add, m_rank, m_dim, m_huge_empty, m_dtype, m_values,
            m_missing, m_extra, m_constness, m_truncate]  # fmt: skip
 SPECIFIC = {
@@ -820,6 +857,7 @@ SPECIFIC = {
     "AsqQuantizeRows": [m_asq],
     "Requantize": [m_requantize],
     "AddRequant": [m_add_requant],
+    "Rescale": [m_rescale],
     "PostMatMul": [m_post_codes],
 }
 
@@ -987,6 +1025,23 @@ def _requant_violation(case: Case) -> str | None:
     return None
 
 
+def _rescale_violation(case: Case) -> str | None:
+    """Rescale (rescale.cc): 4 inputs; acc int32 [..., N] (rank >= 1); w_scale and bias float32 [N];
+    row_step float32 of acc's shape with its last dimension 1.  Any values (inf, NaN: the body's)."""
+    if len(case.inputs) != 4 or any(v is None for v in case.inputs):
+        return "inputs missing or extra"
+    acc, ws, step, bias = case.inputs
+    assert acc is not None and ws is not None and step is not None and bias is not None
+    if acc.dtype != np.int32 or acc.ndim == 0:
+        return "acc int32 [..., N]"
+    n = acc.shape[-1]
+    if any(v.dtype != np.float32 or v.shape != (n,) for v in (ws, bias)):
+        return "w_scale and bias float32 [N]"
+    if step.dtype != np.float32 or step.shape != (*acc.shape[:-1], 1):
+        return "row_step float32 [..., 1]"
+    return None
+
+
 def _requantize_violation(case: Case) -> str | None:
     """Requantize (requantize.cc): relu 0 or 1, required (the body reads it); the output quantizer as the
     *Requant ops'; x_codes int8 / uint8 of any shape; x_scale a positive finite float32 scalar;
@@ -1057,6 +1112,8 @@ def spec_violation(case: Case) -> str | None:
         return _requantize_violation(case)
     if op == "AddRequant":
         return _add_requant_violation(case)
+    if op == "Rescale":
+        return _rescale_violation(case)
     if op in CONV_OPS:
         requant = op.endswith("Requant")
         op = conv_kind(op)

@@ -396,14 +396,20 @@ class Emitter:
         become a float Gemm instead).  With a per-row (ASQ) step: ``w_scale`` first, the row step after
         (MatMulIntegerToFloat takes only a scalar input scale: a per-row one gave wrong output).  (A
         float input times DequantizeLinear weights is what onnxruntime rewrites into MatMulNBits, which
-        requantizes the input and moves codes.)"""
+        requantizes the input and moves codes.)  With a per-row step and a bias, one Rescale node does the
+        float passes after MatMulInteger (onnxruntime fuses none of Cast, Mul, Mul and Add there)."""
         codes, scale = _np(form[0]).astype(np.int64), _np(form[1]).astype(np.float32)
         storage = self.storage(codes)
         self.record(path, layer, "MatMulInteger", storage)
         w = self.b.weight_codes(codes.T.copy(), path, storage)
         a = [xq.codes, w] + ([xq.zero_point] if xq.zero_point else [])  # uint8 + 128: the fast u8 x s8 path
-        acc = self.b.node("Cast", [self.b.node("MatMulInteger", a, f"{path}.acc")], f"{path}.acc_f", to=1)
+        acc_int = self.b.node("MatMulInteger", a, f"{path}.acc")
         assert layer.act_quant is not None
+        if layer.act_quant.kind == "asq" and layer.bias is not None:  # the four float passes in one node
+            w_scale, bias = self.b.const(f"{path}.weight_scale", scale), _np(layer.bias).astype(np.float32)
+            return self.b.node("Rescale", [acc_int, w_scale, xq.scale, self.b.const(f"{path}.bias", bias)], path,
+                               domain=DOMAIN)  # fmt: skip
+        acc = self.b.node("Cast", [acc_int], f"{path}.acc_f", to=1)
         if layer.act_quant.kind == "asq":
             y = self.b.node("Mul", [acc, self.b.const(f"{path}.weight_scale", scale)], f"{path}.scaled")
             y = self.b.node("Mul", [y, xq.scale], f"{path}.matmul")

@@ -23,6 +23,7 @@ from . import (
     post_weights,
     relu_bounds,
     requantize,
+    rescale,
     step_quantize,
 )
 from .domain import DOMAIN, VERSION
@@ -39,6 +40,7 @@ _FUNCTIONS = {
                         post_conv_requant.PostConvRequant],
     "PostMatMul": [post_weights.PostWeights, post_matmul.PostMatMul],
     "Requantize": [requantize.Requantize],
+    "Rescale": [rescale.Rescale],
 }
 
 
