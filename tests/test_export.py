@@ -201,7 +201,9 @@ def test_packed_weights_shrink_the_file_and_still_fuse(tmp_path: Path, bits: int
 def test_graph_forms_the_kernels_rely_on(tmp_path: Path) -> None:
     """MobileNetV2 with ASQ: each ReLU6 after a conv is applied by its IntConv (relu=6), no float Clip
     left; the transformer with ASQ: MatMulInteger reads the rows' signed codes as uint8 + 128 and is
-    given that zero point (onnxruntime's u8 x s8 path); both agree with PyTorch."""
+    given that zero point (onnxruntime's u8 x s8 path), and its int32 sums go straight into a Rescale
+    (weight steps, row steps and bias in one pass; every linear layer has a bias); both agree with
+    PyTorch."""
     torch.manual_seed(0)
     cnn = qexport.quantize(zoo.create("mobilenetv2", num_classes=10), weight="lsq", act="asq", bits=4)
     x = zoo.example_input(cnn, 8, size=32, seed=0)
@@ -222,6 +224,11 @@ def test_graph_forms_the_kernels_rely_on(tmp_path: Path) -> None:
     assert matmuls and all(len(n.input) == 3 and inits[n.input[2]].dtype == np.uint8 for n in matmuls)
     signed = [n for n in matmuls if int(inits[n.input[2]]) == 128]
     assert signed  # LayerNorm outputs: signed codes, stored offset
+    readers = {i: n for n in proto.graph.node for i in n.input}
+    rescales = [readers[n.output[0]] for n in matmuls]
+    assert all(r.op_type == "Rescale" and r.domain == "qexport" for r in rescales)
+    steps = {n.output[2] for n in proto.graph.node if n.op_type == "AsqQuantizeRows"}
+    assert all(r.input[2] in steps for r in rescales)  # each reads its quantizer's row steps
     assert qexport.check(tr, tmp_path / "tr.onnx", ids, quick=True).passed
 
 
