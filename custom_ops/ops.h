@@ -1,5 +1,6 @@
 // The native kernels, one file each: post_conv.cc (PostConv, PostConvRequant), int_conv.cc (IntConv,
-// IntConvRequant), asq_quantize.cc, asq_quantize_rows.cc, requantize.cc, add_requant.cc, rescale.cc.
+// IntConvRequant), asq_quantize.cc, asq_quantize_rows.cc, requantize.cc, add_requant.cc, rescale.cc,
+// post_rescale.cc.
 #pragma once
 
 #include <atomic>
@@ -113,6 +114,14 @@ struct RequantizeKernel {
 struct RescaleKernel {
   static constexpr const char* kName = "Rescale";
   explicit RescaleKernel(const OrtKernelInfo* info);
+  void compute(OrtKernelContext* context);
+  std::string node;
+};
+
+// POST's even and odd integer matmul sums to float, scaled, plus the bias (post_rescale.cc).
+struct PostRescaleKernel {
+  static constexpr const char* kName = "PostRescale";
+  explicit PostRescaleKernel(const OrtKernelInfo* info);
   void compute(OrtKernelContext* context);
   std::string node;
 };

@@ -62,6 +62,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
   static Op<qx::AddRequantKernel> add_requant_s8("AddRequant", {kAny, kAny, kAny, kAny, kAny, kAny, kAny, kS8},
                                                  {kS8, kFloat}, 2u);
   static Op<qx::RescaleKernel> rescale("Rescale", {kAny, kAny, kAny, kAny}, {kFloat});
+  static Op<qx::PostRescaleKernel> post_rescale("PostRescale", {kAny, kAny, kAny, kAny}, {kFloat});
   OrtCustomOpDomain* domain = nullptr;
   if (OrtStatus* s = api->CreateCustomOpDomain("qexport", &domain)) return s;
   for (OrtCustomOp* op : {static_cast<OrtCustomOp*>(&post_conv), static_cast<OrtCustomOp*>(&int_conv),
@@ -70,7 +71,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
                           static_cast<OrtCustomOp*>(&asq), static_cast<OrtCustomOp*>(&asq_rows),
                           static_cast<OrtCustomOp*>(&requantize_u8), static_cast<OrtCustomOp*>(&requantize_s8),
                           static_cast<OrtCustomOp*>(&add_requant_u8), static_cast<OrtCustomOp*>(&add_requant_s8),
-                          static_cast<OrtCustomOp*>(&rescale)}) {
+                          static_cast<OrtCustomOp*>(&rescale), static_cast<OrtCustomOp*>(&post_rescale)}) {
     if (OrtStatus* s = api->CustomOpDomain_Add(domain, op)) return s;
   }
   return api->AddCustomOpDomain(options, domain);

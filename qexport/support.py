@@ -52,7 +52,8 @@ UNITS = [  # (what, method, ONNX it becomes, runs as)
     ("nn.Linear", "ASQ input", "qexport.AsqQuantizeRows -> MatMulInteger -> qexport.Rescale (with a bias)",
      "native kernel, ORT's MatMulInteger, native kernel (the per-column and per-row scales and the bias in one pass)"),
     ("nn.Linear", "POST weights", "qexport.PostMatMul",
-     "function body: ORT's u8 x s8 MatMulInteger on the decoded even | odd int8 weights (folded at load)"),
+     "function body: ORT's u8 x s8 MatMulInteger on the decoded even | odd int8 weights (folded at load), then "
+     "qexport.PostRescale's native kernel (the sqrt-2 combine, the steps and the bias in one pass)"),
     ("glue (deployable placement)", "8-bit LSQ", "QDQ on add / concat / activation-matmul operands",
      "onnxruntime's QDQ fusions (QLinearAdd ...) where they apply"),
     ("codes read by another quantizer (a residual add's output)", "any constant-step quantizers",

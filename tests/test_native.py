@@ -29,6 +29,7 @@ from qexport.ops import (
     int_conv_requant,
     post_conv,
     post_conv_requant,
+    post_rescale,
     post_weights,
     requantize,
     rescale,
@@ -778,24 +779,33 @@ def test_rescale_native_matches_body(isa: str, shape: list[int]) -> None:
     """float(acc) * w_scale * row_step + bias, each operation rounded as the body's Cast, Mul, Mul, Add:
     sums past 2^24 (Cast rounds them), steps and scales that overflow to inf, NaN and -0 among them,
     rows of every tail length and several parallel tasks."""
-    rng = np.random.default_rng(sum(shape))
-    n = shape[-1]
+    acc, step, ws, b = _rescale_inputs(np.random.default_rng(sum(shape)), shape, shape[-1], [*shape[:-1], 1])
+    feeds = {"acc": acc, "ws": ws, "step": step, "b": b}
+    _assert_native_body_reference(_rescale_model(shape), feeds, rescale.reference(acc, ws, step, b))
+
+
+def _rescale_inputs(rng: np.random.Generator, shape: list[int], columns: int,
+                    step_shape: list[int]) -> tuple[np.ndarray, ...]:  # fmt: skip
+    """(acc, step, w_scale, bias): int32 sums of every size (past 2^24 too); overflowing, -0, NaN and
+    denormal scales, inf / -0 / NaN biases, an overflowing and a NaN step."""
     acc = rng.integers(-(2**31), 2**31, shape, dtype=np.int64).astype(np.int32)
-    acc[..., ::3] //= 4096  # sums of every size
-    ws = (rng.standard_normal(n) * 1e-3).astype(np.float32)
-    step = (rng.random([*shape[:-1], 1]) + 0.01).astype(np.float32)
-    b = rng.standard_normal(n).astype(np.float32)
-    if n >= 8:
+    acc[..., ::3] //= 4096
+    step = np.asarray(rng.random(step_shape) + 0.01, np.float32)
+    ws = (rng.standard_normal(columns) * 1e-3).astype(np.float32)
+    b = rng.standard_normal(columns).astype(np.float32)
+    if columns >= 8:
         ws[:4] = [np.float32(3e38), -0.0, np.nan, np.float32(1e-45)]
         b[4:8] = [np.inf, -0.0, np.nan, -np.inf]
     if step.size >= 2:
         step.reshape(-1)[:2] = [np.float32(3e38), np.nan]
-    feeds = {"acc": acc, "ws": ws, "step": step, "b": b}
-    model = _rescale_model(shape)
-    want = rescale.reference(acc, ws, step, b)
+    return acc, step, ws, b
+
+
+def _assert_native_body_reference(model: onnx.ModelProto, feeds: dict[str, np.ndarray], want: np.ndarray) -> None:
+    """The function body and the native kernel both give ``want`` bit for bit (NaNs and -0 too)."""
     body_out = _ort_run(model, feeds, kernels=False)[0]
     native_out = _ort_run(model, feeds)[0]
-    np.testing.assert_array_equal(body_out.view(np.uint32), want.view(np.uint32))  # bit for bit, NaNs and -0 too
+    np.testing.assert_array_equal(body_out.view(np.uint32), want.view(np.uint32))
     np.testing.assert_array_equal(native_out.view(np.uint32), want.view(np.uint32))
 
 
@@ -829,5 +839,64 @@ def test_malformed_rescale_gets_an_error(change: str, message: str) -> None:
         feeds["step"] = np.ones((1, 1), np.float32)
     elif change == "scalar":
         feeds["acc"] = np.array(5, np.int32)
+    with pytest.raises(Exception, match=message):
+        _ort_run(model, feeds)
+
+
+def _post_rescale_model(shape: list[int], per_row: bool) -> onnx.ModelProto:
+    """A one-node PostRescale: acc [*shape] (even | odd columns), x_scale [] or [*shape[:-1], 1], w_scale
+    and bias [shape[-1] / 2], all graph inputs."""
+    m = shape[-1] // 2
+    inputs = [helper.make_tensor_value_info("acc", TensorProto.INT32, shape),
+              helper.make_tensor_value_info("xs", TensorProto.FLOAT, [*shape[:-1], 1] if per_row else []),
+              helper.make_tensor_value_info("ws", TensorProto.FLOAT, [m]),
+              helper.make_tensor_value_info("b", TensorProto.FLOAT, [m])]  # fmt: skip
+    node = helper.make_node("PostRescale", ["acc", "xs", "ws", "b"], ["y"], domain=DOMAIN)
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [*shape[:-1], m])
+    return _model(node, inputs, [out], [])
+
+
+@pytest.mark.parametrize("per_row", [False, True])
+@pytest.mark.parametrize("shape", [[1, 2], [3, 34], [128, 512], [2, 5, 80], [4, 0], [0, 8], [1, 70000]])
+def test_post_rescale_native_matches_body(isa: str, shape: list[int], per_row: bool) -> None:
+    """(float(even) + float(odd) * 0.70710677) * (x_scale * w_scale) + bias, each operation rounded as
+    the body's: sums past 2^24, scales that overflow, inf, NaN and -0 among them, every tail length and
+    several parallel tasks; one step for all rows or one per row."""
+    rng = np.random.default_rng(sum(shape) + per_row)
+    acc, xs, ws, b = _rescale_inputs(rng, shape, shape[-1] // 2, [*shape[:-1], 1] if per_row else [])
+    feeds = {"acc": acc, "xs": xs, "ws": ws, "b": b}
+    _assert_native_body_reference(_post_rescale_model(shape, per_row), feeds, post_rescale.reference(acc, xs, ws, b))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("acc_type", "PostRescale input acc must be int32"),
+        ("odd_columns", "PostRescale input acc must have shape \\[..., 2M\\]"),
+        ("ws_shape", "PostRescale input w_scale must have shape \\[4\\], got \\[8\\]"),
+        ("xs_shape", "PostRescale input x_scale .* must have shape \\[3, 1\\], got \\[3\\]"),
+        ("bias_type", "PostRescale input bias must be float32"),
+    ],
+)
+def test_malformed_post_rescale_gets_an_error(change: str, message: str) -> None:
+    """Inputs of the wrong type or shape reach the kernel (every input is typed ``any``) and get its
+    one-line error, before it reads any of them."""
+    feeds = {"acc": np.zeros((3, 8), np.int32), "xs": np.ones((3, 1), np.float32), "ws": np.ones(4, np.float32),
+             "b": np.zeros(4, np.float32)}  # fmt: skip
+    model = _post_rescale_model([3, 8], True)
+    for value in model.graph.input:  # any shape: the kernel checks them
+        value.type.tensor_type.ClearField("shape")
+    if change == "acc_type":
+        feeds["acc"] = feeds["acc"].astype(np.int64)
+        model.graph.input[0].type.tensor_type.elem_type = TensorProto.INT64
+    elif change == "odd_columns":
+        feeds["acc"] = np.zeros((3, 7), np.int32)
+    elif change == "ws_shape":
+        feeds["ws"] = np.ones(8, np.float32)
+    elif change == "xs_shape":
+        feeds["xs"] = np.ones(3, np.float32)
+    elif change == "bias_type":
+        feeds["b"] = feeds["b"].astype(np.float64)
+        model.graph.input[3].type.tensor_type.elem_type = TensorProto.DOUBLE
     with pytest.raises(Exception, match=message):
         _ort_run(model, feeds)

@@ -65,7 +65,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 CONV_OPS = ("PostConv", "IntConv", "PostConvRequant", "IntConvRequant")
-NATIVE_OPS = (*CONV_OPS, "AsqQuantize", "AsqQuantizeRows", "Requantize", "AddRequant", "Rescale")
+NATIVE_OPS = (*CONV_OPS, "AsqQuantize", "AsqQuantizeRows", "Requantize", "AddRequant", "Rescale", "PostRescale")
 BODY_OPS = ("PostMatMul", "PostWeights", "StepQuantize", "AsqAdapter")
 OPS = NATIVE_OPS + BODY_OPS
 INPUTS = {
@@ -79,6 +79,7 @@ INPUTS = {
     "AddRequant": ["a_codes", "a_scale", "a_zero_point", "b_codes", "b_scale", "b_zero_point", "y_scale",
                    "y_zero_point"],
     "Rescale": ["acc", "w_scale", "row_step", "bias"],
+    "PostRescale": ["acc", "x_scale", "w_scale", "bias"],
     "PostMatMul": ["x_codes", "x_scale", "w_codes", "w_scale", "bias", "x_zero_point"],
     "PostWeights": ["codes"],
     "StepQuantize": ["x", "step", "zero_point"],
@@ -87,7 +88,8 @@ INPUTS = {
 OUTPUTS = {
     "PostConv": ["y"], "IntConv": ["y"], "PostConvRequant": ["y_codes"], "IntConvRequant": ["y_codes"],
     "AsqQuantize": ["y", "codes", "sample_step"], "AsqQuantizeRows": ["y", "codes", "row_step"],
-    "Requantize": ["y_codes"], "AddRequant": ["y_codes", "y"], "Rescale": ["y"], "PostMatMul": ["y"],
+    "Requantize": ["y_codes"], "AddRequant": ["y_codes", "y"], "Rescale": ["y"], "PostRescale": ["y"],
+    "PostMatMul": ["y"],
     "PostWeights": ["w_even", "w_odd"],
     "StepQuantize": ["y", "codes"], "AsqAdapter": ["beta"],
 }  # fmt: skip
@@ -342,6 +344,15 @@ def base_case(op: str, rng: np.random.Generator) -> Case:
         inputs = [acc, rng.standard_normal(n).astype(np.float32), steps(rng, (*lead, 1)),
                   rng.standard_normal(n).astype(np.float32)]  # fmt: skip
         constant = [False, bool(rng.integers(4)), False, bool(rng.integers(4))]
+    elif op == "PostRescale":  # int32 even | odd sums [..., 2M] to float: the combine, steps, scales, bias
+        lead = tuple(r(0 if rng.random() < 0.05 else 1, 4) for _ in range(r(0, 2)))
+        m = _pick(rng, LONG) if rng.random() < 0.1 else r(0 if rng.random() < 0.05 else 1, 40)
+        acc = rng.integers(-(2**31), 2**31, (*lead, 2 * m), dtype=np.int64).astype(np.int32)
+        if rng.integers(2):
+            acc //= 1 << r(0, 20)
+        xs = steps(rng, ()) if rng.integers(2) else steps(rng, (*lead, 1))
+        inputs = [acc, xs, rng.standard_normal(m).astype(np.float32), rng.standard_normal(m).astype(np.float32)]
+        constant = [False, bool(rng.integers(4)), bool(rng.integers(4)), bool(rng.integers(4))]
     elif op == "PostWeights":
         bits = r(2, 4)
         inputs = [post_codes(rng, (r(1, 4), r(1, 4)), bits).astype(np.int8)]
@@ -821,29 +832,38 @@ def m_add_requant(case: Case, rng: np.random.Generator) -> None:
 
 
 def m_rescale(case: Case, rng: np.random.Generator) -> None:
-    acc, ws, step, bias = case.inputs
+    """Rescale and PostRescale (same input order but for the step: Rescale's third, PostRescale's second)."""
+    if case.op == "PostRescale":
+        acc, step, ws, bias = case.inputs
+        step_at, scale_at = 1, (2, 3)
+    else:
+        acc, ws, step, bias = case.inputs
+        step_at, scale_at = 2, (1, 3)
     assert acc is not None and ws is not None and step is not None and bias is not None
     which = _pick(rng, ["special", "special", "huge_sums", "step_shape", "column_count", "acc_type", "length"])
-    n = acc.shape[-1] if acc.ndim else 0
+    n = (acc.shape[-1] // (2 if case.op == "PostRescale" else 1)) if acc.ndim else 0
     if which == "special" and acc.size:  # inf, NaN, -0 and denormals in the scales, steps and bias
         for v in (ws, step, bias):
             flat = v.reshape(-1)
-            if flat.size:
+            if flat.size and np.issubdtype(v.dtype, np.floating):  # (an earlier mutation may have made it ints)
                 flat[int(rng.integers(flat.size))] = _pick(rng, [np.inf, -np.inf, np.nan, -0.0, 3e38, 1e-45])
     elif which == "huge_sums":  # past 2^24: the Cast rounds them
         case.inputs[0] = np.full(acc.shape, _pick(rng, [2**31 - 1, -(2**31), 2**24 + 1, -(2**24) - 3]), np.int32)
     elif which == "step_shape":
-        case.inputs[2] = np.ones(_pick(rng, [(1,), (*acc.shape[:-1],), (*acc.shape[:-1], 2), ()]), np.float32)
+        case.inputs[step_at] = np.ones(_pick(rng, [(1,), (*acc.shape[:-1],), (*acc.shape[:-1], 2), ()]), np.float32)
     elif which == "column_count":
-        j = int(_pick(rng, [1, 3]))
+        j = int(_pick(rng, list(scale_at)))
         case.inputs[j] = np.ones(max(n + int(_pick(rng, [-1, 1])), 0), np.float32)
     elif which == "acc_type":
         case.inputs[0] = acc.astype(_pick(rng, [np.int64, np.float32, np.int16, np.uint32]))
     elif which == "length":  # vector bodies and tails, several parallel tasks
         m = _pick(rng, LONG)
         rows = acc.shape[:-1] if acc.ndim else ()
-        case.inputs = [rng.integers(-(2**20), 2**20, (*rows, m)).astype(np.int32), np.ones(m, np.float32),
+        columns = 2 * m if case.op == "PostRescale" else m
+        case.inputs = [rng.integers(-(2**20), 2**20, (*rows, columns)).astype(np.int32), np.ones(m, np.float32),
                        np.ones((*rows, 1), np.float32), np.zeros(m, np.float32)]  # fmt: skip
+        if case.op == "PostRescale":
+            case.inputs[1], case.inputs[2] = case.inputs[2], case.inputs[1]
 
 
 GENERIC = [m_attr_drop, m_attr_type, m_attr_value, m_attr_add, m_rank, m_dim, m_huge_empty, m_dtype, m_values,
@@ -858,6 +878,7 @@ SPECIFIC = {
     "Requantize": [m_requantize],
     "AddRequant": [m_add_requant],
     "Rescale": [m_rescale],
+    "PostRescale": [m_rescale],
     "PostMatMul": [m_post_codes],
 }
 
@@ -1042,6 +1063,34 @@ def _rescale_violation(case: Case) -> str | None:
     return None
 
 
+def _post_rescale_violation(case: Case) -> str | None:
+    """PostRescale (post_rescale.cc): 4 inputs; acc int32 [..., 2M]; x_scale float32 [] or acc's shape
+    with its last dimension 1; w_scale and bias float32 [M].  Any values."""
+    if len(case.inputs) != 4 or any(v is None for v in case.inputs):
+        return "inputs missing or extra"
+    acc, xs, ws, bias = case.inputs
+    assert acc is not None and xs is not None and ws is not None and bias is not None
+    if acc.dtype != np.int32 or acc.ndim == 0 or acc.shape[-1] % 2:
+        return "acc int32 [..., 2M]"
+    m = acc.shape[-1] // 2
+    if any(v.dtype != np.float32 or v.shape != (m,) for v in (ws, bias)):
+        return "w_scale and bias float32 [M]"
+    if xs.dtype != np.float32 or xs.shape not in ((), (*acc.shape[:-1], 1)):
+        return "x_scale float32 [] or [..., 1]"
+    return None
+
+
+def _post_matmul_scales_violation(case: Case) -> bool:
+    """Whether PostMatMul's x_scale, w_scale or bias break its signature (float32; x_scale [] or
+    [..., 1], w_scale and bias [M]), which numpy broadcasting in its body would otherwise let run."""
+    x, xs, w, ws, bias = (case.inputs + [None] * 5)[:5]
+    if x is None or xs is None or w is None or ws is None or bias is None or w.ndim != 2 or x.ndim == 0:
+        return False
+    m = w.shape[1]
+    return (any(v.dtype != np.float32 for v in (xs, ws, bias)) or ws.shape != (m,) or bias.shape != (m,)
+            or xs.shape not in ((), (*x.shape[:-1], 1)))  # fmt: skip
+
+
 def _requantize_violation(case: Case) -> str | None:
     """Requantize (requantize.cc): relu 0 or 1, required (the body reads it); the output quantizer as the
     *Requant ops'; x_codes int8 / uint8 of any shape; x_scale a positive finite float32 scalar;
@@ -1114,6 +1163,8 @@ def spec_violation(case: Case) -> str | None:
         return _add_requant_violation(case)
     if op == "Rescale":
         return _rescale_violation(case)
+    if op == "PostRescale":
+        return _post_rescale_violation(case)
     if op in CONV_OPS:
         requant = op.endswith("Requant")
         op = conv_kind(op)
@@ -1381,6 +1432,10 @@ def classify(case: Case, native_out: list | None, native_err: str, body_out: lis
              body_err: str) -> tuple[str, str]:  # fmt: skip
     """(outcome, why) by the oracle in the module docstring."""
     if case.op not in NATIVE_OPS:  # registering the library must change nothing
+        if native_out is None and body_out is not None and "PostRescale input" in native_err and (
+            _post_matmul_scales_violation(case)
+        ):  # PostMatMul's body calls the native PostRescale, which refuses what PostMatMul's signature does
+            return "error", ""
         if (native_out is None) != (body_out is None):
             return "disagree", f"registered: {native_err or 'ran'}; plain: {body_err or 'ran'}"
         if native_out is not None and body_out is not None and (why := same(native_out, body_out)):

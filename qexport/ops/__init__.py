@@ -20,6 +20,7 @@ from . import (
     post_conv,
     post_conv_requant,
     post_matmul,
+    post_rescale,
     post_weights,
     relu_bounds,
     requantize,
@@ -38,7 +39,8 @@ _FUNCTIONS = {
     "PostConv": [post_weights.PostWeights, relu_bounds.ReluBounds, post_conv.PostConv],
     "PostConvRequant": [post_weights.PostWeights, relu_bounds.ReluBounds, post_conv.PostConv,
                         post_conv_requant.PostConvRequant],
-    "PostMatMul": [post_weights.PostWeights, post_matmul.PostMatMul],
+    "PostMatMul": [post_weights.PostWeights, post_rescale.PostRescale, post_matmul.PostMatMul],
+    "PostRescale": [post_rescale.PostRescale],
     "Requantize": [requantize.Requantize],
     "Rescale": [rescale.Rescale],
 }

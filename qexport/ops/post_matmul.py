@@ -31,9 +31,8 @@ def PostMatMul(x_codes, x_scale, w_codes, w_scale, bias, x_zero_point, bits: int
     # the weights constant-folded into an int8 GEMM's packed B; its int32 sums are exact in float32
     # while under 2^24 (the exporter checks the bound)
     acc = op.MatMulInteger(x_codes, op.Cast(op.Concat(w_even, w_odd, axis=1), to=3), x_zero_point)
-    acc_even, acc_odd = op.Split(op.Cast(acc, to=1), axis=-1, num_outputs=2)
-    acc = op.Add(acc_even, op.Mul(acc_odd, op.Constant(value_float=0.70710677)))
-    return op.Add(op.Mul(acc, op.Mul(x_scale, w_scale)), bias)
+    # the float combine, scales and bias: one native pass where the kernels are registered
+    return QX.PostRescale(acc, x_scale, w_scale, bias)
 
 
 def reference(x_codes: np.ndarray, x_scale: np.ndarray, w_codes: np.ndarray, w_scale: np.ndarray, bias: np.ndarray,
