@@ -4,6 +4,7 @@
 
 #include <onnxruntime_c_api.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -100,6 +101,16 @@ void parallel_for(OrtKernelContext* context, size_t total, F&& fn) {
     static void run(void* self, size_t i) { (*static_cast<Call*>(self)->fn)(i); }
   } call{&fn};
   check(api->KernelContext_ParallelFor(context, &Call::run, total, 0, &call));
+}
+
+// fn(r) for rows 0..rows-1 on ORT's thread pool, in tasks of whole rows, about 16K values each
+// (``row_values`` a row).
+template <typename F>
+void parallel_rows(OrtKernelContext* context, int64_t rows, int64_t row_values, F&& fn) {
+  const int64_t per_task = std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(row_values, 1));
+  parallel_for(context, size_t((rows + per_task - 1) / per_task), [&](size_t t) {
+    for (int64_t r = int64_t(t) * per_task; r < std::min(rows, (int64_t(t) + 1) * per_task); ++r) fn(r);
+  });
 }
 
 }  // namespace qx

@@ -4,7 +4,6 @@
 // one pass instead of seven; 16 values a step on AVX-512, 8 on AVX2.
 #include <immintrin.h>
 
-#include <algorithm>
 #include <vector>
 
 #include "gemm.h"
@@ -22,6 +21,11 @@ inline void post_rescale_run(const int32_t* acc, float x_scale, const float* w_s
     const float combined = float(acc[i]) + float(acc[m + i]) * kSqrtHalf;
     y[i] = combined * (x_scale * w_scale[i]) + bias[i];
   }
+}
+
+void post_rescale_scalar(const int32_t* acc, float x_scale, const float* w_scale, const float* bias, float* y,
+                         size_t m) {
+  post_rescale_run(acc, x_scale, w_scale, bias, y, 0, m);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -83,28 +87,16 @@ void PostRescaleKernel::compute(OrtKernelContext* context) {
   int64_t rows = 1;
   for (size_t i = 0; i + 1 < acc.shape.size(); ++i) rows *= acc.shape[i];  // acc.count fits: so does this
   if (rows == 0 || m == 0) return;
+  auto* run = post_rescale_scalar;
+#if defined(__x86_64__) || defined(__i386__)
+  if (isa == Isa::Avx512Vnni) run = post_rescale_avx512;
+  if (isa == Isa::Avx2) run = post_rescale_avx2;
+#endif
   const int32_t* a = acc.as<int32_t>();
   const float *xs = x_scale.as<float>(), *ws = w_scale.as<float>(), *b = bias.as<float>();
   const bool per_row = !x_scale.shape.empty();
-  // tasks of whole rows, about 16K output values each
-  const int64_t per_task = std::max<int64_t>(1, (int64_t(1) << 14) / m), tasks = (rows + per_task - 1) / per_task;
-  parallel_for(context, size_t(tasks), [&](size_t t) {
-    for (int64_t r = int64_t(t) * per_task; r < std::min(rows, (int64_t(t) + 1) * per_task); ++r) {
-      const int32_t* row = a + size_t(r * 2 * m);
-      float* out = y + size_t(r * m);
-      const float s = per_row ? xs[r] : xs[0];
-#if defined(__x86_64__) || defined(__i386__)
-      if (isa == Isa::Avx512Vnni) {
-        post_rescale_avx512(row, s, ws, b, out, size_t(m));
-        continue;
-      }
-      if (isa == Isa::Avx2) {
-        post_rescale_avx2(row, s, ws, b, out, size_t(m));
-        continue;
-      }
-#endif
-      post_rescale_run(row, s, ws, b, out, 0, size_t(m));
-    }
+  parallel_rows(context, rows, m, [&](int64_t r) {
+    run(a + size_t(r * 2 * m), per_row ? xs[r] : xs[0], ws, b, y + size_t(r * m), size_t(m));
   });
 }
 

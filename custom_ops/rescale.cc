@@ -4,7 +4,6 @@
 // 16 values a step on AVX-512, 8 on AVX2.
 #include <immintrin.h>
 
-#include <algorithm>
 #include <vector>
 
 #include "isa.h"
@@ -18,6 +17,10 @@ namespace {
 inline void rescale_run(const int32_t* acc, const float* w_scale, float step, const float* bias, float* y, size_t from,
                         size_t n) {
   for (size_t i = from; i < n; ++i) y[i] = float(acc[i]) * w_scale[i] * step + bias[i];
+}
+
+void rescale_scalar(const int32_t* acc, const float* w_scale, float step, const float* bias, float* y, size_t n) {
+  rescale_run(acc, w_scale, step, bias, y, 0, n);
 }
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -67,27 +70,16 @@ void RescaleKernel::compute(OrtKernelContext* context) {
   step_shape.back() = 1;
   expect_shape(row_step, step_shape, "Rescale input row_step (acc's shape with its last dimension 1)");
   float* y = static_cast<float*>(output(context, 0, acc.shape));
-  const int64_t rows = row_step.count;
   if (acc.count == 0) return;
+  auto* run = rescale_scalar;
+#if defined(__x86_64__) || defined(__i386__)
+  if (isa == Isa::Avx512Vnni) run = rescale_avx512;
+  if (isa == Isa::Avx2) run = rescale_avx2;
+#endif
   const int32_t* a = acc.as<int32_t>();
   const float *ws = w_scale.as<float>(), *steps = row_step.as<float>(), *b = bias.as<float>();
-  // tasks of whole rows, about 16K values each
-  const int64_t per_task = std::max<int64_t>(1, (int64_t(1) << 14) / n), tasks = (rows + per_task - 1) / per_task;
-  parallel_for(context, size_t(tasks), [&](size_t t) {
-    for (int64_t r = int64_t(t) * per_task; r < std::min(rows, (int64_t(t) + 1) * per_task); ++r) {
-      const size_t at = size_t(r * n);
-#if defined(__x86_64__) || defined(__i386__)
-      if (isa == Isa::Avx512Vnni) {
-        rescale_avx512(a + at, ws, steps[r], b, y + at, size_t(n));
-        continue;
-      }
-      if (isa == Isa::Avx2) {
-        rescale_avx2(a + at, ws, steps[r], b, y + at, size_t(n));
-        continue;
-      }
-#endif
-      rescale_run(a + at, ws, steps[r], b, y + at, 0, size_t(n));
-    }
+  parallel_rows(context, row_step.count, n, [&](int64_t r) {
+    run(a + size_t(r * n), ws, steps[r], b, y + size_t(r * n), size_t(n));
   });
 }
 

@@ -859,11 +859,9 @@ def m_rescale(case: Case, rng: np.random.Generator) -> None:
     elif which == "length":  # vector bodies and tails, several parallel tasks
         m = _pick(rng, LONG)
         rows = acc.shape[:-1] if acc.ndim else ()
-        columns = 2 * m if case.op == "PostRescale" else m
-        case.inputs = [rng.integers(-(2**20), 2**20, (*rows, columns)).astype(np.int32), np.ones(m, np.float32),
-                       np.ones((*rows, 1), np.float32), np.zeros(m, np.float32)]  # fmt: skip
-        if case.op == "PostRescale":
-            case.inputs[1], case.inputs[2] = case.inputs[2], case.inputs[1]
+        sums = rng.integers(-(2**20), 2**20, (*rows, 2 * m if case.op == "PostRescale" else m)).astype(np.int32)
+        scales, steps_, bias_ = np.ones(m, np.float32), np.ones((*rows, 1), np.float32), np.zeros(m, np.float32)
+        case.inputs = [sums, steps_, scales, bias_] if case.op == "PostRescale" else [sums, scales, steps_, bias_]
 
 
 GENERIC = [m_attr_drop, m_attr_type, m_attr_value, m_attr_add, m_rank, m_dim, m_huge_empty, m_dtype, m_values,

@@ -404,22 +404,18 @@ class Emitter:
         w = self.b.weight_codes(codes.T.copy(), path, storage)
         a = [xq.codes, w] + ([xq.zero_point] if xq.zero_point else [])  # uint8 + 128: the fast u8 x s8 path
         acc_int = self.b.node("MatMulInteger", a, f"{path}.acc")
+        bias = None if layer.bias is None else self.b.const(f"{path}.bias", _np(layer.bias).astype(np.float32))
         assert layer.act_quant is not None
-        if layer.act_quant.kind == "asq" and layer.bias is not None:  # the four float passes in one node
-            w_scale, bias = self.b.const(f"{path}.weight_scale", scale), _np(layer.bias).astype(np.float32)
-            return self.b.node("Rescale", [acc_int, w_scale, xq.scale, self.b.const(f"{path}.bias", bias)], path,
-                               domain=DOMAIN)  # fmt: skip
-        acc = self.b.node("Cast", [acc_int], f"{path}.acc_f", to=1)
         if layer.act_quant.kind == "asq":
-            y = self.b.node("Mul", [acc, self.b.const(f"{path}.weight_scale", scale)], f"{path}.scaled")
-            y = self.b.node("Mul", [y, xq.scale], f"{path}.matmul")
-        else:
-            s_x = np.float32(layer.act_quant.describe().scale.reshape(()).item())
-            y = self.b.node("Mul", [acc, self.b.const(f"{path}.scale", (scale * s_x).astype(np.float32))],
-                            f"{path}.matmul")  # fmt: skip
-        if layer.bias is None:
-            return y
-        return self.b.node("Add", [y, self.b.const(f"{path}.bias", _np(layer.bias).astype(np.float32))], path)
+            w_scale = self.b.const(f"{path}.weight_scale", scale)
+            if bias is not None:  # the four float passes in one node
+                return self.b.node("Rescale", [acc_int, w_scale, xq.scale, bias], path, domain=DOMAIN)
+            y = self.b.node("Mul", [self.b.node("Cast", [acc_int], f"{path}.acc_f", to=1), w_scale], f"{path}.scaled")
+            return self.b.node("Mul", [y, xq.scale], f"{path}.matmul")
+        s_x = np.float32(layer.act_quant.describe().scale.reshape(()).item())
+        acc = self.b.node("Cast", [acc_int], f"{path}.acc_f", to=1)
+        y = self.b.node("Mul", [acc, self.b.const(f"{path}.scale", (scale * s_x).astype(np.float32))], f"{path}.matmul")
+        return y if bias is None else self.b.node("Add", [y, bias], path)
 
     def glue(self, node: fx.Node) -> str:
         q = self.module(node)

@@ -305,8 +305,8 @@ def _pooled_codes(graph: onnx.GraphProto, keep: set[str]) -> None:
     moves the pool onto its channels-last codes (NhwcMaxPool, a fifth of the float pool's time), where
     its channels-first 8-bit MaxPool is 8-18x slower than the float one.  Only where the pool has no
     Indices output and its output is read by that quantizer alone and not kept, and the codes by
-    DequantizeLinear nodes alone.  (A NaN: the float
-    pool's max may skip it where the codes' max takes its code; the model's output is NaN-fed either way.)"""
+    DequantizeLinear nodes alone.  (A NaN: the float pool's max may skip it where the codes' max takes
+    its code; the model's output is NaN-fed either way.)"""
     constants = {t.name: t for t in graph.initializer}
     producers = {o: n for n in graph.node for o in n.output}
     readers = _readers(graph)
@@ -319,7 +319,7 @@ def _pooled_codes(graph: onnx.GraphProto, keep: set[str]) -> None:
             return False
         return _scalar_quantizer(producers.get(node.input[0]), "DequantizeLinear", constants)
 
-    moved: dict[str, str] = {}  # pool output -> the output of the node it now follows
+    after: dict[str, onnx.NodeProto] = {}  # unpooled codes -> the pool that now reads them
     for pool in graph.node:
         if pool.op_type != "MaxPool" or pool.domain or len([o for o in pool.output if o]) != 1:
             continue
@@ -340,15 +340,14 @@ def _pooled_codes(graph: onnx.GraphProto, keep: set[str]) -> None:
         pool.input[0] = last.output[0]
         del pool.output[:]
         pool.output.append(codes)
-        moved[codes] = last.output[0]
-    if not moved:
+        after[last.output[0]] = pool
+    if not after:
         return
     # each moved pool right after the node whose codes it now reads
-    pools = {n.output[0]: n for n in graph.node if n.op_type == "MaxPool" and n.output[0] in moved}
-    after = {moved[out]: pool for out, pool in pools.items()}
+    moved = {pool.output[0] for pool in after.values()}
     order: list[onnx.NodeProto] = []
     for n in graph.node:
-        if n.op_type == "MaxPool" and n.output and n.output[0] in pools:
+        if n.op_type == "MaxPool" and n.output and n.output[0] in moved:
             continue
         order.append(n)
         order.extend(after[o] for o in n.output if o in after)

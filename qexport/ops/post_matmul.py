@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import post_weights
+from . import post_rescale, post_weights
 from .domain import QX, op, qexport_function
 
 
@@ -39,6 +39,4 @@ def reference(x_codes: np.ndarray, x_scale: np.ndarray, w_codes: np.ndarray, w_s
               bits: int, x_zero_point: int = 0) -> np.ndarray:  # fmt: skip
     even, odd = post_weights.reference(w_codes, bits)
     x = x_codes.astype(np.int64) - int(x_zero_point)
-    acc = (x @ even).astype(np.float32) + (x @ odd).astype(np.float32) * post_weights.SQRT_HALF
-    scale = (np.asarray(x_scale, np.float32) * w_scale.astype(np.float32)).astype(np.float32)
-    return (acc * scale + bias.astype(np.float32)).astype(np.float32)
+    return post_rescale.reference(np.concatenate([x @ even, x @ odd], axis=-1), x_scale, w_scale, bias)
